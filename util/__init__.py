@@ -1,0 +1,1 @@
+"""Model-agnostic machinery shared by every editing method (hooks, statistics, keys, values)."""
