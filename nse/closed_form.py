@@ -1,0 +1,22 @@
+"""The covariance-regularised least-squares update on a subset of key dimensions."""
+from __future__ import annotations
+
+import torch
+
+
+def solve_update(residual: torch.Tensor, keys: torch.Tensor, regulariser: torch.Tensor) -> torch.Tensor:
+    """``Delta = R K^T (C + K K^T)^-1`` in float64, by a solve (no explicit inverse).
+
+    residual: ``(d, n)`` target minus current values; keys: ``(s, n)`` selected key rows;
+    regulariser ``C``: ``(s, s)`` (lambda * C0 + Cp restricted to the selection).
+    Returns ``(d, s)``: the minimiser of ``||Delta K - R||^2 + tr(Delta C Delta^T)``.
+    """
+    d, n = residual.shape
+    s = keys.shape[0]
+    assert keys.shape == (s, n), f"keys {tuple(keys.shape)} vs residual {tuple(residual.shape)}"
+    assert regulariser.shape == (s, s), f"regulariser {tuple(regulariser.shape)} vs {s} neurons"
+    r = residual.to(torch.float64)
+    k = keys.to(torch.float64)
+    a = regulariser.to(torch.float64) + k @ k.T  # (s, s), symmetric
+    # Delta^T = A^-1 K R^T since A is symmetric.
+    return torch.linalg.solve(a, k @ r.T).T

@@ -1,0 +1,42 @@
+"""Shared fixtures: the ../shared folder beside the checkout and the tiny real Llama."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the hub
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SHARED = ROOT.parent / "shared"
+TINY_LLAMA = SHARED / "models" / "tinystories-260k-llama"
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    if not SHARED.is_dir():
+        pytest.fail(f"tests need the shared material at {SHARED} (clone the repo beside ../shared)")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_path(shared_dir: Path) -> Path:
+    return TINY_LLAMA
+
+
+@pytest.fixture()
+def tiny_llama(tiny_llama_path: Path):
+    """A fresh (model, tokenizer) pair of stories260K per test: edits must not leak between tests."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_path, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_llama_path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return model, tok

@@ -1,0 +1,91 @@
+"""One table per architecture: where the pieces an editor touches live in each model family.
+
+Keyed by ``config.model_type`` (PEFT-style registry). Templates contain ``{}`` for the layer
+index. Adding a model family is adding a row; no algorithm branches on a model's name.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ModuleLayout:
+    layer_module_tmp: str     # decoder block; its output is the residual stream ("z layer")
+    rewrite_module_tmp: str   # MLP output projection W_out: key (f) -> value (d)
+    mlp_module_tmp: str
+    attn_module_tmp: str
+    ln_f_module: str          # final norm applied before the LM head
+    lm_head_module: str
+
+
+_LLAMA_LIKE = ModuleLayout(
+    layer_module_tmp="model.layers.{}",
+    rewrite_module_tmp="model.layers.{}.mlp.down_proj",
+    mlp_module_tmp="model.layers.{}.mlp",
+    attn_module_tmp="model.layers.{}.self_attn",
+    ln_f_module="model.norm",
+    lm_head_module="lm_head",
+)
+
+MODULE_LAYOUTS: dict[str, ModuleLayout] = {
+    "gpt2": ModuleLayout(
+        layer_module_tmp="transformer.h.{}",
+        rewrite_module_tmp="transformer.h.{}.mlp.c_proj",
+        mlp_module_tmp="transformer.h.{}.mlp",
+        attn_module_tmp="transformer.h.{}.attn",
+        ln_f_module="transformer.ln_f",
+        lm_head_module="lm_head",
+    ),
+    "gptj": ModuleLayout(
+        layer_module_tmp="transformer.h.{}",
+        rewrite_module_tmp="transformer.h.{}.mlp.fc_out",
+        mlp_module_tmp="transformer.h.{}.mlp",
+        attn_module_tmp="transformer.h.{}.attn",
+        ln_f_module="transformer.ln_f",
+        lm_head_module="lm_head",
+    ),
+    "gpt_neox": ModuleLayout(
+        layer_module_tmp="gpt_neox.layers.{}",
+        rewrite_module_tmp="gpt_neox.layers.{}.mlp.dense_4h_to_h",
+        mlp_module_tmp="gpt_neox.layers.{}.mlp",
+        attn_module_tmp="gpt_neox.layers.{}.attention",
+        ln_f_module="gpt_neox.final_layer_norm",
+        lm_head_module="embed_out",
+    ),
+    "llama": _LLAMA_LIKE,
+    "mistral": _LLAMA_LIKE,
+    "qwen2": _LLAMA_LIKE,
+    "qwen3": _LLAMA_LIKE,
+}
+
+
+def layout_for(config) -> ModuleLayout:
+    """The module table of a model's family, or an error listing the known ones."""
+    model_type = getattr(config, "model_type", None)
+    if model_type not in MODULE_LAYOUTS:
+        raise ValueError(
+            f"no module table for model_type={model_type!r}; known: {sorted(MODULE_LAYOUTS)}. "
+            "Add a row to util/architectures.py:MODULE_LAYOUTS or set the *_module_tmp keys in the hparams JSON"
+        )
+    return MODULE_LAYOUTS[model_type]
+
+
+def num_layers(model: nn.Module) -> int:
+    return model.config.get_text_config().num_hidden_layers
+
+
+def get_module(model: nn.Module, name: str) -> nn.Module:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        raise ValueError(
+            f"the model ({type(model).__name__}) has no module {name!r}; check the *_module_tmp keys "
+            "in the hparams JSON (or omit them to use the table for this model_type)"
+        ) from None
+
+
+def model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device

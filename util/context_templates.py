@@ -1,0 +1,27 @@
+"""Context templates: ``"{}"`` plus short prefixes the unedited model writes itself."""
+from __future__ import annotations
+
+from torch import nn
+
+from util.generation import sample_continuations
+
+TEMPLATE_STARTS = ("The", "Therefore", "Because", "I", "You")
+
+
+def generate_context_templates(
+    model: nn.Module, tok, seed: int = 0, n_new_tokens: int = 10, top_k: int = 5
+) -> list[list[str]]:
+    """``[["{}"], [<5 generated prefixes> + ". {}"]]``; save the result with the run."""
+    texts = sample_continuations(model, tok, TEMPLATE_STARTS, n_new_tokens, top_k=top_k, seed=seed)
+    # Braces in generated text would break str.format of the template.
+    generated = [t.replace("{", " ").replace("}", " ") + ". {}" for t in texts]
+    return [["{}"], generated]
+
+
+def flat_templates(templates: list[list[str]]) -> list[str]:
+    return [t for group in templates for t in group]
+
+
+def apply_template(template: str, prompt: str) -> str:
+    """Put a request prompt (which keeps its own ``{}`` for the subject) into a context template."""
+    return template.replace("{}", prompt, 1)

@@ -1,0 +1,87 @@
+"""Typed hyperparameters loaded from JSON, with errors that name the key and the fix."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, TypeVar, get_type_hints
+
+T = TypeVar("T", bound="HyperParams")
+
+
+class HyperParamsError(ValueError):
+    """A bad hyperparameter file or value; the message says which key and how to fix it."""
+
+
+@dataclasses.dataclass
+class HyperParams:
+    """Base for every method's hyperparameters: JSON round trip and key checking.
+
+    Subclasses are dataclasses; fields without a default are required in the JSON.
+    """
+
+    @classmethod
+    def from_json(cls: type[T], path: str | Path) -> T:
+        path = Path(path)
+        if not path.is_file():
+            raise HyperParamsError(f"hyperparameter file {path} does not exist")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise HyperParamsError(f"hyperparameter file {path} is not valid JSON: {err}") from None
+        return cls.from_dict(data, source=str(path))
+
+    @classmethod
+    def from_dict(cls: type[T], data: dict[str, Any], source: str = "<dict>") -> T:
+        if not isinstance(data, dict):
+            raise HyperParamsError(f"{source}: expected a JSON object of hyperparameters, got {type(data).__name__}")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(fields))
+        if unknown:
+            raise HyperParamsError(
+                f"{source}: unknown key(s) {unknown} for {cls.__name__}; remove them "
+                f"(known keys: {sorted(fields)})"
+            )
+        missing = [n for n, f in fields.items() if n not in data and _is_required(f)]
+        if missing:
+            raise HyperParamsError(f"{source}: missing required key(s) {missing} for {cls.__name__}; add them")
+        hints = get_type_hints(cls)
+        for name, value in data.items():
+            _check_type(source, name, value, hints[name])
+        try:
+            return cls(**data)
+        except HyperParamsError as err:
+            raise HyperParamsError(f"{source}: {err}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2))
+
+
+def _is_required(f: dataclasses.Field) -> bool:
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+
+
+def _check_type(source: str, name: str, value: Any, hint: Any) -> None:
+    """Catch the common JSON mistakes (a string for a number, a number for a list) early."""
+    text = str(hint)
+    if value is None:
+        if "None" not in text:
+            raise HyperParamsError(f"{source}: key '{name}' must not be null")
+        return
+    if hint is bool or text == "bool":
+        ok = isinstance(value, bool)
+    elif hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif hint is str or text.startswith("str"):
+        ok = isinstance(value, str)
+    elif text.startswith("list"):
+        ok = isinstance(value, list)
+    else:
+        ok = True
+    if not ok:
+        raise HyperParamsError(f"{source}: key '{name}' must be {text}, got {value!r}")

@@ -1,0 +1,75 @@
+"""Token-level helpers: encoding, padding and the fact-token lookup.
+
+Positions are computed on the unpadded sequence and shifted by the padding actually present,
+so the lookup is right under left or right padding and with or without a BOS token.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+FACT_TOKEN_STRATEGIES = ("subject_last", "subject_first", "last")
+
+
+def encode(tok, text: str) -> list[int]:
+    """Prompt ids as the model sees them (BOS included when the tokenizer adds one)."""
+    return list(tok(text, add_special_tokens=True)["input_ids"])
+
+
+def encode_target(tok, text: str) -> list[int]:
+    """Target continuation ids: no special tokens (no BOS in the middle of a sequence)."""
+    ids = list(tok(text, add_special_tokens=False)["input_ids"])
+    if not ids:
+        raise ValueError(f"target {text!r} tokenizes to nothing; targets must be non-empty text")
+    return ids
+
+
+def fact_token_index(tok, prompt: str, subject: str, strategy: str = "subject_last") -> int:
+    """Index, in ``encode(tok, prompt.format(subject))``, of the token an edit reads/writes at.
+
+    ``prompt`` holds one ``{}``. Counts tokens of the text before the subject and through the
+    subject, so the index includes a BOS token if the tokenizer adds one.
+    """
+    if strategy not in FACT_TOKEN_STRATEGIES:
+        raise ValueError(f"fact_token={strategy!r} is not one of {FACT_TOKEN_STRATEGIES}")
+    filled = prompt.replace("{}", subject)
+    n_full = len(encode(tok, filled))
+    if strategy == "last":
+        return n_full - 1
+    prefix = prompt[: prompt.index("{}")]
+    if strategy == "subject_first":
+        index = len(encode(tok, prefix))  # "" encodes to just the special prefix, e.g. [BOS]
+    else:
+        index = len(encode(tok, prefix + subject)) - 1
+    if not 0 <= index < n_full:
+        raise ValueError(f"subject {subject!r} not found as tokens in {filled!r}")
+    return index
+
+
+def pad(sequences: Sequence[Sequence[int]], pad_id: int, side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask), both ``(B, T)`` long tensors."""
+    if side not in ("left", "right"):
+        raise ValueError(f"padding side must be 'left' or 'right', got {side!r}")
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        start = width - len(seq) if side == "left" else 0
+        ids[row, start : start + len(seq)] = torch.tensor(list(seq), dtype=torch.long)
+        mask[row, start : start + len(seq)] = 1
+    return ids, mask
+
+
+def padded_positions(unpadded: Sequence[int], attention_mask: torch.Tensor) -> torch.Tensor:
+    """Shift unpadded indices by each row's leading padding (zero under right padding)."""
+    first_real = attention_mask.long().argmax(dim=1).cpu()
+    return first_real + torch.as_tensor(list(unpadded), dtype=torch.long)
+
+
+def pad_token_id(tok) -> int:
+    """The id used for padding; tokenizers without a pad token (Llama) use EOS, which is masked."""
+    for candidate in (tok.pad_token_id, tok.eos_token_id, 0):
+        if candidate is not None:
+            return int(candidate)
+    raise AssertionError("unreachable")

@@ -1,0 +1,166 @@
+"""Target values z: optimise a residual-stream offset per request, all requests together.
+
+Each request i gets its own delta_i (added at its fact tokens in every one of its prompts);
+losses are per request and summed, so one forward/backward per step serves the whole batch
+with the same math as one request at a time.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+from torch import nn
+
+from util.architectures import get_module, model_device
+from util.context_templates import apply_template, flat_templates
+from util.hooks import capture, edit_output, forward_until
+from util.tokens import encode, encode_target, fact_token_index, pad, pad_token_id
+
+STOP_LOSS = 5e-2  # the original's early-stopping threshold on the total loss
+
+
+@dataclass
+class ValueResult:
+    z: torch.Tensor        # (n, d) float32: h0 + delta
+    h0: torch.Tensor       # (n, d) float32: layer output at the plain prompt's fact token
+    losses: list[float]    # final loss per request
+    updates: list[int]     # Adam steps taken per request
+
+
+@dataclass
+class _Batch:
+    ids: torch.Tensor         # (R, T)
+    mask: torch.Tensor        # (R, T)
+    fact_pos: torch.Tensor    # (R,) fact token of every row
+    row_req: torch.Tensor     # (R,) request of every row
+    plain_rows: torch.Tensor  # (n,) the "{}" row of each request
+    kl_rows: torch.Tensor     # (n,) the "{subject} is a" row of each request
+    tgt_row: torch.Tensor     # (N,) one entry per target token to score
+    tgt_pos: torch.Tensor
+    tgt_id: torch.Tensor
+    tgt_req: torch.Tensor
+    tgt_weight: torch.Tensor  # 1 / (n target tokens * n rewriting prompts of the request)
+
+
+@contextmanager
+def frozen(model: nn.Module) -> Iterator[None]:
+    """No parameter gradients (only delta is optimised); restores the flags afterwards."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+def compute_values(
+    model: nn.Module,
+    tok,
+    requests: Sequence[dict],
+    hparams,
+    templates: list[list[str]],
+    batch_size: int | None = None,
+) -> ValueResult:
+    """z for every request, optimised ``batch_size`` requests at a time (None: all at once)."""
+    step = batch_size or len(requests)
+    parts = [_optimise(model, tok, requests[s : s + step], hparams, templates) for s in range(0, len(requests), step)]
+    return ValueResult(
+        z=torch.cat([p.z for p in parts]),
+        h0=torch.cat([p.h0 for p in parts]),
+        losses=[x for p in parts for x in p.losses],
+        updates=[x for p in parts for x in p.updates],
+    )
+
+
+def _build_batch(tok, requests: Sequence[dict], templates: list[list[str]], fact_token: str) -> _Batch:
+    seqs, fact, row_req, plain_rows, kl_rows = [], [], [], [], []
+    tgt_row, tgt_pos, tgt_id, tgt_req, tgt_w = [], [], [], [], []
+    contexts = flat_templates(templates)
+    for i, r in enumerate(requests):
+        target = encode_target(tok, r["target_new"]["str"])
+        prompts = [apply_template(c, r["prompt"]) for c in contexts]
+        for j, prompt in enumerate(prompts):
+            prompt_ids = encode(tok, prompt.replace("{}", r["subject"]))
+            if j == 0:
+                plain_rows.append(len(seqs))
+            for k, token in enumerate(target):  # token k is predicted at the position before it
+                tgt_row.append(len(seqs))
+                tgt_pos.append(len(prompt_ids) - 1 + k)
+                tgt_id.append(token)
+                tgt_req.append(i)
+                tgt_w.append(1.0 / (len(target) * len(prompts)))
+            fact.append(fact_token_index(tok, prompt, r["subject"], fact_token))
+            row_req.append(i)
+            seqs.append(prompt_ids + target[:-1])  # built from ids: no re-tokenisation of text
+        kl_prompt = "{} is a"
+        kl_rows.append(len(seqs))
+        fact.append(fact_token_index(tok, kl_prompt, r["subject"], fact_token))
+        row_req.append(i)
+        seqs.append(encode(tok, kl_prompt.replace("{}", r["subject"])))
+    ids, mask = pad(seqs, pad_token_id(tok), side="right")  # right padding keeps fact positions
+    t = lambda x: torch.tensor(x, dtype=torch.long)  # noqa: E731
+    return _Batch(ids, mask, t(fact), t(row_req), t(plain_rows), t(kl_rows), t(tgt_row), t(tgt_pos), t(tgt_id),
+                  t(tgt_req), torch.tensor(tgt_w, dtype=torch.float32))
+
+
+def _optimise(model: nn.Module, tok, requests: Sequence[dict], hp, templates: list[list[str]]) -> ValueResult:
+    device = model_device(model)
+    b = _build_batch(tok, requests, templates, hp.fact_token)
+    b = _Batch(**{k: v.to(device) for k, v in vars(b).items()})
+    n = len(requests)
+    z_layer = hp.layer_module_tmp.format(hp.layers[-1])
+    loss_layer = hp.layer_module_tmp.format(hp.v_loss_layer)
+    ln_f, lm_head = get_module(model, hp.ln_f_module), get_module(model, hp.lm_head_module)
+    d = model.config.get_text_config().hidden_size
+    delta = torch.zeros(n, d, dtype=torch.float32, device=device, requires_grad=True)
+    optimizer = torch.optim.Adam([delta], lr=hp.v_lr)
+    rows = torch.arange(b.ids.shape[0], device=device)
+    seen_h0: list[torch.Tensor] = []
+
+    def add_delta(out: torch.Tensor) -> torch.Tensor:  # out: (R, T, d)
+        if not seen_h0:
+            seen_h0.append(out[b.plain_rows, b.fact_pos[b.plain_rows]].detach().float())
+        return out.index_put((rows, b.fact_pos), delta[b.row_req].to(out.dtype), accumulate=True)
+
+    def log_probs(hidden: torch.Tensor) -> torch.Tensor:  # (N, d) -> (N, vocab)
+        return torch.log_softmax(lm_head(ln_f(hidden)).float(), dim=-1)
+
+    stopped = torch.zeros(n, dtype=torch.bool, device=device)
+    losses = torch.zeros(n, device=device)
+    updates = torch.zeros(n, dtype=torch.long)
+    kl_init = None
+    with frozen(model):
+        for it in range(hp.v_num_grad_steps):
+            with edit_output(model, z_layer, add_delta), capture(model, output_of=[loss_layer], detach=False) as seen:
+                forward_until(model, loss_layer, input_ids=b.ids, attention_mask=b.mask)
+            hidden = seen.outputs[loss_layer]
+            h0 = seen_h0[0]
+            target_lp = log_probs(hidden[b.tgt_row, b.tgt_pos]).gather(1, b.tgt_id[:, None]).squeeze(1)
+            nll = torch.zeros(n, device=device).index_add(0, b.tgt_req, -target_lp * b.tgt_weight)
+            kl_lp = log_probs(hidden[b.kl_rows, b.fact_pos[b.kl_rows]])
+            if kl_init is None:
+                kl_init = kl_lp.detach()
+            kl = hp.kl_factor * (kl_lp.exp() * (kl_lp - kl_init)).sum(-1)  # KL(P_delta || P_0)
+            decay = hp.v_weight_decay * delta.norm(dim=1) / h0.norm(dim=1) ** 2
+            loss = nll + kl + decay
+            losses = torch.where(stopped, losses, loss.detach())
+            stopped = stopped | (loss.detach() < STOP_LOSS)
+            if it == hp.v_num_grad_steps - 1 or bool(stopped.all()):
+                break
+            optimizer.zero_grad()
+            (loss * (~stopped)).sum().backward()
+            before = delta.detach().clone()
+            optimizer.step()
+            with torch.no_grad():
+                # Adam's momentum moves a zero-gradient parameter: mask the step, not the gradient.
+                delta[stopped] = before[stopped]
+                max_norm = hp.clamp_norm_factor * h0.norm(dim=1)
+                scale = (max_norm / delta.norm(dim=1).clamp_min(1e-12)).clamp(max=1.0)
+                delta.mul_(scale[:, None])
+            updates += (~stopped).long().cpu()
+    h0 = seen_h0[0]
+    return ValueResult(z=(h0 + delta.detach()), h0=h0, losses=losses.tolist(), updates=updates.tolist())
