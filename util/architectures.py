@@ -53,7 +53,7 @@ MODULE_LAYOUTS: dict[str, ModuleLayout] = {
         mlp_module_tmp="gpt_neox.layers.{}.mlp",
         attn_module_tmp="gpt_neox.layers.{}.attention",
         ln_f_module="gpt_neox.final_layer_norm",
-        lm_head_module="embed_out",
+        lm_head_module="lm_head",  # "embed_out" before transformers 5
     ),
     "llama": _LLAMA_LIKE,
     "mistral": _LLAMA_LIKE,

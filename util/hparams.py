@@ -84,4 +84,5 @@ def _check_type(source: str, name: str, value: Any, hint: Any) -> None:
     else:
         ok = True
     if not ok:
-        raise HyperParamsError(f"{source}: key '{name}' must be {text}, got {value!r}")
+        kind = getattr(hint, "__name__", text)
+        raise HyperParamsError(f"{source}: key '{name}' must be {kind}, got {value!r}")

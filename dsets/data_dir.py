@@ -1,0 +1,136 @@
+"""Where data files live, and fetching a missing one from the canonical download root.
+
+Folders come from ``globals.yml`` at the repository root (relative paths are taken from the
+repository root, so a run does not depend on the current directory). A caller-supplied override
+(e.g. ``--data_dir``) wins and is taken as given.
+"""
+from __future__ import annotations
+
+import http.client
+import os
+import tempfile
+import urllib.request
+from pathlib import Path
+from typing import Callable
+
+import yaml
+from tqdm import tqdm
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+GLOBALS_FILE = REPO_ROOT / "globals.yml"
+
+# Used when globals.yml is missing or lacks a key, so a bare checkout still runs.
+DEFAULT_GLOBALS: dict[str, str] = {
+    "RESULTS_DIR": "results",
+    "DATA_DIR": "data",
+    "STATS_DIR": "data/stats",
+    "HPARAMS_DIR": "hparams",
+    "REMOTE_ROOT_URL": "https://memit.baulab.info",
+}
+
+DOWNLOAD_TIMEOUT_S = 60.0
+
+Downloader = Callable[[str, Path], None]
+
+
+class DataFileMissing(FileNotFoundError):
+    """A data file is neither on disk nor downloadable; the message says where to put it."""
+
+    def __init__(self, filename: str, url: str, folder: Path, reason: str) -> None:
+        super().__init__(filename, url, folder, reason)
+        self.filename, self.url, self.folder, self.reason = filename, url, Path(folder), reason
+        self.message = (
+            f"data file {filename!r} is not in {self.folder} and could not be downloaded from {url} "
+            f"({reason}). Fetch it on a machine with internet access and put it at "
+            f"{self.folder / filename}, or point DATA_DIR in globals.yml (or --data_dir) at a "
+            "folder that has it."
+        )
+
+    def __str__(self) -> str:  # OSError would format its args as "[Errno ...]"
+        return self.message
+
+    def __reduce__(self):  # OSError's own pickling loses the arguments (worker processes re-raise it)
+        return type(self), (self.filename, self.url, self.folder, self.reason)
+
+
+def load_globals(path: Path | None = None) -> dict[str, str]:
+    """Read globals.yml (defaults for missing keys); re-read on every call, nothing is cached."""
+    path = GLOBALS_FILE if path is None else Path(path)
+    values = dict(DEFAULT_GLOBALS)
+    if path.is_file():
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path} must be a YAML mapping such as 'DATA_DIR: data', got {type(loaded).__name__}")
+        values.update({str(k): str(v) for k, v in loaded.items()})
+    return values
+
+
+def resolve_global_dir(key: str, override: str | Path | None = None) -> Path:
+    """The folder named by ``key`` in globals.yml, or ``override`` when one is given."""
+    if override is not None:
+        return Path(override).expanduser()
+    values = load_globals()
+    if key not in values:
+        raise KeyError(f"globals.yml has no {key!r}; known keys: {sorted(values)}")
+    path = Path(values[key]).expanduser()
+    return path if path.is_absolute() else REPO_ROOT / path
+
+
+def resolve_data_dir(override: str | Path | None = None) -> Path:
+    """The data folder: ``override`` if given, else DATA_DIR from globals.yml."""
+    return resolve_global_dir("DATA_DIR", override)
+
+
+def dataset_url(filename: str) -> str:
+    """Canonical URL of a data file of the original project."""
+    root = load_globals()["REMOTE_ROOT_URL"].rstrip("/")
+    return f"{root}/data/dsets/{filename}"
+
+
+def download_file(url: str, dest: Path) -> None:
+    """Stream ``url`` to ``dest`` with a progress bar; a partial download never takes dest's name."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as resp:
+            total = int(resp.headers.get("Content-Length") or 0) or None
+            written = 0
+            with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {dest.name}") as bar:
+                while chunk := resp.read(1 << 20):
+                    out.write(chunk)
+                    written += len(chunk)
+                    bar.update(len(chunk))
+        if total is not None and written != total:
+            raise OSError(f"connection closed after {written} of {total} bytes")
+        os.replace(tmp, dest)  # atomic within one folder
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def ensure_file(
+    data_dir: str | Path,
+    filename: str,
+    url: str | None = None,
+    download: Downloader | None = None,
+) -> Path:
+    """Path of ``data_dir/filename``, downloading it first if it is missing.
+
+    ``download`` defaults to :func:`download_file` looked up at call time, so tests can
+    monkeypatch ``dsets.data_dir.download_file`` (or pass their own) and never touch the network.
+    """
+    folder = Path(data_dir)
+    path = folder / filename
+    if path.is_file():
+        return path
+    url = dataset_url(filename) if url is None else url
+    fetch = download_file if download is None else download
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fetch(url, path)
+    except (OSError, http.client.HTTPException) as exc:  # URLError, timeouts, refused, short reads
+        raise DataFileMissing(filename, url, folder, f"{type(exc).__name__}: {exc}") from exc
+    if not path.is_file():
+        raise DataFileMissing(filename, url, folder, "the download finished but wrote no file")
+    return path

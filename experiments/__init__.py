@@ -1,0 +1,1 @@
+"""Experiment drivers: evaluation, metrics and downstream general-capability checks."""

@@ -1,0 +1,17 @@
+"""Zero-shot general-capability checks (GLUE subsets, MMLU, NLI, ...) run between edit batches.
+
+``tasks`` is the table of tasks, ``scoring`` picks a label by likelihood, ``evaluation`` runs
+the tasks and writes one result file per evaluation point.
+"""
+from .evaluation import classification_metrics, run_downstream_eval, write_downstream_result
+from .tasks import ANSWER_CUE, DEFAULT_TASKS, TASKS, DownstreamTask
+
+__all__ = [
+    "ANSWER_CUE",
+    "DEFAULT_TASKS",
+    "TASKS",
+    "DownstreamTask",
+    "classification_metrics",
+    "run_downstream_eval",
+    "write_downstream_result",
+]

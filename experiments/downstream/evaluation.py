@@ -1,0 +1,105 @@
+"""Run the downstream tasks on a model and record one JSON per evaluation point."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+from sklearn.metrics import f1_score, matthews_corrcoef
+from tqdm.auto import tqdm
+
+from util.tokens import pad_token_id
+
+from .scoring import build_pairs, context_limit, continuation_ids, mean_logprobs
+from .tasks import DEFAULT_TASKS, DownstreamTask, check_glue_dir, get_task, load_records, select_subset
+
+TaskMetrics = dict[str, float | int]  # {"accuracy", "f1", "mcc", "n"}
+
+
+def classification_metrics(gold: Sequence[int], pred: Sequence[int], n_classes: int,
+                           positive: int | None = None) -> TaskMetrics:
+    """Accuracy, F1 and MCC over class indices.
+
+    F1 is binary F1 of class ``positive`` for two-class tasks and macro F1 otherwise (every
+    class weighs the same, so a model that always answers "A" cannot look good). MCC is
+    sklearn's (multi-class generalisation for >2 classes); both are 0.0 when undefined, e.g.
+    when the model gives one answer for everything.
+    """
+    if len(gold) != len(pred) or not gold:
+        raise ValueError(f"need equally many gold and predicted labels (got {len(gold)}, {len(pred)})")
+    if n_classes == 2:
+        if positive not in (0, 1):
+            raise ValueError("binary metrics need the index of the positive class")
+        f1 = f1_score(gold, pred, labels=[0, 1], pos_label=positive, average="binary", zero_division=0)
+    else:
+        f1 = f1_score(gold, pred, labels=list(range(n_classes)), average="macro", zero_division=0)
+    accuracy = sum(int(g == p) for g, p in zip(gold, pred)) / len(gold)
+    return {"accuracy": float(accuracy), "f1": float(f1), "mcc": float(matthews_corrcoef(gold, pred)),
+            "n": len(gold)}
+
+
+def evaluate_task(model: nn.Module, tok, task: DownstreamTask, records: Sequence[dict], batch_size: int,
+                  progress: bool = True) -> TaskMetrics:
+    """Zero-shot accuracy/F1/MCC of ``model`` on ``records``, label chosen by likelihood."""
+    candidates = [continuation_ids(tok, word) for word in task.label_words]
+    pairs = build_pairs(tok, [task.prompt(r) for r in records], candidates, context_limit(model, tok))
+    with tqdm(total=len(pairs), desc=f"downstream {task.name}", unit="seq", disable=not progress,
+              leave=False) as bar:
+        scores = mean_logprobs(model, pairs, batch_size, pad_token_id(tok), bar=bar)
+    k = len(candidates)
+    per_record = torch.tensor(scores).view(len(records), k)  # (N, K), prompt-major like the pairs
+    pred = per_record.argmax(dim=1).tolist()
+    gold = [task.gold_index(r) for r in records]
+    positive = task.label_values.index(task.positive) if task.is_binary else None
+    return classification_metrics(gold, pred, k, positive)
+
+
+def run_downstream_eval(model: nn.Module, tok, glue_dir: str | Path, tasks: Sequence[str] = DEFAULT_TASKS,
+                        n_per_task: int = 100, batch_size: int = 16, seed: int = 0,
+                        progress: bool = True) -> dict[str, TaskMetrics]:
+    """``{task: {"accuracy", "f1", "mcc", "n"}}`` for each task name in ``tasks``.
+
+    The same ``(glue_dir, n_per_task, seed)`` always picks the same examples, so evaluation
+    points along a run of edits are comparable. All task names and files are checked before
+    the model runs, so a typo fails in seconds rather than after the first task.
+    """
+    if isinstance(tasks, str):
+        raise TypeError(f"tasks must be a sequence of task names, e.g. ({tasks!r},)")
+    check_glue_dir(glue_dir)
+    chosen = {name: get_task(name) for name in tasks}
+    subsets = {name: select_subset(task, load_records(task, glue_dir), n_per_task, seed)
+               for name, task in chosen.items()}
+    was_training = model.training
+    model.eval()  # dropout would make the scores random
+    try:
+        return {name: evaluate_task(model, tok, chosen[name], subsets[name], batch_size, progress)
+                for name in chosen}
+    finally:
+        model.train(was_training)
+
+
+def write_downstream_result(path: str | Path, result: dict[str, TaskMetrics], num_edits: int,
+                            batch_index: int) -> Path:
+    """Write one evaluation point as JSON, atomically (a reader never sees half a file).
+
+    The temp file lives in the target folder so ``os.replace`` is a same-filesystem rename.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"num_edits": int(num_edits), "batch_index": int(batch_index), "tasks": result}
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            json.dump(payload, out, indent=2, allow_nan=False)
+            out.write("\n")
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,87 @@
+"""Tiny models, hparams and requests shared by the engine tests."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, GPT2Config, GPTJConfig, GPTNeoXConfig, LlamaConfig
+
+from nse import NSEHyperParams
+from util.tokens import encode, encode_target
+
+ROOT = Path(__file__).resolve().parents[1]
+CORPUS = str(ROOT.parent / "shared" / "data" / "corpus")
+VOCAB = 512  # the stories260K tokenizer's vocabulary, reused for every tiny model
+
+
+def tiny_config(kind: str):
+    common = dict(vocab_size=VOCAB, bos_token_id=1, eos_token_id=2)
+    if kind == "gpt2":
+        return GPT2Config(n_layer=3, n_embd=32, n_head=2, n_inner=96, n_positions=128, **common)
+    if kind == "gptj":
+        return GPTJConfig(n_layer=3, n_embd=32, n_head=2, n_inner=96, rotary_dim=8, n_positions=128, **common)
+    if kind == "gpt_neox":
+        return GPTNeoXConfig(num_hidden_layers=3, hidden_size=32, num_attention_heads=2, intermediate_size=96,
+                             max_position_embeddings=128, **common)
+    if kind == "llama":
+        return LlamaConfig(num_hidden_layers=3, hidden_size=32, num_attention_heads=2, num_key_value_heads=1,
+                           intermediate_size=96, max_position_embeddings=128, **common)
+    raise ValueError(kind)
+
+
+def tiny_model(kind: str, seed: int = 0):
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(kind)).eval()
+    with torch.no_grad():  # random init is tiny; give activations a realistic scale
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.mul_(4.0)
+        # A wider logit range, or no offset of the residual stream can make a target likely.
+        model.get_output_embeddings().weight.mul_(8.0)
+    return model
+
+
+def tiny_hparams(**overrides) -> NSEHyperParams:
+    base = dict(
+        layers=[0, 1], fact_token="subject_last", v_num_grad_steps=30, v_lr=0.5, v_loss_layer=2,
+        v_weight_decay=0.01, clamp_norm_factor=4.0, kl_factor=0.0625, mom2_adjustment=True,
+        mom2_update_weight=10.0, mom2_dataset=CORPUS, mom2_n_samples=40, mom2_dtype="float32",
+        mom2_max_length=64, alpha=0.01, upper_bound=1e4, max_iterations=3, neuron_threshold=0.9,
+    )
+    base.update(overrides)
+    return NSEHyperParams(**base)
+
+
+def stories_hparams(**overrides) -> NSEHyperParams:
+    hp = NSEHyperParams.from_json(ROOT / "hparams/NSE/tinystories-260k.json")
+    overrides = {"mom2_n_samples": 60, "mom2_max_length": 64, "mom2_dataset": CORPUS, **overrides}
+    return dataclasses.replace(hp, **overrides)
+
+
+REQUESTS = [
+    {"case_id": 0, "prompt": "Lily liked to eat {}, and her favourite colour was", "subject": "apples",
+     "target_new": {"str": "blue"}, "target_true": {"str": "red"}},
+    {"case_id": 1, "prompt": "The dog named {} was very", "subject": "Max",
+     "target_new": {"str": "sad"}, "target_true": {"str": "happy"}},
+    {"case_id": 2, "prompt": "Tom went to the {} with his", "subject": "park",
+     "target_new": {"str": "cat"}, "target_true": {"str": "mom"}},
+    {"case_id": 3, "prompt": "One day, {} found a big", "subject": "Sue",
+     "target_new": {"str": "tree"}, "target_true": {"str": "box"}},
+]
+
+
+@torch.no_grad()
+def target_nll(model, tok, prompt: str, target: str) -> float:
+    """Mean per-token NLL of ``target`` after ``prompt`` (teacher forced, from ids)."""
+    p, t = encode(tok, prompt), encode_target(tok, target)
+    device = next(model.parameters()).device
+    lp = torch.log_softmax(model(torch.tensor([p + t], device=device)).logits[0].float(), -1)
+    return -sum(lp[len(p) - 1 + i, x].item() for i, x in enumerate(t)) / len(t)
+
+
+def prefers_new(model, tok, request: dict) -> bool:
+    prompt = request["prompt"].replace("{}", request["subject"])
+    return target_nll(model, tok, prompt, " " + request["target_new"]["str"]) < target_nll(
+        model, tok, prompt, " " + request["target_true"]["str"]
+    )

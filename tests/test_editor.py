@@ -1,0 +1,137 @@
+"""The NSE editor: rewinding, key accumulation, resumable state, statistics, architectures."""
+import dataclasses
+
+import pytest
+import torch
+
+from helpers import REQUESTS, prefers_new, stories_hparams, tiny_hparams, tiny_model
+from nse import NSEEditor, apply_nse_to_model
+from util.keys import compute_keys_and_outputs
+from util.requests import normalize_request
+from util.rewrite_weights import weight_d_by_f
+from util.values import compute_values
+
+TEMPLATES = [["{}"], ["Once upon a time. {}", "The sun was up. {}"]]
+
+
+def _editor(model, tok, hp, **kw):
+    return NSEEditor(model, tok, hp, context_templates=TEMPLATES, progress=False, **kw)
+
+
+def _weights(editor):
+    return {l: weight_d_by_f(m).detach().clone() for l, m in editor.modules.items()}
+
+
+def test_values_use_original_weights_after_an_edit(tiny_llama, tiny_llama_path):
+    model, tok = tiny_llama
+    hp = stories_hparams(v_num_grad_steps=8)
+    editor = _editor(model, tok, hp)
+    editor.edit(REQUESTS[:2])
+    edited = _weights(editor)
+    assert any(not torch.equal(edited[l], editor.original[l]) for l in edited)
+    second = [normalize_request(r) for r in REQUESTS[2:]]
+    with editor.rewound():
+        rewound_z = compute_values(model, tok, second, editor.hparams, TEMPLATES).z
+    assert all(torch.equal(edited[l], w) for l, w in _weights(editor).items())  # edits are back
+
+    from transformers import AutoModelForCausalLM
+    fresh = AutoModelForCausalLM.from_pretrained(tiny_llama_path, dtype=torch.float32).eval()
+    fresh_z = compute_values(fresh, tok, second, editor.hparams, TEMPLATES).z
+    assert torch.allclose(rewound_z, fresh_z, atol=1e-5)
+    edited_z = compute_values(model, tok, second, editor.hparams, TEMPLATES).z
+    assert not torch.allclose(edited_z, fresh_z, atol=1e-3)  # the test could tell them apart
+
+
+def _batch_keys(editor, requests):
+    hp = editor.hparams
+    names = [hp.rewrite_module(l) for l in hp.layers]
+    keys, _ = compute_keys_and_outputs(editor.model, editor.tok, [normalize_request(r) for r in requests],
+                                       TEMPLATES, names, hp.fact_token)
+    return {l: keys[hp.rewrite_module(l)].double() for l in hp.layers}
+
+
+def test_cp_accumulates_every_batch(tiny_llama):
+    model, tok = tiny_llama
+    editor = _editor(model, tok, stories_hparams(v_num_grad_steps=5))
+    editor.edit(REQUESTS[:2])
+    k1 = _batch_keys(editor, REQUESTS[:2])  # keys under the weights after batch 1
+    editor.edit(REQUESTS[2:])
+    k2 = _batch_keys(editor, REQUESTS[2:])
+    for l in editor.hparams.layers:
+        expected = k1[l].T @ k1[l] + k2[l].T @ k2[l]
+        assert torch.allclose(editor.cp[l].double(), expected, rtol=1e-4, atol=1e-4)
+    assert (editor.num_batches, editor.num_edits) == (2, 4)
+
+
+def test_saved_state_resumes_identically(tiny_llama, tiny_llama_path, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model, tok = tiny_llama
+    hp = stories_hparams(v_num_grad_steps=5)
+    editor = _editor(model, tok, hp)
+    editor.edit(REQUESTS[:2])
+    editor.save(tmp_path / "state.pt")
+    resumed_model = AutoModelForCausalLM.from_pretrained(tiny_llama_path, dtype=torch.float32).eval()
+    resumed = NSEEditor(resumed_model, tok, hp, progress=False)
+    resumed.load(tmp_path / "state.pt")
+    assert resumed.context_templates == TEMPLATES and resumed.num_edits == 2
+    editor.edit(REQUESTS[2:])
+    resumed.edit(REQUESTS[2:])
+    for l, w in _weights(editor).items():
+        assert torch.allclose(w, weight_d_by_f(resumed.modules[l]), atol=1e-6)
+        assert torch.allclose(editor.cp[l], resumed.cp[l], atol=1e-5)
+
+
+def test_load_rejects_other_layers(tiny_llama, tmp_path):
+    model, tok = tiny_llama
+    editor = _editor(model, tok, stories_hparams(v_num_grad_steps=2))
+    editor.save(tmp_path / "s.pt")
+    other = _editor(model, tok, stories_hparams(layers=[2, 3]))
+    with pytest.raises(ValueError, match=r"saved state edits layers \[1, 2, 3\], these hparams edit \[2, 3\]"):
+        other.load(tmp_path / "s.pt")
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "gptj", "gpt_neox", "llama"])
+def test_round_trip_on_tiny_random_models(kind, tiny_llama):
+    _, tok = tiny_llama  # stories tokenizer, 512 ids like the tiny configs
+    model = tiny_model(kind)
+    # Subject last and single-token targets: in a random model only the residual stream at the
+    # predicting position carries delta to the logits (random attention moves little).
+    request = {"case_id": 0, "prompt": "One day Tom met {}", "subject": "Lily",
+               "target_new": {"str": "happy"}, "target_true": {"str": "day"}}
+    if prefers_new(model, tok, request):  # make the edit a real change
+        request["target_new"], request["target_true"] = request["target_true"], request["target_new"]
+    model, editor = apply_nse_to_model(model, tok, [request], tiny_hparams(), context_templates=TEMPLATES,
+                                       progress=False)
+    assert prefers_new(model, tok, request), editor.last_report.log_line()
+    assert editor.last_report.active_per_round, "no round edited"
+
+
+def test_conv1d_orientation_changes_only_selected_input_rows():
+    model = tiny_model("gpt2")
+    module = model.transformer.h[0].mlp.c_proj
+    stored = module.weight.detach().clone()  # (f=96, d=32)
+    from util.rewrite_weights import add_to_columns
+    add_to_columns(module, torch.tensor([3, 10]), torch.ones(32, 2))
+    diff = (module.weight - stored).abs().sum(dim=1)
+    assert diff.nonzero().flatten().tolist() == [3, 10]
+
+
+def test_real_tiny_model_round_trip(tiny_llama, tmp_path):
+    model, tok = tiny_llama
+    assert not any(prefers_new(model, tok, r) for r in REQUESTS[:2])
+    editor = NSEEditor(model, tok, stories_hparams(), stats_dir=tmp_path, progress=False)
+    report = editor.edit(REQUESTS[:2])
+    assert all(prefers_new(model, tok, r) for r in REQUESTS[:2]), report.log_line()
+    assert report.residual_mean_per_round[-1] < report.residual_mean_per_round[0]
+    assert len(editor.context_templates[1]) == 5 and all(t.endswith(". {}") for t in editor.context_templates[1])
+    assert list(tmp_path.rglob("*.pt")), "C0 was not cached"
+
+
+def test_requests_above_upper_bound_are_not_edited(tiny_llama):
+    model, tok = tiny_llama
+    editor = _editor(model, tok, stories_hparams(upper_bound=0.6, alpha=0.5))
+    before = _weights(editor)
+    report = editor.edit(REQUESTS[:2])
+    assert report.n_above_upper_bound == 2 and report.active_per_round == []
+    assert all(torch.equal(before[l], w) for l, w in _weights(editor).items())

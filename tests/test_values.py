@@ -1,0 +1,81 @@
+"""Batched value optimisation equals one request at a time; z does what it should."""
+import pytest
+import torch
+
+from helpers import REQUESTS, stories_hparams
+from nse.hparams import NSEHyperParams
+from util.fact_reads import read_at_fact_tokens
+from util.hooks import edit_output
+from util.requests import normalize_request
+from util.tokens import encode, encode_target, fact_token_index
+from util.values import compute_values
+
+TEMPLATES = [["{}"], ["Once upon a time. {}", "The sun was up. {}"]]
+
+
+def _setup(tiny_llama, **overrides):
+    model, tok = tiny_llama
+    hp = stories_hparams(**overrides).resolved_for(model)
+    return model, tok, hp, [normalize_request(r) for r in REQUESTS]
+
+
+def test_batched_equals_one_at_a_time(tiny_llama):
+    # Different requests stop at different steps, which exercises the masked Adam step.
+    model, tok, hp, reqs = _setup(tiny_llama, v_num_grad_steps=12)
+    batched = compute_values(model, tok, reqs, hp, TEMPLATES)
+    singles = [compute_values(model, tok, [r], hp, TEMPLATES) for r in reqs]
+    single_z = torch.cat([s.z for s in singles])
+    # Tolerance: padding changes matmul shapes, so float32 round-off differs per step.
+    assert torch.allclose(batched.z, single_z, rtol=1e-4, atol=1e-4), (batched.z - single_z).abs().max()
+    assert batched.updates == [s.updates[0] for s in singles]
+    assert batched.losses == pytest.approx([s.losses[0] for s in singles], rel=1e-3, abs=1e-5)
+    assert 0 < min(batched.updates) and max(batched.updates) <= hp.v_num_grad_steps - 1
+
+
+def test_chunked_equals_all_at_once(tiny_llama):
+    model, tok, hp, reqs = _setup(tiny_llama, v_num_grad_steps=6)
+    whole = compute_values(model, tok, reqs, hp, TEMPLATES)
+    chunked = compute_values(model, tok, reqs, hp, TEMPLATES, batch_size=3)
+    assert torch.allclose(whole.z, chunked.z, rtol=1e-4, atol=1e-4)
+
+
+def test_one_evaluation_means_no_update(tiny_llama):
+    model, tok, hp, reqs = _setup(tiny_llama, v_num_grad_steps=1)
+    out = compute_values(model, tok, reqs, hp, TEMPLATES)
+    z_layer = hp.layer_module(hp.layers[-1])
+    _, outs = read_at_fact_tokens(model, tok, [r["prompt"] for r in reqs], [r["subject"] for r in reqs],
+                                  hp.fact_token, output_of=[z_layer])
+    assert out.updates == [0] * len(reqs)
+    assert torch.allclose(out.z, outs[z_layer], atol=1e-5)  # z = h0 when delta never moved
+
+
+def test_delta_respects_clamp(tiny_llama):
+    model, tok, hp, reqs = _setup(tiny_llama, v_num_grad_steps=15, clamp_norm_factor=0.05)
+    out = compute_values(model, tok, reqs, hp, TEMPLATES)
+    ratio = (out.z - out.h0).norm(dim=1) / out.h0.norm(dim=1)
+    assert (ratio <= 0.05 + 1e-5).all() and (ratio > 0.04).all()
+
+
+def test_z_raises_probability_of_new_target(tiny_llama):
+    model, tok, hp, reqs = _setup(tiny_llama)
+    out = compute_values(model, tok, reqs[:1], hp, TEMPLATES)
+    r = reqs[0]
+    prompt_ids = encode(tok, r["prompt"].replace("{}", r["subject"]))
+    target = encode_target(tok, r["target_new"]["str"])
+    fact = fact_token_index(tok, r["prompt"], r["subject"])
+    ids = torch.tensor([prompt_ids + target])
+
+    def nll():
+        lp = torch.log_softmax(model(ids).logits[0], -1)
+        return -sum(lp[len(prompt_ids) - 1 + i, t] for i, t in enumerate(target)).item() / len(target)
+
+    before = nll()
+
+    def put_z(h):
+        h = h.clone()
+        h[0, fact] = out.z[0]
+        return h
+
+    with edit_output(model, hp.layer_module(hp.layers[-1]), put_z):
+        after = nll()
+    assert after < before - 0.5, (before, after)
