@@ -19,6 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.smollm2 import load_smollm2  # noqa: E402
+from dsets import resolve_global_dir  # noqa: E402
 from nse import NSEEditor, NSEHyperParams  # noqa: E402
 from util.tokens import encode, encode_target  # noqa: E402
 
@@ -51,7 +52,7 @@ def main() -> None:
     hp = dataclasses.replace(NSEHyperParams.from_json(args.hparams), **json.loads(args.override))
     records = json.load(open(args.data))[args.offset : args.offset + args.cases]
     requests = [dict(r["requested_rewrite"], case_id=r["case_id"]) for r in records]
-    editor = NSEEditor(model, tok, hp, stats_dir="stats", progress=False)
+    editor = NSEEditor(model, tok, hp, stats_dir=resolve_global_dir("STATS_DIR"), progress=False)
     t0 = time.time()
     for s in range(0, len(requests), args.batch):
         print(editor.edit(requests[s : s + args.batch]).log_line(), flush=True)

@@ -6,7 +6,6 @@ modules, accumulated keys ``Cp``, counters, context templates) and can be saved 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -20,11 +19,13 @@ from nse.closed_form import solve_update
 from nse.hparams import NSEHyperParams
 from nse.neuron_selection import select_neurons
 from util.architectures import get_module, model_device
+from util.atomic_files import atomic_path
 from util.context_templates import generate_context_templates
 from util.keys import compute_keys_and_outputs
 from util.requests import normalize_request
 from util.rewrite_weights import add_to_columns, weight_d_by_f
 from util.second_moment import cached_second_moments
+from util.value_cache import ValueCache
 from util.values import compute_values
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,8 @@ class NSEEditor:
         seed: int = 0,
         batch_size: int = 64,
         values_batch_size: int | None = None,
+        value_cache: ValueCache | None = None,
+        originals_on_cpu: bool = False,
         progress: bool = True,
     ) -> None:
         self.model, self.tok = model, tok
@@ -75,8 +78,11 @@ class NSEEditor:
         self.stats_dir, self.seed, self.progress = stats_dir, seed, progress
         self.batch_size, self.values_batch_size = batch_size, values_batch_size
         self.context_templates = context_templates
+        self.value_cache = value_cache
         self.modules = {l: get_module(model, self.hparams.rewrite_module(l)) for l in self.hparams.layers}
-        self.original = {l: weight_d_by_f(m).detach().clone() for l, m in self.modules.items()}
+        # --conserve_memory keeps the rewinding copy in host memory instead of beside the model.
+        keep_on = torch.device("cpu") if originals_on_cpu else None
+        self.original = {l: weight_d_by_f(m).detach().to(keep_on, copy=True) for l, m in self.modules.items()}
         stats_dtype = getattr(torch, self.hparams.mom2_dtype)
         device = model_device(model)
         self.cp = {l: torch.zeros(w.shape[1], w.shape[1], dtype=stats_dtype, device=device) for l, w in self.original.items()}
@@ -124,10 +130,10 @@ class NSEEditor:
         hp = self.hparams
         with self.rewound():
             self._prepare()
-            values = compute_values(self.model, self.tok, requests, hp, self.context_templates, self.values_batch_size)
+            z, losses = self._values(requests)
         report = BatchReport(self.num_batches, len(requests), self.num_edits + len(requests),
-                             float(sum(values.losses) / len(values.losses)))
-        self._update_rounds(requests, values.z, report)
+                             float(sum(losses) / len(losses)) if losses else float("nan"))
+        self._update_rounds(requests, z, report)
         self._accumulate_keys(requests)
         self.num_batches += 1
         self.num_edits += len(requests)
@@ -136,6 +142,22 @@ class NSEEditor:
         self.last_report = report
         log.info(report.log_line())
         return report
+
+    def _values(self, requests: list[dict]) -> tuple[torch.Tensor, list[float]]:
+        """z per request (from the value cache where present) and the losses of fresh ones."""
+        cached = [self.value_cache.get(r["case_id"]) if self.value_cache else None for r in requests]
+        todo = [i for i, z in enumerate(cached) if z is None]
+        losses: list[float] = []
+        if todo:
+            fresh = compute_values(self.model, self.tok, [requests[i] for i in todo], self.hparams,
+                                   self.context_templates, self.values_batch_size)
+            losses = fresh.losses
+            for i, z in zip(todo, fresh.z):
+                cached[i] = z
+                if self.value_cache:
+                    self.value_cache.put(requests[i]["case_id"], z)
+        device = model_device(self.model)
+        return torch.stack([z.to(device) for z in cached]), losses
 
     def _keys_and_z_layer_output(self, requests, layers: Sequence[int], templates):
         hp = self.hparams
@@ -220,7 +242,7 @@ class NSEEditor:
                 if tuple(state["current"][l].shape) != tuple(w.shape):
                     raise ValueError(f"saved weights of layer {l} have shape {tuple(state['current'][l].shape)}, model has {tuple(w.shape)}")
                 w.copy_(state["current"][l])
-                self.original[l] = state["original"][l].to(device=w.device, dtype=w.dtype)
+                self.original[l] = state["original"][l].to(device=self.original[l].device, dtype=w.dtype)
                 self.cp[l] = state["cp"][l].to(self.cp[l].device)
         self.context_templates = state["context_templates"]
         self.num_batches = state["num_batches"]
@@ -229,11 +251,8 @@ class NSEEditor:
 
     def save(self, path: str | Path) -> None:
         """Atomic: a crash while saving leaves the previous file intact."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        torch.save(self.state_dict(), tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            torch.save(self.state_dict(), tmp)
 
     def load(self, path: str | Path) -> None:
         self.load_state_dict(torch.load(path, weights_only=True))

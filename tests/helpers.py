@@ -61,9 +61,9 @@ def stories_hparams(**overrides) -> NSEHyperParams:
 
 REQUESTS = [
     {"case_id": 0, "prompt": "Lily liked to eat {}, and her favourite colour was", "subject": "apples",
-     "target_new": {"str": "blue"}, "target_true": {"str": "red"}},
+     "target_new": {"str": "red"}, "target_true": {"str": "blue"}},
     {"case_id": 1, "prompt": "The dog named {} was very", "subject": "Max",
-     "target_new": {"str": "sad"}, "target_true": {"str": "happy"}},
+     "target_new": {"str": "happy"}, "target_true": {"str": "sad"}},
     {"case_id": 2, "prompt": "Tom went to the {} with his", "subject": "park",
      "target_new": {"str": "cat"}, "target_true": {"str": "mom"}},
     {"case_id": 3, "prompt": "One day, {} found a big", "subject": "Sue",
@@ -85,3 +85,26 @@ def prefers_new(model, tok, request: dict) -> bool:
     return target_nll(model, tok, prompt, " " + request["target_new"]["str"]) < target_nll(
         model, tok, prompt, " " + request["target_true"]["str"]
     )
+
+
+# --- hand-made per-case metric dicts (the ``post`` of a case file) ---------------------------------
+
+
+def cf_post(rewrite, paraphrase, neighborhood, **extra) -> dict:
+    """A CounterFact post from (NLL of target_new, NLL of target_true) pairs per prompt group;
+    each group's correctness list is ``[True, False][:n_prompts]``."""
+    groups = (("rewrite", rewrite), ("paraphrase", paraphrase), ("neighborhood", neighborhood))
+    post = {f"{g}_prompts_probs": [{"target_new": n, "target_true": t} for n, t in pairs] for g, pairs in groups}
+    post.update({f"{g}_prompts_correct": [True, False][: len(pairs)] for g, pairs in groups})
+    post.update(extra)
+    return post
+
+
+# zsRE posts: Efficacy 75 ± 25, Generalization 50 ± 50, Specificity 87.5 ± 12.5 (cases 1/2 and 1,
+# 1 and 0, 3/4 and 1).
+ZSRE_POSTS = [
+    {"rewrite_prompts_correct": [True, False], "paraphrase_prompts_correct": [True, True],
+     "neighborhood_prompts_correct": [True, True, True, False]},
+    {"rewrite_prompts_correct": [True], "paraphrase_prompts_correct": [False],
+     "neighborhood_prompts_correct": [True]},
+]

@@ -9,12 +9,13 @@ import pytest
 import torch
 
 from dsets import AttributeSnippets, vectorizer_from_stats
+from helpers import ZSRE_POSTS, cf_post
+from util.tokens import encode
 from experiments.metrics import (
     METRIC_DESCRIPTIONS,
     PAPER_COLUMNS,
     compute_rewrite_quality_counterfact,
     compute_rewrite_quality_zsre,
-    encode_prompt,
     generate_texts,
     ngram_entropy,
     score_continuations,
@@ -139,9 +140,9 @@ def test_counterfact_probabilities_hand_computed():
 
 def test_sequences_are_built_from_ids_with_bos_once_and_right_padding():
     model, tok = BigramModel(), WordTokenizer(bos=True, append_eos=True)
-    assert encode_prompt(tok, "cat sat") == [ID["<s>"], ID["cat"], ID["sat"]]  # BOS kept, EOS dropped
-    scores = score_continuations(model, tok, [(encode_prompt(tok, "rome"), [ID["dog"], ID["sat"]]),
-                                              (encode_prompt(tok, "cat sat on the"), [ID["mat"]])])
+    assert encode(tok, "cat sat") == [ID["<s>"], ID["cat"], ID["sat"]]  # BOS kept, EOS dropped
+    scores = score_continuations(model, tok, [(encode(tok, "rome"), [ID["dog"], ID["sat"]]),
+                                              (encode(tok, "cat sat on the"), [ID["mat"]])])
     (batch,) = model.calls
     assert batch.tolist() == [
         [ID["<s>"], ID["rome"], ID["dog"], ID["sat"], ID["</s>"], ID["</s>"]],  # padded on the right
@@ -189,7 +190,7 @@ def test_batched_scores_match_single_unpadded_forward(tiny_llama):
     model, tok = tiny_llama
     prompts = ["Once upon a time", "The cat", "Lily and her mom went to the big park to"]
     target = tok(" a dog", add_special_tokens=False)["input_ids"]
-    scores = score_continuations(model, tok, [(encode_prompt(tok, p), target) for p in prompts])
+    scores = score_continuations(model, tok, [(encode(tok, p), target) for p in prompts])
     for prompt, score in zip(prompts, scores):
         ids = tok(prompt)["input_ids"] + target  # this tokenizer adds BOS and nothing else
         assert ids[0] == tok.bos_token_id
@@ -259,6 +260,21 @@ def test_generation_stops_at_eos_and_after_max_new_tokens():
     assert len(model.calls) == 6 and model.calls[0][:, -1].tolist() == [ID["paris"], ID["rome"]]
 
 
+def test_generation_can_run_past_eos():
+    from util.generation import sample_continuations, sample_token_ids
+
+    model = BigramModel()
+    (row,) = sample_token_ids(model, [[ID["<s>"], ID["paris"]]], max_new_tokens=3, top_k=1, seed=0,
+                              pad_id=ID["</s>"], eos_id=None)
+    assert len(row) == 3 and row[0] == ID["</s>"]  # greedy paris -> </s>, then two more tokens
+    tok = WordTokenizer(bos=True)
+    (text,) = sample_continuations(model, tok, ["paris"], 3, top_k=1, stop_at_eos=False)
+    assert text == tok.decode([ID["<s>"], ID["paris"]] + row, skip_special_tokens=True)
+    assert generate_texts(model, WordTokenizer(bos=True), []) == []
+    with pytest.raises(ValueError, match="top_k >= 1"):
+        generate_texts(model, WordTokenizer(bos=True), ["paris"], top_k=0)
+
+
 def test_generation_positions_count_real_tokens_only():
     # Absolute-position models (GPT-2) would see a left-padded prompt shifted without this.
     model = BigramModel()
@@ -311,19 +327,6 @@ def test_counterfact_case_with_generation_on_tiny_llama(tiny_llama, shared_dir):
 # --- summary ------------------------------------------------------------------------------------
 
 
-def cf_post(rewrite, paraphrase, neighborhood, **extra) -> dict:
-    """Posts from (new NLL, true NLL) pairs; correctness lists are all True."""
-    def probs(pairs):
-        return [{"target_new": n, "target_true": t} for n, t in pairs]
-
-    post = {f"{g}_prompts_probs": probs(p) for g, p in
-            (("rewrite", rewrite), ("paraphrase", paraphrase), ("neighborhood", neighborhood))}
-    post.update({f"{g}_prompts_correct": [True, False][: len(p)] for g, p in
-                 (("rewrite", rewrite), ("paraphrase", paraphrase), ("neighborhood", neighborhood))})
-    post.update(extra)
-    return post
-
-
 def test_summarize_counterfact_hand_computed():
     ln2 = math.log(2)  # NLL ln 2 <-> P = 1/2; NLL ln 4 <-> P = 1/4
     posts = [
@@ -354,13 +357,7 @@ def test_summarize_ties_count_for_neither_and_zero_sinks_score():
 
 
 def test_summarize_zsre_hand_computed():
-    posts = [
-        {"rewrite_prompts_correct": [True, False], "paraphrase_prompts_correct": [True, True],
-         "neighborhood_prompts_correct": [True, True, True, False]},
-        {"rewrite_prompts_correct": [True], "paraphrase_prompts_correct": [False],
-         "neighborhood_prompts_correct": [True]},
-    ]
-    summary = summarize_cases(posts, "zsre")
+    summary = summarize_cases(ZSRE_POSTS, "zsre")
     assert summary == {
         "rewrite_acc": pytest.approx((75.0, 25.0)),
         "paraphrase_acc": pytest.approx((50.0, 50.0)),

@@ -17,6 +17,17 @@ class NoBos:
         return self.tok(text, add_special_tokens=False, **kw)
 
 
+class AppendsEos(NoBos):
+    """The stories tokenizer with a post-processor that also appends EOS (as some tokenizers do)."""
+
+    def __call__(self, text, add_special_tokens=True, **kw):
+        out = self.tok(text, add_special_tokens=add_special_tokens, **kw)
+        return {"input_ids": list(out["input_ids"]) + [self.tok.eos_token_id] * add_special_tokens}
+
+    def __getattr__(self, name):  # bos_token_id, eos_token_id, ... of the wrapped tokenizer
+        return getattr(self.tok, name)
+
+
 CASES = [("The mother tongue of {} is", "Danielle Darrieux"), ("{} was born in", "Lily"),
          ("Yesterday {} and Tom went to the park", "Ben")]
 
@@ -35,6 +46,19 @@ def test_subject_last_points_at_last_subject_token(tiny_llama, bos):
         first = fact_token_index(t, prompt, subject, "subject_first")
         assert tok.decode(ids[first : idx + 1]).strip() == subject
         assert fact_token_index(t, prompt, subject, "last") == len(ids) - 1
+
+
+def test_encode_keeps_leading_specials_and_drops_a_trailing_eos(tiny_llama):
+    """Prompts stay open for their continuation, and the fact token is never an appended EOS."""
+    _, tok = tiny_llama
+    t = AppendsEos(tok)
+    for prompt, subject in CASES:
+        filled = prompt.replace("{}", subject)
+        assert encode(t, filled) == encode(tok, filled) == tok(filled)["input_ids"]  # [BOS] + text
+        for strategy in ("subject_first", "subject_last", "last"):
+            assert fact_token_index(t, prompt, subject, strategy) == fact_token_index(tok, prompt, subject, strategy)
+    assert encode(t, "") == [tok.bos_token_id]  # the empty prefix of "{} was born in"
+    assert encode(NoBos(tok), "") == []
 
 
 @pytest.mark.parametrize("side", ["left", "right"])

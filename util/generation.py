@@ -1,4 +1,9 @@
-"""Seeded top-k sampling with a KV cache, batched under left padding."""
+"""Seeded top-k sampling with a KV cache, batched under left padding.
+
+One sampler serves the context templates of the editor and the Fluency/Consistency generations
+of the evaluation. Every row draws from the same generator at every step (a finished row's draw
+is thrown away), so a row's text depends only on the seed, the prompts and the model.
+"""
 from __future__ import annotations
 
 from typing import Sequence
@@ -10,7 +15,58 @@ from util.architectures import model_device
 from util.tokens import encode, pad, pad_token_id
 
 
+def _sample_top_k(logits: torch.Tensor, top_k: int, generator: torch.Generator) -> torch.Tensor:
+    """One token per row from the renormalised ``top_k`` most likely tokens.  (B, V) -> (B,)"""
+    values, indices = logits.float().topk(min(top_k, logits.shape[-1]), dim=-1)  # (B, k)
+    choice = torch.multinomial(values.softmax(dim=-1), 1, generator=generator)  # (B, 1)
+    return indices.gather(-1, choice).squeeze(-1)
+
+
 @torch.no_grad()
+def sample_token_ids(
+    model: nn.Module,
+    prompt_ids: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    top_k: int,
+    seed: int,
+    pad_id: int,
+    eos_id: int | None = None,
+) -> list[list[int]]:
+    """New token ids per prompt (prompt ids not included); a row ends before ``eos_id`` if given.
+
+    No forward pass runs after the last token is drawn, and none once every row has ended.
+    """
+    device = model_device(model)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    input_ids, attention_mask = pad(prompt_ids, pad_id, side="left")  # (B, T): last column is each last token
+    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+    # Positions count real tokens only, so a padded prompt is seen exactly as an unpadded one
+    # (absolute-position models such as GPT-2 would otherwise see it shifted).
+    position_ids = (attention_mask.cumsum(dim=-1) - 1).clamp(min=0)
+    finished = torch.zeros(len(prompt_ids), dtype=torch.bool, device=device)
+    past, steps = None, []
+    for step in range(max_new_tokens):
+        out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                    past_key_values=past, use_cache=True)
+        past = out.past_key_values
+        next_ids = _sample_top_k(out.logits[:, -1, :], top_k, generator)  # (B,)
+        next_ids = torch.where(finished, torch.full_like(next_ids, pad_id), next_ids)
+        steps.append(next_ids)
+        if eos_id is not None:
+            finished |= next_ids == eos_id
+        if step == max_new_tokens - 1 or bool(finished.all()):
+            break
+        input_ids = next_ids[:, None]  # (B, 1)
+        attention_mask = torch.cat([attention_mask, torch.ones_like(input_ids)], dim=-1)
+        position_ids = position_ids[:, -1:] + 1
+    if not steps:
+        return [[] for _ in prompt_ids]
+    new = torch.stack(steps, dim=1).tolist()  # (B, steps)
+    if eos_id is None:
+        return new
+    return [row[: row.index(eos_id)] if eos_id in row else row for row in new]
+
+
 def sample_continuations(
     model: nn.Module,
     tok,
@@ -18,31 +74,23 @@ def sample_continuations(
     max_new_tokens: int,
     top_k: int = 5,
     seed: int = 0,
+    stop_at_eos: bool = True,
 ) -> list[str]:
-    """Prompt + sampled continuation for each prompt, deterministic for a given seed."""
-    device = model_device(model)
+    """Prompt + sampled continuation (up to ``max_new_tokens`` tokens, top-k) for each prompt.
+
+    All prompts run in one batch. With ``stop_at_eos`` a row ends at the tokenizer's EOS (what
+    follows an EOS belongs to another document). Deterministic for a given seed, prompts and model.
+    """
+    if isinstance(prompts, str):
+        raise TypeError("sample_continuations takes a list of prompts; wrap a single prompt in a list")
+    if max_new_tokens < 0 or top_k < 1:
+        raise ValueError(f"need max_new_tokens >= 0 and top_k >= 1, got {max_new_tokens} and {top_k}")
+    if not prompts:
+        return []
     prompt_ids = [encode(tok, p) for p in prompts]
-    ids, mask = pad(prompt_ids, pad_token_id(tok), side="left")
-    ids, mask = ids.to(device), mask.to(device)
-    # Left padding: positions must count real tokens only, or absolute-position models shift.
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
-    new_tokens = []
-    for _ in range(max_new_tokens):
-        top_logits, top_ids = out.logits[:, -1].float().topk(top_k, dim=-1)
-        choice = torch.multinomial(top_logits.softmax(-1), 1, generator=generator)
-        next_ids = top_ids.gather(1, choice)  # (B, 1)
-        new_tokens.append(next_ids)
-        mask = torch.cat([mask, torch.ones_like(next_ids)], dim=1)
-        positions = positions[:, -1:] + 1
-        out = model(
-            input_ids=next_ids,
-            attention_mask=mask,
-            position_ids=positions,
-            past_key_values=out.past_key_values,
-            use_cache=True,
-        )
-    generated = torch.cat(new_tokens, dim=1).tolist() if new_tokens else [[] for _ in prompts]
+    if any(not ids for ids in prompt_ids):
+        raise ValueError("every generation prompt must tokenize to at least one token")
+    eos_id = tok.eos_token_id if stop_at_eos else None
+    new_ids = sample_token_ids(model, prompt_ids, max_new_tokens, top_k, seed, pad_token_id(tok), eos_id)
     # Decode prompt and continuation together so SentencePiece keeps word boundaries.
-    return [tok.decode(p + g, skip_special_tokens=True) for p, g in zip(prompt_ids, generated)]
+    return [tok.decode(p + n, skip_special_tokens=True) for p, n in zip(prompt_ids, new_ids)]

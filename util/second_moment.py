@@ -6,7 +6,6 @@ Sums and counts are kept separately so shards from several processes can be adde
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from util.architectures import get_module, model_device
+from util.atomic_files import atomic_path
 from util.hooks import capture, forward_until
 from util.rewrite_weights import weight_d_by_f
 from util.tokens import pad, pad_token_id
@@ -155,7 +155,5 @@ def cached_second_moments(
 
 
 def _atomic_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)

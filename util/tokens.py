@@ -13,8 +13,29 @@ FACT_TOKEN_STRATEGIES = ("subject_last", "subject_first", "last")
 
 
 def encode(tok, text: str) -> list[int]:
-    """Prompt ids as the model sees them (BOS included when the tokenizer adds one)."""
-    return list(tok(text, add_special_tokens=True)["input_ids"])
+    """Prompt ids as the model sees them: the tokenizer's leading special tokens (e.g. BOS), never
+    trailing ones.
+
+    Some tokenizers' post-processors also append EOS; a prompt must stay open for its continuation
+    (the edited target, a scored target, sampled text), and the fact token must not be an EOS.
+    Editing, evaluation and generation all encode prompts here, so they see the same ids.
+    """
+    plain = list(tok(text, add_special_tokens=False)["input_ids"])
+    full = list(tok(text, add_special_tokens=True)["input_ids"])
+    if not plain:  # "" (e.g. the text before a leading subject): only special tokens, no anchor
+        return _drop_trailing_eos(tok, full)
+    for start in range(len(full) - len(plain) + 1):
+        if full[start : start + len(plain)] == plain:
+            return full[:start] + plain
+    return plain  # the post-processor rewrote the text itself; fall back to the bare tokens
+
+
+def _drop_trailing_eos(tok, ids: list[int]) -> list[int]:
+    eos, bos = getattr(tok, "eos_token_id", None), getattr(tok, "bos_token_id", None)
+    keep = len(ids)
+    while keep and ids[keep - 1] == eos and not (keep == 1 and ids[0] == bos):  # BOS may equal EOS
+        keep -= 1
+    return ids[:keep]
 
 
 def encode_target(tok, text: str) -> list[int]:

@@ -1,9 +1,6 @@
 """Run the downstream tasks on a model and record one JSON per evaluation point."""
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -12,6 +9,7 @@ from torch import nn
 from sklearn.metrics import f1_score, matthews_corrcoef
 from tqdm.auto import tqdm
 
+from util.atomic_files import write_json_atomic
 from util.tokens import pad_token_id
 
 from .scoring import build_pairs, context_limit, continuation_ids, mean_logprobs
@@ -84,22 +82,6 @@ def run_downstream_eval(model: nn.Module, tok, glue_dir: str | Path, tasks: Sequ
 
 def write_downstream_result(path: str | Path, result: dict[str, TaskMetrics], num_edits: int,
                             batch_index: int) -> Path:
-    """Write one evaluation point as JSON, atomically (a reader never sees half a file).
-
-    The temp file lives in the target folder so ``os.replace`` is a same-filesystem rename.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write one evaluation point as JSON, atomically (a reader never sees half a file)."""
     payload = {"num_edits": int(num_edits), "batch_index": int(batch_index), "tasks": result}
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            json.dump(payload, out, indent=2, allow_nan=False)
-            out.write("\n")
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_json_atomic(path, payload)

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-import torch
 from torch import nn
 
-from util.tokens import encode, pad
+from experiments.metrics.scoring import score_pairs
+from util.tokens import encode, encode_target
 
 from .tasks import ANSWER_CUE
 
@@ -30,11 +30,7 @@ def continuation_ids(tok, word: str, cue: str = ANSWER_CUE) -> list[int]:
     base = list(tok(cue, add_special_tokens=False)["input_ids"])
     joint = list(tok(cue + word, add_special_tokens=False)["input_ids"])
     ids = joint[len(base):] if joint[: len(base)] == base else []
-    if not ids:
-        ids = list(tok(word, add_special_tokens=False)["input_ids"])
-    if not ids:
-        raise ValueError(f"label word {word!r} tokenizes to nothing")
-    return ids
+    return ids or encode_target(tok, word)  # raises if the word tokenizes to nothing
 
 
 def context_limit(model: nn.Module, tok) -> int:
@@ -76,47 +72,7 @@ def build_pairs(tok, prompts: Sequence[str], candidates: Sequence[list[int]], li
     return pairs
 
 
-@torch.no_grad()
 def mean_logprobs(model: nn.Module, pairs: Sequence[Pair], batch_size: int, pad_id: int, bar=None) -> list[float]:
-    """Mean log-probability of each continuation after its prompt, batched, right-padded.
-
-    Pairs are run shortest-first so each batch pads little; scores come back in input order.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    device = next(model.parameters()).device
-    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
-    scores = [0.0] * len(pairs)
-    for start in range(0, len(order), batch_size):
-        chunk = order[start:start + batch_size]
-        batch_scores = _score_batch(model, [pairs[i] for i in chunk], pad_id, device)
-        for index, score in zip(chunk, batch_scores):
-            scores[index] = score
-        if bar is not None:
-            bar.update(len(chunk))
-    return scores
-
-
-def _score_batch(model: nn.Module, pairs: Sequence[Pair], pad_id: int, device: torch.device) -> list[float]:
-    if any(len(prompt) < 1 for prompt, _ in pairs):
-        raise ValueError("every prompt needs at least one token to predict the label word from")
-    ids, mask = pad([prompt + cont for prompt, cont in pairs], pad_id, side="right")  # (B, T)
-    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits  # (B, T, V)
-    width = max(len(cont) for _, cont in pairs)
-    # Logits at position t predict token t+1: continuation token j sits at len(prompt) + j.
-    positions = torch.zeros((len(pairs), width), dtype=torch.long)  # (B, C)
-    targets = torch.zeros((len(pairs), width), dtype=torch.long)    # (B, C)
-    valid = torch.zeros((len(pairs), width), dtype=torch.bool)      # (B, C)
-    for row, (prompt, cont) in enumerate(pairs):
-        positions[row, : len(cont)] = torch.arange(len(prompt) - 1, len(prompt) - 1 + len(cont))
-        targets[row, : len(cont)] = torch.tensor(cont, dtype=torch.long)
-        valid[row, : len(cont)] = True
-    rows = torch.arange(len(pairs)).unsqueeze(1)  # (B, 1)
-    picked = logits[rows.to(logits.device), positions.to(logits.device)]  # (B, C, V)
-    # float32 log-softmax: half-precision logits lose the small differences between labels.
-    logp = picked.float().log_softmax(dim=-1).gather(-1, targets.to(logits.device).unsqueeze(-1)).squeeze(-1)
-    valid = valid.to(logits.device)
-    # torch.where, not a product: a -inf at a padded slot would poison the sum as NaN.
-    mean = torch.where(valid, logp, torch.zeros_like(logp)).sum(dim=1) / valid.sum(dim=1)  # (B,)
-    return mean.tolist()
-
+    """Mean log-probability of each continuation after its prompt (batched, right-padded,
+    shortest-first; scores in input order). The CounterFact/zsRE scorer, read as log-probabilities."""
+    return [-score.nll for score in score_pairs(model, pairs, pad_id, batch_size=batch_size, bar=bar)]

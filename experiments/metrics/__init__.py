@@ -2,7 +2,7 @@
 from experiments.metrics.consistency import tfidf_similarity
 from experiments.metrics.counterfact import compute_rewrite_quality_counterfact, perplexity
 from experiments.metrics.fluency import generate_texts, ngram_entropy, text_ngram_entropy, word_tokenize
-from experiments.metrics.scoring import ContinuationScore, encode_prompt, encode_target, score_continuations
+from experiments.metrics.scoring import ContinuationScore, score_continuations, score_pairs
 from experiments.metrics.summary import METRIC_DESCRIPTIONS, PAPER_COLUMNS, harmonic_mean, summarize_cases
 from experiments.metrics.zsre import compute_rewrite_quality_zsre
 
@@ -12,13 +12,12 @@ __all__ = [
     "ContinuationScore",
     "compute_rewrite_quality_counterfact",
     "compute_rewrite_quality_zsre",
-    "encode_prompt",
-    "encode_target",
     "generate_texts",
     "harmonic_mean",
     "ngram_entropy",
     "perplexity",
     "score_continuations",
+    "score_pairs",
     "summarize_cases",
     "text_ngram_entropy",
     "tfidf_similarity",

@@ -17,8 +17,10 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from dsets.attr_snippets import AttributeSnippets
 from experiments.metrics.consistency import tfidf_similarity
 from experiments.metrics.fluency import generate_texts, ngram_entropy
-from experiments.metrics.scoring import encode_prompt, encode_target, model_device, score_continuations
+from experiments.metrics.scoring import score_continuations
+from util.architectures import model_device
 from util.requests import check_prompt_template, fill_prompt, with_leading_space
+from util.tokens import encode, encode_target
 
 PROMPT_GROUPS = ("rewrite", "paraphrase", "neighborhood")
 ESSENCE_MAX_TOKENS = 100  # the subject snippets are long; the original scored their first 100 tokens
@@ -43,7 +45,7 @@ def probability_metrics(
         key: encode_target(tok, with_leading_space(rewrite[key]["str"])) for key in ("target_new", "target_true")
     }
     groups = _prompt_groups(record)
-    pairs = [(encode_prompt(tok, p), targets[key]) for g in PROMPT_GROUPS for p in groups[g] for key in targets]
+    pairs = [(encode(tok, p), targets[key]) for g in PROMPT_GROUPS for p in groups[g] for key in targets]
     scores = iter(score_continuations(model, tok, pairs, batch_size=batch_size))
     post: dict[str, list] = {}
     for group in PROMPT_GROUPS:
@@ -59,7 +61,7 @@ def probability_metrics(
 @torch.no_grad()
 def perplexity(model: torch.nn.Module, tok: Any, text: str, max_tokens: int = ESSENCE_MAX_TOKENS) -> float:
     """exp of the mean NLL of ``text``'s tokens (first ``max_tokens`` ids, BOS as the tokenizer adds it)."""
-    ids = encode_prompt(tok, text)[:max_tokens]
+    ids = encode(tok, text)[:max_tokens]
     if len(ids) < 2:
         raise ValueError(f"perplexity needs at least two tokens, {text!r} has {len(ids)}")
     input_ids = torch.tensor([ids], device=model_device(model))

@@ -10,8 +10,9 @@ from typing import Any
 
 import torch
 
-from experiments.metrics.scoring import encode_prompt, encode_target, score_continuations
+from experiments.metrics.scoring import score_continuations
 from util.requests import check_prompt_template, fill_prompt, with_leading_space
+from util.tokens import encode, encode_target
 
 
 def _neighborhood_target(tok: Any, entry: dict[str, Any]) -> list[int]:
@@ -28,9 +29,9 @@ def compute_rewrite_quality_zsre(model: torch.nn.Module, tok: Any, record: dict[
     check_prompt_template(rewrite["prompt"], where=f"case_id={record.get('case_id', '?')}: requested_rewrite.prompt")
     target = encode_target(tok, with_leading_space(rewrite["target_new"]["str"]))
     groups = {
-        "rewrite": [(encode_prompt(tok, fill_prompt(rewrite["prompt"], rewrite["subject"])), target)],
-        "paraphrase": [(encode_prompt(tok, p), target) for p in record["paraphrase_prompts"]],
-        "neighborhood": [(encode_prompt(tok, e["prompt"]), _neighborhood_target(tok, e))
+        "rewrite": [(encode(tok, fill_prompt(rewrite["prompt"], rewrite["subject"])), target)],
+        "paraphrase": [(encode(tok, p), target) for p in record["paraphrase_prompts"]],
+        "neighborhood": [(encode(tok, e["prompt"]), _neighborhood_target(tok, e))
                          for e in record["neighborhood_prompts"]],
     }
     flat = [pair for pairs in groups.values() for pair in pairs]  # one batched pass for the record

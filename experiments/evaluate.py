@@ -1,0 +1,87 @@
+"""``python -m experiments.evaluate``: sequential editing experiment with the original flags.
+
+Example (the paper's setting):
+    python -m experiments.evaluate --alg_name=NSE --model_name=meta-llama/Meta-Llama-3-8B-Instruct \\
+        --hparams_fname=Llama3-8B.json --ds_name=mcf --dataset_size_limit=2000 --num_edits=100 \\
+        --downstream_eval_steps=5
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from experiments.algorithms import ALGORITHMS
+from dsets import DataFileMissing, DatasetFormatError
+from experiments.runner import RunConfig, RunError, run_experiment
+from util.corpus import CorpusUnavailable
+from util.hparams import HyperParamsError
+from util.model_loading import ModelLoadError
+from util.requests import RequestError
+
+USER_ERRORS = (RunError, HyperParamsError, DatasetFormatError, DataFileMissing, ModelLoadError, CorpusUnavailable,
+               RequestError)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m experiments.evaluate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    a = p.add_argument
+    a("--alg_name", required=True, help=f"editing method: {', '.join(sorted(ALGORITHMS))}")
+    a("--model_name", required=True, help="hub id, local model folder, or a .gguf file")
+    a("--hparams_fname", required=True, help="file name under hparams/<ALG>/, or a path to a JSON file")
+    a("--ds_name", required=True, help="mcf (MultiCounterFact), cf (CounterFact) or zsre")
+    a("--dataset_size_limit", type=int, default=None, help="edit only the first N records")
+    a("--num_edits", type=int, default=1, help="edits per batch (cf allows only 1)")
+    a("--downstream_eval_steps", type=int, default=0,
+      help="run the general-capability tasks on the unedited model and every N batches (0: never)")
+    a("--continue_from_run", default=None, help="resume results/<ALG>/<run_NNN> from its last completed batch")
+    a("--skip_generation_tests", action="store_true", help="no generation metrics (Fluency, Consistency)")
+    a("--generation_test_interval", type=int, default=1,
+      help="generation metrics on every N-th case (-1: none)")
+    a("--conserve_memory", action="store_true", help="keep the rewinding copy of the original weights on the CPU")
+    a("--use_cache", action="store_true", help="cache target values z per case on disk and reuse them")
+    a("--device", default=None, help="torch device (default: cuda if available, else mps, else cpu)")
+    a("--dtype", default="float32", help="model weights: float32, bfloat16 or float16 (solves stay float64)")
+    a("--seed", type=int, default=0, help="seeds context templates and generation tests")
+    a("--data_dir", default=None, help="dataset folder (default DATA_DIR in globals.yml)")
+    a("--ds_file", default=None, help="read the dataset from this JSON file instead of the data folder")
+    a("--mom2_dataset", default=None,
+      help="override the hparams' statistics corpus: a datasets hub name, or a local .txt/.jsonl file or folder")
+    a("--stats_dir", default=None, help="covariance cache folder (default STATS_DIR in globals.yml)")
+    a("--results_dir", default=None, help="where run folders go (default RESULTS_DIR in globals.yml)")
+    a("--glue_dir", default=None, help="general-capability task files (default <data_dir>/glue)")
+    a("--downstream_n_per_task", type=int, default=100, help="examples per general-capability task")
+    a("--eval_pre_edit", action="store_true", help="also score every case on the unedited model ('pre' row)")
+    a("--stop_after_batches", type=int, default=None,
+      help="stop cleanly after N batches (e.g. a time-limited job); continue with --continue_from_run")
+    a("--log_level", default="INFO")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = vars(build_parser().parse_args(argv))
+    logging.basicConfig(level=args.pop("log_level"), format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    cfg = RunConfig(**args)
+    from dsets import resolve_global_dir
+
+    data = resolve_global_dir("DATA_DIR", cfg.data_dir)
+    paths = {
+        "data": data,
+        "results": resolve_global_dir("RESULTS_DIR", cfg.results_dir),
+        "stats": resolve_global_dir("STATS_DIR", cfg.stats_dir),
+        "hparams": resolve_global_dir("HPARAMS_DIR"),
+        "glue": Path(cfg.glue_dir) if cfg.glue_dir else data / "glue",
+    }
+    try:
+        run_dir = run_experiment(cfg, paths)
+    except USER_ERRORS as err:  # a traceback would bury the message that says what to fix
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"results in {run_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,261 @@
+"""The sequential-editing experiment: stream records through an editor, then score every case.
+
+Everything the CLI does is callable from Python through :func:`run_experiment`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import platform
+import shutil
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+import transformers
+from tqdm.auto import tqdm
+
+from dsets import AttributeSnippets, DataFileMissing, load_edit_dataset, load_tfidf_vectorizer
+from experiments.algorithms import get_algorithm
+from experiments.downstream import run_downstream_eval, write_downstream_result
+from experiments.downstream.tasks import check_glue_dir
+from experiments.metrics import compute_rewrite_quality_counterfact, compute_rewrite_quality_zsre
+from experiments.run_files import COMPLETE_MARKER, STATE_FILE, case_file, new_run_dir, read_json
+from util.atomic_files import write_json_atomic as atomic_write_json
+from util.context_templates import generate_context_templates
+from util.model_loading import load_model_and_tokenizer
+from util.value_cache import ValueCache
+
+log = logging.getLogger("experiments")
+
+
+@dataclass
+class RunConfig:
+    """The experiment's settings (the CLI flags); saved as config.json in the run folder."""
+
+    alg_name: str
+    model_name: str
+    hparams_fname: str
+    ds_name: str
+    dataset_size_limit: int | None = None
+    num_edits: int = 1
+    downstream_eval_steps: int = 0
+    continue_from_run: str | None = None
+    skip_generation_tests: bool = False
+    generation_test_interval: int = 1
+    conserve_memory: bool = False
+    use_cache: bool = False
+    device: str | None = None
+    dtype: str = "float32"
+    seed: int = 0
+    data_dir: str | None = None
+    ds_file: str | None = None
+    mom2_dataset: str | None = None
+    stats_dir: str | None = None
+    results_dir: str | None = None
+    glue_dir: str | None = None
+    downstream_n_per_task: int = 100
+    eval_pre_edit: bool = False
+    stop_after_batches: int | None = None
+
+
+class RunError(ValueError):
+    """A bad experiment setting, reported before any run folder is created."""
+
+
+def resolve_hparams_path(alg_name: str, fname: str, hparams_root: Path) -> Path:
+    given = Path(fname).expanduser()
+    for candidate in (given, hparams_root / alg_name / fname):
+        if candidate.is_file():
+            return candidate
+    available = sorted(p.name for p in (hparams_root / alg_name).glob("*.json"))
+    raise RunError(f"hyperparameter file {fname!r} not found as a path nor under {hparams_root / alg_name}/ "
+                   f"(available: {', '.join(available) or 'none'})")
+
+
+def _check_settings(cfg: RunConfig) -> None:
+    from dsets import DS_NAMES
+
+    try:
+        get_algorithm(cfg.alg_name)
+    except ValueError as err:
+        raise RunError(str(err)) from None
+    if cfg.ds_name not in DS_NAMES:
+        raise RunError(f"unknown --ds_name={cfg.ds_name!r}; choose one of {', '.join(DS_NAMES)}")
+    if cfg.num_edits < 1:
+        raise RunError(f"--num_edits must be >= 1, got {cfg.num_edits}")
+    if cfg.ds_name == "cf" and cfg.num_edits > 1:
+        raise RunError("--ds_name=cf allows only --num_edits=1 (CounterFact repeats subjects across records); "
+                       "use --ds_name=mcf for batches of edits")
+    if cfg.downstream_eval_steps < 0:
+        raise RunError(f"--downstream_eval_steps must be >= 0 (0 turns it off), got {cfg.downstream_eval_steps}")
+
+
+def _versions() -> dict[str, str]:
+    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__}
+
+
+def run_experiment(cfg: RunConfig, paths: dict[str, Path]) -> Path:
+    """Run (or continue) one experiment; returns its run folder. ``paths``: results, data, stats,
+    hparams, glue folders (already resolved against globals.yml and the CLI)."""
+    _check_settings(cfg)
+    alg = get_algorithm(cfg.alg_name)
+    hparams_path = resolve_hparams_path(cfg.alg_name, cfg.hparams_fname, paths["hparams"])
+    hparams = alg.hparams_class.from_json(hparams_path)
+    if cfg.mom2_dataset:
+        hparams = dataclasses.replace(hparams, mom2_dataset=cfg.mom2_dataset)
+    if cfg.downstream_eval_steps:
+        check_glue_dir(paths["glue"])
+    resume_dir = _resume_dir(cfg, paths["results"])
+    model, tok = load_model_and_tokenizer(cfg.model_name, cfg.device, cfg.dtype)
+    records = load_edit_dataset(cfg.ds_name, cfg.ds_file or paths["data"], tok=tok, size=cfg.dataset_size_limit)
+    requests = [_request_of(r) for r in records]  # validates every record before any edit
+    run_dir = resume_dir or new_run_dir(paths["results"] / cfg.alg_name)
+    try:
+        with _log_file(run_dir):
+            return _run(cfg, paths, alg, hparams, model, tok, records, requests, run_dir, fresh=resume_dir is None)
+    except BaseException:
+        if resume_dir is None and not (run_dir / STATE_FILE).exists():
+            shutil.rmtree(run_dir, ignore_errors=True)  # nothing worth resuming: leave no husk
+        raise
+
+
+def _resume_dir(cfg: RunConfig, results: Path) -> Path | None:
+    if not cfg.continue_from_run:
+        return None
+    run_dir = results / cfg.alg_name / cfg.continue_from_run
+    if not (run_dir / "config.json").is_file():
+        raise RunError(f"--continue_from_run={cfg.continue_from_run}: {run_dir} holds no config.json to resume")
+    saved = read_json(run_dir / "config.json")["args"]
+    for key in ("alg_name", "model_name", "ds_name", "dataset_size_limit", "num_edits", "seed"):
+        if saved.get(key) != getattr(cfg, key):
+            raise RunError(f"--continue_from_run: {key}={getattr(cfg, key)!r} differs from the run's {saved.get(key)!r}")
+    return run_dir
+
+
+def _request_of(record: dict) -> dict:
+    from util.requests import normalize_request
+
+    return normalize_request({"case_id": record["case_id"], **record["requested_rewrite"]})
+
+
+def _run(cfg, paths, alg, hparams, model, tok, records, requests, run_dir: Path, fresh: bool) -> Path:
+    if fresh:
+        templates = generate_context_templates(model, tok, seed=cfg.seed)
+        atomic_write_json(run_dir / "params.json", hparams.to_dict())
+        atomic_write_json(run_dir / "config.json", {"args": dataclasses.asdict(cfg), "versions": _versions(),
+                                                   "context_templates": templates, "started": time.ctime()})
+    else:
+        if read_json(run_dir / "params.json") != hparams.to_dict():
+            raise RunError(f"--continue_from_run: the hyperparameters differ from {run_dir / 'params.json'}")
+        templates = read_json(run_dir / "config.json")["context_templates"]
+    editor = _make_editor(cfg, paths, alg, hparams, model, tok, templates)
+    if (run_dir / STATE_FILE).is_file():
+        editor.load(run_dir / STATE_FILE)
+        log.info("resuming %s after batch %d (%d edits)", run_dir, editor.num_batches, editor.num_edits)
+    if cfg.eval_pre_edit and editor.num_batches == 0:
+        _score_cases(cfg, paths, model, tok, records, run_dir / "pre_edit", "pre-edit scoring")
+    batches = [requests[s : s + cfg.num_edits] for s in range(0, len(requests), cfg.num_edits)]
+    _maybe_downstream(cfg, paths, model, tok, run_dir, editor.num_batches, editor.num_batches * cfg.num_edits)
+    for index in tqdm(range(editor.num_batches, len(batches)), desc="editing", unit="batch",
+                      initial=editor.num_batches, total=len(batches)):
+        if cfg.stop_after_batches is not None and index >= cfg.stop_after_batches:
+            log.info("stopping after %d batches as asked; continue with --continue_from_run=%s", index, run_dir.name)
+            return run_dir
+        editor.edit(batches[index])  # the editor logs its one-line report
+        editor.save(run_dir / STATE_FILE)
+        _maybe_downstream(cfg, paths, model, tok, run_dir, editor.num_batches, editor.num_edits)
+    _score_cases(cfg, paths, model, tok, records, run_dir, "scoring edited model", num_edits=cfg.num_edits)
+    atomic_write_json(run_dir / COMPLETE_MARKER, {"finished": time.ctime(), "num_batches": editor.num_batches,
+                                                 "num_edits": editor.num_edits})
+    return run_dir
+
+
+def _make_editor(cfg, paths, alg, hparams, model, tok, templates):
+    cache = None
+    if cfg.use_cache:
+        model_id = Path(cfg.model_name).name if Path(cfg.model_name).exists() else cfg.model_name
+        cache = ValueCache(paths["data"] / "value_cache", model_id, cfg.ds_name, hparams, templates)
+    return alg.make_editor(model, tok, hparams, stats_dir=paths["stats"], context_templates=templates, seed=cfg.seed,
+                           value_cache=cache, originals_on_cpu=cfg.conserve_memory)
+
+
+def _maybe_downstream(cfg, paths, model, tok, run_dir: Path, batch_index: int, num_edits: int) -> None:
+    """Evaluate general capability on the unedited model and every N batches (once per point)."""
+    if not cfg.downstream_eval_steps or batch_index % cfg.downstream_eval_steps:
+        return
+    path = run_dir / "downstream" / f"edits_{num_edits:06d}.json"
+    if path.is_file():
+        return
+    result = run_downstream_eval(model, tok, paths["glue"], n_per_task=cfg.downstream_n_per_task, seed=cfg.seed)
+    write_downstream_result(path, result, num_edits=num_edits, batch_index=batch_index)
+    log.info("downstream after %d edits: %s", num_edits,
+             ", ".join(f"{t} acc {m['accuracy']:.3f}" for t, m in result.items()))
+
+
+def _score_cases(cfg, paths, model, tok, records, out_dir: Path, desc: str, num_edits: int | None = None) -> None:
+    """One JSON per case; existing files are kept, so an interrupted scoring pass resumes."""
+    extras = _generation_resources(cfg, paths) if cfg.ds_name != "zsre" else (None, None)
+    for i, record in enumerate(tqdm(records, desc=desc, unit="case")):
+        path = case_file(out_dir, num_edits, record["case_id"]) if num_edits else out_dir / f"case_{record['case_id']}.json"
+        if path.is_file():
+            continue
+        start = time.time()
+        metrics = _case_metrics(cfg, model, tok, record, i, extras)
+        if num_edits is None:
+            atomic_write_json(path, metrics)
+            continue
+        group = i // cfg.num_edits * cfg.num_edits
+        result = {"case_id": record["case_id"],
+                  "grouped_case_ids": [r["case_id"] for r in records[group : group + cfg.num_edits]],
+                  "num_edits": cfg.num_edits, "requested_rewrite": record["requested_rewrite"],
+                  "time": time.time() - start, "post": metrics}
+        pre = out_dir / "pre_edit" / f"case_{record['case_id']}.json"
+        if pre.is_file():
+            result["pre"] = read_json(pre)
+        atomic_write_json(path, result)
+
+
+def _case_metrics(cfg, model, tok, record, index: int, extras) -> dict[str, Any]:
+    if cfg.ds_name == "zsre":
+        return compute_rewrite_quality_zsre(model, tok, record)
+    interval = cfg.generation_test_interval
+    generation = not cfg.skip_generation_tests and interval > 0 and index % interval == 0
+    snips, vec = extras
+    return compute_rewrite_quality_counterfact(model, tok, record, snips, vec, generation=generation,
+                                               seed=cfg.seed + int(record["case_id"]))
+
+
+def _generation_resources(cfg, paths):
+    """Attribute snippets and TF-IDF for Consistency; offline, their absence costs only that metric."""
+    if cfg.skip_generation_tests or cfg.generation_test_interval <= 0:
+        return None, None
+    try:
+        snips = AttributeSnippets(paths["data"])
+    except DataFileMissing as err:
+        log.warning("Consistency (reference_score) will be missing: %s", err)
+        return None, None
+    return snips, load_tfidf_vectorizer(paths["data"], fit_texts=snips.texts())
+
+
+@contextmanager
+def _log_file(run_dir: Path) -> Iterator[None]:
+    """Progress lines also go to run_dir/run.log for the duration of the run (and no longer)."""
+    handler = logging.FileHandler(run_dir / "run.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    loggers = [logging.getLogger(name) for name in ("experiments", "nse")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.addHandler(handler)
+        lg.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.removeHandler(handler)
+            lg.setLevel(level)
+        handler.close()

@@ -1,0 +1,515 @@
+"""Summaries of run folders: the paper's table per run, runs side by side, and downstream tables.
+
+A run folder ``<results>/<ALG>/run_NNN/`` (written by ``experiments.evaluate``) holds
+``config.json``, one ``<num_edits>_edits-case_<id>.json`` per scored case (``post``: metrics of
+the edited model, optionally ``pre``: the same on the unedited model), ``downstream/edits_*.json``
+(one general-capability evaluation point each) and ``run_complete.json`` once it has finished.
+The numbers come from :func:`experiments.metrics.summarize_cases`; this module only finds,
+reads, lines up and writes them. ``summarize.py`` at the repository root is its command line.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import re
+import textwrap
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from experiments.metrics.summary import METRIC_DESCRIPTIONS, PAPER_COLUMNS, summarize_cases
+from experiments.run_files import COMPLETE_MARKER, RUN_PATTERN
+from util.atomic_files import write_text_atomic
+
+CASE_FILE = re.compile(r"^(\d+)_edits-case_(.+)\.json$")  # experiments.run_files.case_file names
+PRE_EDIT_DIR, PRE_EDIT_FILE = "pre_edit", re.compile(r"^case_(.+)\.json$")  # --eval_pre_edit scores
+DOWNSTREAM_DIR, DOWNSTREAM_FILE = "downstream", re.compile(r"^edits_\d+\.json$")
+DS_KINDS = {"mcf": "counterfact", "cf": "counterfact", "zsre": "zsre"}
+DS_TITLES = {"counterfact": "CounterFact", "zsre": "zsRE"}
+DOWNSTREAM_METRICS = ("accuracy", "f1", "mcc")
+HELP_WIDTH = 100
+
+# What every key of the JSON/CSV output means; the per-case metric keys are in METRIC_DESCRIPTIONS.
+RUN_KEY_DESCRIPTIONS: dict[str, str] = {
+    "alg_name": "Editing method (the results/<ALG> folder).",
+    "run": "Run folder name (run_NNN).",
+    "status": "'complete' when run_complete.json exists; 'INCOMPLETE' otherwise (still running, stopped "
+              "with --stop_after_batches, or crashed): its numbers cover only the cases scored so far.",
+    "path": "The run folder.",
+    "model_name": "Model edited (config.json).",
+    "ds_name": "Dataset (config.json): mcf/cf = CounterFact, zsre = zsRE.",
+    "ds_kind": "Which paper table the run belongs to: counterfact or zsre.",
+    "num_edits": "Edits per batch (config.json; the paper: 100).",
+    "dataset_size_limit": "Records edited in all (config.json; null = the whole dataset).",
+    "n_cases": "Cases summarized (case files read, after --first_n_cases).",
+    "n_generation_cases": "Cases that carry generation metrics (Fluency/Consistency are averaged over these).",
+    "n_pre_cases": "Cases with pre-edit scores (the 'pre-edited' row).",
+    "post": "Metrics of the edited model after all edits, each {mean, std} over cases (the paper's table row); "
+            "an undefined std (Score's) is null in the JSON and empty in the CSV.",
+    "pre": "The same metrics on the unedited model (case files' 'pre', else the run's pre_edit/ folder); "
+           "null when the run did not score the unedited model (--eval_pre_edit).",
+    "case_time_s": "Seconds spent scoring one case (the case files' 'time'), {mean, std}.",
+    "paper": "The paper's columns for this dataset, {column: {mean, std}}, for post and pre.",
+    "downstream": "General-capability evaluation points, by number of edits so far: "
+                  "[{num_edits, batch_index, tasks: {task: {accuracy, f1, mcc, n}}}].",
+    "notes": "Anything the reader should know about this run (incomplete, mixed files, missing parts).",
+    "skipped (top level)": "Runs left out because they have nothing to summarize yet (only with no --runs).",
+    "first_n_cases (top level)": "The --first_n_cases used (null = all cases).",
+}
+DOWNSTREAM_DESCRIPTIONS: dict[str, str] = {
+    "num_edits": "Edits applied before this evaluation point (0 = the unedited model).",
+    "batch_index": "Edit batches applied before this evaluation point.",
+    "accuracy": "Zero-shot accuracy: the label word with the higher mean log-likelihood is the answer (0-1).",
+    "f1": "F1 of the positive class for two-class tasks, macro F1 otherwise (0-1).",
+    "mcc": "Matthews correlation coefficient (-1 to 1; 0 = no better than a constant answer).",
+    "n": "Examples evaluated for the task.",
+}
+
+
+class SummaryError(ValueError):
+    """A folder or file that cannot be summarized; the message says what exists instead."""
+
+
+Stat = dict[str, float | None]  # {"mean": x, "std": y}; null where undefined (e.g. Score's std)
+
+
+@dataclass
+class RunSummary:
+    """Everything the report shows about one run folder."""
+
+    alg_name: str
+    run: str
+    path: Path
+    complete: bool
+    config: dict[str, Any]
+    ds_kind: str | None
+    n_cases: int = 0
+    n_generation_cases: int = 0
+    n_pre_cases: int = 0
+    post: dict[str, tuple[float, float]] = field(default_factory=dict)
+    pre: dict[str, tuple[float, float]] | None = None
+    case_time_s: tuple[float, float] | None = None
+    downstream: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return f"{self.alg_name}/{self.run}"
+
+    @property
+    def status(self) -> str:
+        return "complete" if self.complete else "INCOMPLETE"
+
+    def paper(self, metrics: dict[str, tuple[float, float]] | None) -> dict[str, Stat] | None:
+        if metrics is None or self.ds_kind is None:
+            return None
+        return {name: _stat(metrics[key]) for key, name in PAPER_COLUMNS[self.ds_kind].items() if key in metrics}
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "alg_name": self.alg_name,
+            "run": self.run,
+            "path": str(self.path),
+            "status": self.status,
+            **{key: self.config.get(key) for key in ("model_name", "ds_name", "num_edits", "dataset_size_limit")},
+            "ds_kind": self.ds_kind,
+            "n_cases": self.n_cases,
+            "n_generation_cases": self.n_generation_cases,
+            "n_pre_cases": self.n_pre_cases,
+            "paper": {"post": self.paper(self.post) if self.n_cases else None, "pre": self.paper(self.pre)},
+            "post": {k: _stat(v) for k, v in self.post.items()},
+            "pre": None if self.pre is None else {k: _stat(v) for k, v in self.pre.items()},
+            "case_time_s": None if self.case_time_s is None else _stat(self.case_time_s),
+            "downstream": self.downstream,
+            "notes": self.notes,
+        }
+
+
+def _finite(x: float) -> float | None:
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+def _stat(pair: tuple[float, float]) -> Stat:
+    return {"mean": _finite(pair[0]), "std": _finite(pair[1])}
+
+
+# --- finding runs ---------------------------------------------------------------------------------
+
+
+def _listing(names: Sequence[str]) -> str:
+    return ", ".join(names) if names else "none"
+
+
+def _run_names(alg_dir: Path) -> list[str]:
+    return sorted(p.name for p in alg_dir.iterdir() if p.is_dir() and RUN_PATTERN.match(p.name))
+
+
+def _normalize_run_name(name: str) -> str:
+    name = name.strip()
+    return f"run_{int(name):03d}" if name.isdigit() else name  # "--runs=0,1" means run_000,run_001
+
+
+def find_runs(results_dir: str | Path, dir_names: Sequence[str], runs: Sequence[str] | None = None) -> list[Path]:
+    """The run folders to summarize: ``runs`` of each ``dir_name`` (every ``run_*`` when None)."""
+    results_dir = Path(results_dir)
+    if not results_dir.is_dir():
+        raise SummaryError(f"results folder {results_dir} does not exist (pass --results_dir)")
+    if not dir_names:
+        raise SummaryError("name at least one algorithm folder with --dir_name (e.g. --dir_name=NSE)")
+    algs = sorted(p.name for p in results_dir.iterdir() if p.is_dir() and _run_names(p))
+    found: list[Path] = []
+    for dir_name in dir_names:
+        alg_dir = results_dir / dir_name
+        if not alg_dir.is_dir():
+            raise SummaryError(f"no folder {dir_name!r} under {results_dir}; algorithms with runs there: "
+                               f"{_listing(algs)}")
+        existing = _run_names(alg_dir)
+        if runs is None:
+            if not existing:
+                raise SummaryError(f"{alg_dir} holds no run_NNN folders")
+            found.extend(alg_dir / name for name in existing)
+            continue
+        for name in map(_normalize_run_name, runs):
+            if name not in existing:
+                raise SummaryError(f"{dir_name} has no run {name!r} in {alg_dir}; its runs: {_listing(existing)}")
+            found.append(alg_dir / name)
+    return found
+
+
+# --- reading one run ------------------------------------------------------------------------------
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise SummaryError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}); delete or rewrite it") from exc
+
+
+def _case_sort_key(case_id: Any) -> tuple[int, Any]:
+    text = str(case_id)
+    return (0, int(text)) if text.lstrip("-").isdigit() else (1, text)
+
+
+def _run_config(run_dir: Path, notes: list[str]) -> dict[str, Any]:
+    path = run_dir / "config.json"
+    if not path.is_file():
+        notes.append("no config.json; model and dataset unknown")
+        return {}
+    raw = _read_json(path)
+    # The runner saves the CLI flags under "args" (beside versions and context templates).
+    return dict(raw["args"]) if isinstance(raw.get("args"), dict) else dict(raw)
+
+
+def _ds_kind(config: dict[str, Any], posts: Sequence[dict[str, Any]]) -> str | None:
+    if config.get("ds_name") in DS_KINDS:
+        return DS_KINDS[config["ds_name"]]
+    for post in posts:  # no (usable) config: tell by the metrics' shape
+        if "rewrite_prompts_probs" in post:
+            return "counterfact"
+        if "rewrite_prompts_correct" in post:
+            return "zsre"
+    return None
+
+
+def _read_cases(run_dir: Path, first_n_cases: int | None, notes: list[str]) -> list[dict[str, Any]]:
+    """The case files' contents, by case_id (the one in the file name), the first N if asked."""
+    files = [(m.group(1), m.group(2), p) for p in run_dir.iterdir() if p.is_file() and (m := CASE_FILE.match(p.name))]
+    batch_sizes = sorted({int(n) for n, _, _ in files})
+    if len(batch_sizes) > 1:
+        raise SummaryError(f"{run_dir} mixes case files of runs with {batch_sizes} edits per batch; "
+                           "move the stray ones out before summarizing")
+    files.sort(key=lambda f: _case_sort_key(f[1]))
+    if first_n_cases is not None and len(files) > first_n_cases:
+        notes.append(f"first {first_n_cases} of {len(files)} cases (by case_id)")
+        files = files[:first_n_cases]
+    cases = []
+    for _, _, path in files:
+        case = _read_json(path)
+        if not isinstance(case, dict) or "post" not in case:
+            raise SummaryError(f"{path} has no 'post' metrics; is it a case file of experiments.evaluate?")
+        cases.append(case)
+    return cases
+
+
+def _pre_edit_posts(run_dir: Path, cases: Sequence[dict[str, Any]], first_n_cases: int | None,
+                    notes: list[str]) -> list[dict[str, Any]]:
+    """Pre-edit metrics: the case files' ``pre``, else the run's ``pre_edit/case_<id>.json`` files."""
+    carried = [c["pre"] for c in cases if isinstance(c.get("pre"), dict)]
+    if carried:
+        if len(carried) < len(cases):
+            notes.append(f"only {len(carried)} of {len(cases)} cases carry pre-edit scores")
+        return carried
+    folder = run_dir / PRE_EDIT_DIR
+    if not folder.is_dir():
+        return []
+    found = {m.group(1): p for p in folder.iterdir() if p.is_file() and (m := PRE_EDIT_FILE.match(p.name))}
+    if cases:  # the same cases as the post row
+        wanted = [str(c.get("case_id")) for c in cases]
+    else:
+        wanted = sorted(found, key=_case_sort_key)[:first_n_cases]
+    posts = [_read_json(found[i]) for i in wanted if i in found]
+    if posts:
+        notes.append(f"pre-edited row from {PRE_EDIT_DIR}/ ({len(posts)} cases)")
+    return posts
+
+
+def _read_downstream(run_dir: Path) -> list[dict[str, Any]]:
+    folder = run_dir / DOWNSTREAM_DIR
+    if not folder.is_dir():
+        return []
+    points = []
+    for path in sorted(folder.iterdir()):
+        if not DOWNSTREAM_FILE.match(path.name):
+            continue
+        point = _read_json(path)
+        if not isinstance(point, dict) or not isinstance(point.get("tasks"), dict) or "num_edits" not in point:
+            raise SummaryError(f"{path} is not a downstream result ({{num_edits, batch_index, tasks}})")
+        points.append(point)
+    return sorted(points, key=lambda p: p["num_edits"])
+
+
+def _summarize(posts: Sequence[dict[str, Any]], ds_kind: str, where: str) -> dict[str, tuple[float, float]]:
+    try:
+        return summarize_cases(posts, ds_kind)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise SummaryError(f"{where}: {exc}") from exc
+
+
+def summarize_run(run_dir: str | Path, first_n_cases: int | None = None) -> RunSummary:
+    """Read one run folder and summarize its cases (post and pre) and downstream points."""
+    run_dir = Path(run_dir)
+    if first_n_cases is not None and first_n_cases < 1:
+        raise SummaryError(f"--first_n_cases must be >= 1, got {first_n_cases}")
+    notes: list[str] = []
+    complete = (run_dir / COMPLETE_MARKER).is_file()
+    if not complete:
+        notes.append(f"INCOMPLETE: no {COMPLETE_MARKER} (still running, stopped early or crashed); "
+                     "numbers cover the cases scored so far")
+    config = _run_config(run_dir, notes)
+    cases = _read_cases(run_dir, first_n_cases, notes)
+    posts = [c["post"] for c in cases]
+    pre_posts = _pre_edit_posts(run_dir, cases, first_n_cases, notes)
+    downstream = _read_downstream(run_dir)
+    if not cases and not pre_posts and not downstream:
+        raise SummaryError(f"{run_dir} has no case files (<num_edits>_edits-case_<id>.json), no pre-edit scores "
+                           f"and no downstream results yet; nothing to summarize"
+                           + ("" if complete else " (the run is incomplete: editing may still be going on)"))
+    ds_kind = _ds_kind(config, posts or pre_posts)
+    summary = RunSummary(alg_name=run_dir.parent.name, run=run_dir.name, path=run_dir, complete=complete,
+                         config=config, ds_kind=ds_kind, downstream=downstream, notes=notes)
+    if (cases or pre_posts) and ds_kind is None:
+        raise SummaryError(f"{run_dir}: cannot tell the dataset (config.json ds_name={config.get('ds_name')!r})")
+    if cases:
+        summary.n_cases = len(cases)
+        summary.n_generation_cases = sum("ngram_entropy" in p for p in posts)
+        summary.post = _summarize(posts, ds_kind, f"{run_dir} (post)")
+        times = [float(c["time"]) for c in cases if isinstance(c.get("time"), (int, float))]
+        if times:
+            summary.case_time_s = (float(np.mean(times)), float(np.std(times)))
+    else:
+        notes.append("no case files yet: only the pre-edited row and/or downstream results")
+    if pre_posts:
+        summary.n_pre_cases = len(pre_posts)
+        summary.pre = _summarize(pre_posts, ds_kind, f"{run_dir} (pre)")
+    return summary
+
+
+def summarize_runs(results_dir: str | Path, dir_names: Sequence[str], runs: Sequence[str] | None = None,
+                   first_n_cases: int | None = None) -> tuple[list[RunSummary], list[str]]:
+    """Summaries of the chosen runs, and lines about runs skipped for having nothing to show.
+
+    A run named in ``runs`` must have something to summarize; when every run is taken (``runs``
+    None), an empty one (e.g. just started) is skipped with a line saying so.
+    """
+    summaries, skipped = [], []
+    for run_dir in find_runs(results_dir, dir_names, runs):
+        try:
+            summaries.append(summarize_run(run_dir, first_n_cases))
+        except SummaryError as exc:
+            if runs is not None or "nothing to summarize" not in str(exc):
+                raise
+            skipped.append(f"skipped {run_dir.parent.name}/{run_dir.name}: {exc}")
+    if not summaries:
+        raise SummaryError("no run has anything to summarize yet:\n  " + "\n  ".join(skipped))
+    return summaries, skipped
+
+
+# --- text report ----------------------------------------------------------------------------------
+
+
+def format_table(header: Sequence[str], rows: Sequence[Sequence[str]], n_label_columns: int = 1) -> str:
+    """Columns padded to their widest cell: label columns left-aligned, the numbers right-aligned."""
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: Sequence[str]) -> str:
+        parts = [str(c).ljust(w) if i < n_label_columns else str(c).rjust(w)
+                 for i, (c, w) in enumerate(zip(cells, widths))]
+        return "  ".join(parts).rstrip()
+
+    return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+
+
+def _cell(pair: tuple[float, float] | None) -> str:
+    if pair is None:
+        return "-"
+    mean, std = pair
+    return f"{mean:.2f}" if not math.isfinite(std) else f"{mean:.2f} ± {std:.2f}"
+
+
+def _run_line(s: RunSummary) -> str:
+    c = s.config
+    limit = c.get("dataset_size_limit")
+    parts = [f"model={c.get('model_name', '?')}", f"ds={c.get('ds_name', '?')}",
+             f"edits/batch={c.get('num_edits', '?')}", f"size_limit={'all' if limit is None else limit}",
+             f"cases={s.n_cases}"]
+    if s.n_cases and s.ds_kind == "counterfact":
+        parts.append(f"generation cases={s.n_generation_cases}")
+    return f"{s.label}  [{s.status}]  " + ", ".join(parts) + f"  ({s.path})"
+
+
+def _metrics_table(summaries: Sequence[RunSummary], ds_kind: str) -> str:
+    columns = PAPER_COLUMNS[ds_kind]
+    rows = []
+    for s in summaries:
+        mark = "" if s.complete else " (INCOMPLETE)"
+        if s.pre is not None:
+            rows.append([f"{s.label} pre-edited", str(s.n_pre_cases), *(_cell(s.pre.get(k)) for k in columns)])
+        if s.n_cases:
+            rows.append([f"{s.label}{mark}", str(s.n_cases), *(_cell(s.post.get(k)) for k in columns)])
+    scale = "×100; Score = harmonic mean of Efficacy, Generalization, Specificity" if ds_kind == "counterfact" \
+        else "×100, token-level top-1 accuracy"
+    title = f"{DS_TITLES[ds_kind]}: mean ± std over cases ({scale})"
+    return title + "\n" + format_table(["run", "cases", *columns.values()], rows)
+
+
+def _downstream_table(s: RunSummary) -> str:
+    points = s.downstream
+    tasks = sorted({t for p in points for t in p["tasks"]})
+    header = ["task", "metric", *(f"{p['num_edits']} edits" for p in points)]
+    rows = []
+    for task in tasks:
+        for metric in DOWNSTREAM_METRICS:
+            cells = []
+            for p in points:
+                value = p["tasks"].get(task, {}).get(metric)
+                cells.append("-" if value is None else f"{value:.3f}")
+            rows.append([task, metric, *cells])
+    n = sorted({p["tasks"][t].get("n") for p in points for t in p["tasks"]} - {None})
+    title = f"Downstream {s.label}{'' if s.complete else ' (INCOMPLETE)'}: zero-shot, 0-1 (n per task: {_listing([str(x) for x in n])})"
+    return title + "\n" + format_table(header, rows, n_label_columns=2)
+
+
+def format_report(summaries: Sequence[RunSummary], skipped: Sequence[str] = ()) -> str:
+    """The whole printed report: run list, one paper table per dataset kind, downstream tables."""
+    blocks = ["Runs\n" + "\n".join("  " + _run_line(s) for s in summaries)]
+    for s in summaries:
+        blocks[0] += "".join(f"\n    note: {n}" for n in s.notes)
+    for line in skipped:
+        blocks[0] += f"\n  {line}"
+    for ds_kind in PAPER_COLUMNS:
+        chosen = [s for s in summaries if s.ds_kind == ds_kind and (s.n_cases or s.pre is not None)]
+        if chosen:
+            blocks.append(_metrics_table(chosen, ds_kind))
+    blocks.extend(_downstream_table(s) for s in summaries if s.downstream)
+    return "\n\n".join(blocks) + "\n"
+
+
+# --- files ----------------------------------------------------------------------------------------
+
+
+def summary_json(summaries: Sequence[RunSummary], skipped: Sequence[str] = (),
+                 first_n_cases: int | None = None) -> dict[str, Any]:
+    return {
+        "first_n_cases": first_n_cases,
+        "runs": [s.to_json() for s in summaries],
+        "skipped": list(skipped),
+        "descriptions": {"run": RUN_KEY_DESCRIPTIONS, "metrics": METRIC_DESCRIPTIONS,
+                         "downstream": DOWNSTREAM_DESCRIPTIONS},
+    }
+
+
+def _metric_keys(summaries: Sequence[RunSummary]) -> list[str]:
+    present = {k for s in summaries for k in [*s.post, *(s.pre or {})]}
+    ordered = [k for k in METRIC_DESCRIPTIONS if k in present]
+    return ordered + sorted(present - set(ordered))
+
+
+def metrics_csv(summaries: Sequence[RunSummary]) -> str:
+    """One row per (run, pre/post); a ``<metric>`` and ``<metric>_std`` column per metric."""
+    keys = _metric_keys(summaries)
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["alg_name", "run", "status", "row", "model_name", "ds_name", "num_edits", "n_cases",
+                     *(c for k in keys for c in (k, f"{k}_std"))])
+    for s in summaries:
+        for row, metrics, n in (("pre", s.pre, s.n_pre_cases), ("post", s.post if s.n_cases else None, s.n_cases)):
+            if metrics is None:
+                continue
+            values = []
+            for k in keys:
+                mean, std = metrics.get(k, (math.nan, math.nan))
+                values += ["" if _finite(mean) is None else f"{mean:.6g}", "" if _finite(std) is None else f"{std:.6g}"]
+            writer.writerow([s.alg_name, s.run, s.status, row, s.config.get("model_name", ""),
+                             s.config.get("ds_name", ""), s.config.get("num_edits", ""), n, *values])
+    return out.getvalue()
+
+
+def downstream_csv(summaries: Sequence[RunSummary]) -> str:
+    """Long format: one row per (run, evaluation point, task)."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["alg_name", "run", "status", "num_edits", "batch_index", "task", *DOWNSTREAM_METRICS, "n"])
+    for s in summaries:
+        for point in s.downstream:
+            for task, m in sorted(point["tasks"].items()):
+                writer.writerow([s.alg_name, s.run, s.status, point["num_edits"], point.get("batch_index", ""), task,
+                                 *(m.get(k, "") for k in DOWNSTREAM_METRICS), m.get("n", "")])
+    return out.getvalue()
+
+
+def default_out_prefix(results_dir: str | Path, dir_names: Sequence[str]) -> Path:
+    """``<results>/<ALG>/summary`` for one algorithm, ``<results>/summary_<A>_<B>`` for several."""
+    if len(dir_names) == 1:
+        return Path(results_dir) / dir_names[0] / "summary"
+    return Path(results_dir) / ("summary_" + "_".join(dir_names))
+
+
+def write_outputs(summaries: Sequence[RunSummary], prefix: str | Path, skipped: Sequence[str] = (),
+                  first_n_cases: int | None = None) -> list[Path]:
+    """``<prefix>.json``, ``<prefix>.csv`` and, when any run has them, ``<prefix>_downstream.csv``."""
+    prefix = Path(prefix)
+    if prefix.suffix in (".json", ".csv"):  # "--out=x/summary.json" means the prefix x/summary
+        prefix = prefix.with_suffix("")
+    base = prefix.name
+    payload = json.dumps(summary_json(summaries, skipped, first_n_cases), indent=2, allow_nan=False) + "\n"
+    written = [write_text_atomic(prefix.with_name(base + ".json"), payload),
+               write_text_atomic(prefix.with_name(base + ".csv"), metrics_csv(summaries))]
+    if any(s.downstream for s in summaries):
+        written.append(write_text_atomic(prefix.with_name(base + "_downstream.csv"), downstream_csv(summaries)))
+    return written
+
+
+def describe_outputs() -> str:
+    """Every output key in paper terms (the ``--help`` epilog)."""
+    def block(title: str, table: dict[str, str]) -> str:
+        width = max(len(k) for k in table)
+        lines = [textwrap.fill(v, HELP_WIDTH, initial_indent=f"  {k.ljust(width)}  ",
+                               subsequent_indent=" " * (width + 4)) for k, v in table.items()]
+        return title + "\n" + "\n".join(lines)
+
+    columns = "\n".join(textwrap.fill(f"{DS_TITLES[kind]}: " + ", ".join(f"{name} = {key}" for key, name in cols.items()),
+                                     HELP_WIDTH, initial_indent="  ", subsequent_indent="    ")
+                       for kind, cols in PAPER_COLUMNS.items())
+    return "\n\n".join([
+        "Paper columns (printed tables, and 'paper' in the JSON):\n" + columns,
+        block("Per-run keys:", RUN_KEY_DESCRIPTIONS),
+        block("Metrics ('post'/'pre' in the JSON; CSV columns <key> and <key>_std), mean ± std over cases:",
+              METRIC_DESCRIPTIONS),
+        block("Downstream (downstream/edits_*.json; <prefix>_downstream.csv):", DOWNSTREAM_DESCRIPTIONS),
+    ]) + "\n"
