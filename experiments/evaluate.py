@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--results_dir", default=None, help="where run folders go (default RESULTS_DIR in globals.yml)")
     a("--glue_dir", default=None, help="general-capability task files (default <data_dir>/glue)")
     a("--downstream_n_per_task", type=int, default=100, help="examples per general-capability task")
+    a("--values_batch_size", type=int, default=None,
+      help="requests whose values are optimised together (default: the whole batch; lower it if memory runs out)")
     a("--eval_pre_edit", action="store_true", help="also score every case on the unedited model ('pre' row)")
     a("--stop_after_batches", type=int, default=None,
       help="stop cleanly after N batches (e.g. a time-limited job); continue with --continue_from_run")

@@ -59,6 +59,7 @@ class RunConfig:
     results_dir: str | None = None
     glue_dir: str | None = None
     downstream_n_per_task: int = 100
+    values_batch_size: int | None = None
     eval_pre_edit: bool = False
     stop_after_batches: int | None = None
 
@@ -181,7 +182,8 @@ def _make_editor(cfg, paths, alg, hparams, model, tok, templates):
         model_id = Path(cfg.model_name).name if Path(cfg.model_name).exists() else cfg.model_name
         cache = ValueCache(paths["data"] / "value_cache", model_id, cfg.ds_name, hparams, templates)
     return alg.make_editor(model, tok, hparams, stats_dir=paths["stats"], context_templates=templates, seed=cfg.seed,
-                           value_cache=cache, originals_on_cpu=cfg.conserve_memory)
+                           value_cache=cache, originals_on_cpu=cfg.conserve_memory,
+                           values_batch_size=cfg.values_batch_size)
 
 
 def _maybe_downstream(cfg, paths, model, tok, run_dir: Path, batch_index: int, num_edits: int) -> None:
