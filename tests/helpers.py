@@ -5,7 +5,8 @@ import dataclasses
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, GPT2Config, GPTJConfig, GPTNeoXConfig, LlamaConfig
+from transformers import (AutoModelForCausalLM, GPT2Config, GPTJConfig, GPTNeoXConfig, LlamaConfig, MistralConfig,
+                          Qwen2Config, Qwen3Config)
 
 from nse import NSEHyperParams
 from util.tokens import encode, encode_target
@@ -24,9 +25,10 @@ def tiny_config(kind: str):
     if kind == "gpt_neox":
         return GPTNeoXConfig(num_hidden_layers=3, hidden_size=32, num_attention_heads=2, intermediate_size=96,
                              max_position_embeddings=128, **common)
-    if kind == "llama":
-        return LlamaConfig(num_hidden_layers=3, hidden_size=32, num_attention_heads=2, num_key_value_heads=1,
-                           intermediate_size=96, max_position_embeddings=128, **common)
+    llama_like = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config, "qwen3": Qwen3Config}
+    if kind in llama_like:
+        return llama_like[kind](num_hidden_layers=3, hidden_size=32, num_attention_heads=2, num_key_value_heads=1,
+                                intermediate_size=96, max_position_embeddings=128, head_dim=16, **common)
     raise ValueError(kind)
 
 

@@ -91,7 +91,7 @@ def test_load_rejects_other_layers(tiny_llama, tmp_path):
         other.load(tmp_path / "s.pt")
 
 
-@pytest.mark.parametrize("kind", ["gpt2", "gptj", "gpt_neox", "llama"])
+@pytest.mark.parametrize("kind", ["gpt2", "gptj", "gpt_neox", "llama", "mistral", "qwen2", "qwen3"])
 def test_round_trip_on_tiny_random_models(kind, tiny_llama):
     _, tok = tiny_llama  # stories tokenizer, 512 ids like the tiny configs
     model = tiny_model(kind)
@@ -135,3 +135,33 @@ def test_requests_above_upper_bound_are_not_edited(tiny_llama):
     report = editor.edit(REQUESTS[:2])
     assert report.n_above_upper_bound == 2 and report.active_per_round == []
     assert all(torch.equal(before[l], w) for l, w in _weights(editor).items())
+
+
+def test_value_cache_reuses_z(tiny_llama, tmp_path, monkeypatch):
+    from util.value_cache import ValueCache
+    import nse.editor
+
+    model, tok = tiny_llama
+    hp = stories_hparams(v_num_grad_steps=5)
+    cache = ValueCache(tmp_path, "stories", "mcf", hp, TEMPLATES)
+    first = _editor(model, tok, hp, value_cache=cache)
+    first.edit(REQUESTS[:2])
+    assert len(list(cache.folder.glob("case_*.pt"))) == 2
+
+    def no_optimisation(*args, **kwargs):
+        raise AssertionError("cached values should have been used")
+
+    monkeypatch.setattr(nse.editor, "compute_values", no_optimisation)
+    second = _editor(model, tok, hp, value_cache=cache)
+    report = second.edit(REQUESTS[:2])  # would raise if z were optimised again
+    assert report.active_per_round
+    other = ValueCache(tmp_path, "stories", "mcf", dataclasses.replace(hp, v_lr=0.01), TEMPLATES)
+    assert other.folder != cache.folder  # a changed value setting cannot reuse stale z
+
+
+def test_originals_can_live_on_cpu(tiny_llama):
+    model, tok = tiny_llama
+    editor = _editor(model, tok, stories_hparams(v_num_grad_steps=3), originals_on_cpu=True)
+    assert all(w.device.type == "cpu" for w in editor.original.values())
+    editor.edit(REQUESTS[:1])
+    assert editor.num_edits == 1

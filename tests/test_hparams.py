@@ -97,7 +97,9 @@ def test_module_template_the_model_lacks():
 
 def test_templates_filled_from_table_per_architecture():
     for kind, expected in [("gpt2", "transformer.h.{}.mlp.c_proj"), ("gptj", "transformer.h.{}.mlp.fc_out"),
-                           ("gpt_neox", "gpt_neox.layers.{}.mlp.dense_4h_to_h"), ("llama", "model.layers.{}.mlp.down_proj")]:
+                           ("gpt_neox", "gpt_neox.layers.{}.mlp.dense_4h_to_h"), ("llama", "model.layers.{}.mlp.down_proj"),
+                           ("mistral", "model.layers.{}.mlp.down_proj"), ("qwen2", "model.layers.{}.mlp.down_proj"),
+                           ("qwen3", "model.layers.{}.mlp.down_proj")]:
         assert tiny_hparams().resolved_for(tiny_model(kind)).rewrite_module_tmp == expected
 
 
