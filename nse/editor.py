@@ -124,6 +124,7 @@ class NSEEditor:
     def edit(self, requests: Sequence[dict]) -> BatchReport:
         """Apply one batch of edit requests to the model in place."""
         start = time.time()
+        # Targets get their leading space before values are computed (the original did it after).
         requests = [normalize_request(r) for r in requests]
         if not requests:
             raise ValueError("edit() needs at least one request")

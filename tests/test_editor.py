@@ -166,3 +166,10 @@ def test_originals_can_live_on_cpu(tiny_llama):
     assert all(w.device.type == "cpu" for w in editor.original.values())
     editor.edit(REQUESTS[:1])
     assert editor.num_edits == 1
+
+
+def test_last_round_only_measures(tiny_llama):
+    """As in the original, round max_iterations only measures residuals: at most max_iterations - 1 edit."""
+    model, tok = tiny_llama
+    report = _editor(model, tok, stories_hparams(max_iterations=2, alpha=1e-6)).edit(REQUESTS[:2])
+    assert len(report.active_per_round) == 1 and len(report.residual_mean_per_round) == 2

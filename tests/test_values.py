@@ -79,3 +79,31 @@ def test_z_raises_probability_of_new_target(tiny_llama):
     with edit_output(model, hp.layer_module(hp.layers[-1]), put_z):
         after = nll()
     assert after < before - 0.5, (before, after)
+
+
+def test_rows_are_built_from_token_ids(tiny_llama):
+    """The original decoded target ids and re-tokenised the text, which glues words together
+    under SentencePiece ("eat" + "apple" -> "eatapple"); we concatenate ids."""
+    from util.values import _build_batch
+
+    _, tok = tiny_llama
+    r = normalize_request({"case_id": 0, "prompt": "Lily loved to {}", "subject": "eat",
+                           "target_new": {"str": "apple pie"}, "target_true": {"str": "cake"}})
+    batch = _build_batch(tok, [r], [["{}"]], "subject_last")
+    prompt_ids, target_ids = encode(tok, "Lily loved to eat"), encode_target(tok, " apple pie")
+    row = batch.ids[0][batch.mask[0].bool()].tolist()
+    assert row == prompt_ids + target_ids[:-1]
+    retokenised = encode(tok, "Lily loved to eat" + tok.decode(target_ids[:-1]))
+    assert row != retokenised  # the bug this avoids is real for this tokenizer
+    assert batch.tgt_id.tolist() == target_ids
+    assert batch.tgt_pos.tolist() == [len(prompt_ids) - 1 + k for k in range(len(target_ids))]
+
+
+def test_targets_without_space_are_normalised_first(tiny_llama):
+    """The original computed values before prepending the space; we normalise first."""
+    model, tok, hp, _ = _setup(tiny_llama, v_num_grad_steps=4)
+    bare = dict(REQUESTS[0], target_new={"str": "red"})
+    spaced = dict(REQUESTS[0], target_new={"str": " red"})
+    z_bare = compute_values(model, tok, [normalize_request(bare)], hp, TEMPLATES).z
+    z_spaced = compute_values(model, tok, [normalize_request(spaced)], hp, TEMPLATES).z
+    assert torch.equal(z_bare, z_spaced)
