@@ -8,7 +8,6 @@ import dataclasses
 import logging
 import platform
 import shutil
-import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass

@@ -128,7 +128,6 @@ class NSEEditor:
         requests = [normalize_request(r) for r in requests]
         if not requests:
             raise ValueError("edit() needs at least one request")
-        hp = self.hparams
         with self.rewound():
             self._prepare()
             z, losses = self._values(requests)
@@ -151,7 +150,7 @@ class NSEEditor:
         losses: list[float] = []
         if todo:
             fresh = compute_values(self.model, self.tok, [requests[i] for i in todo], self.hparams,
-                                   self.context_templates, self.values_batch_size)
+                                   self.context_templates, self.values_batch_size, progress=self.progress)
             losses = fresh.losses
             for i, z in zip(todo, fresh.z):
                 cached[i] = z

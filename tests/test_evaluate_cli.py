@@ -1,6 +1,5 @@
 """End to end: `python -m experiments.evaluate` on stories260K with real records, resume, bad input."""
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path

@@ -3,7 +3,6 @@ import pytest
 import torch
 
 from helpers import REQUESTS, stories_hparams
-from nse.hparams import NSEHyperParams
 from util.fact_reads import read_at_fact_tokens
 from util.hooks import edit_output
 from util.requests import normalize_request

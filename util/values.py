@@ -12,6 +12,7 @@ from typing import Iterator, Sequence
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from util.architectures import get_module, model_device
 from util.context_templates import apply_template, flat_templates
@@ -64,10 +65,12 @@ def compute_values(
     hparams,
     templates: list[list[str]],
     batch_size: int | None = None,
+    progress: bool = False,
 ) -> ValueResult:
     """z for every request, optimised ``batch_size`` requests at a time (None: all at once)."""
     step = batch_size or len(requests)
-    parts = [_optimise(model, tok, requests[s : s + step], hparams, templates) for s in range(0, len(requests), step)]
+    parts = [_optimise(model, tok, requests[s : s + step], hparams, templates, progress)
+             for s in range(0, len(requests), step)]
     return ValueResult(
         z=torch.cat([p.z for p in parts]),
         h0=torch.cat([p.h0 for p in parts]),
@@ -107,7 +110,8 @@ def _build_batch(tok, requests: Sequence[dict], templates: list[list[str]], fact
                   t(tgt_req), torch.tensor(tgt_w, dtype=torch.float32))
 
 
-def _optimise(model: nn.Module, tok, requests: Sequence[dict], hp, templates: list[list[str]]) -> ValueResult:
+def _optimise(model: nn.Module, tok, requests: Sequence[dict], hp, templates: list[list[str]],
+              progress: bool = False) -> ValueResult:
     device = model_device(model)
     b = _build_batch(tok, requests, templates, hp.fact_token)
     b = _Batch(**{k: v.to(device) for k, v in vars(b).items()})
@@ -133,7 +137,9 @@ def _optimise(model: nn.Module, tok, requests: Sequence[dict], hp, templates: li
     losses = torch.zeros(n, device=device)
     updates = torch.zeros(n, dtype=torch.long)
     kl_init = None
-    with frozen(model):
+    bar = tqdm(total=hp.v_num_grad_steps, desc=f"values ({n} requests)", unit="step", disable=not progress,
+               leave=False)
+    with frozen(model), bar:
         for it in range(hp.v_num_grad_steps):
             with edit_output(model, z_layer, add_delta), capture(model, output_of=[loss_layer], detach=False) as seen:
                 forward_until(model, loss_layer, input_ids=b.ids, attention_mask=b.mask)
@@ -149,6 +155,8 @@ def _optimise(model: nn.Module, tok, requests: Sequence[dict], hp, templates: li
             loss = nll + kl + decay
             losses = torch.where(stopped, losses, loss.detach())
             stopped = stopped | (loss.detach() < STOP_LOSS)
+            bar.set_postfix(loss=f"{float(losses.mean()):.3f}", active=int((~stopped).sum()))
+            bar.update()
             if it == hp.v_num_grad_steps - 1 or bool(stopped.all()):
                 break
             optimizer.zero_grad()
