@@ -7,14 +7,14 @@ repository root, so a run does not depend on the current directory). A caller-su
 from __future__ import annotations
 
 import http.client
-import os
-import tempfile
 import urllib.request
 from pathlib import Path
 from typing import Callable
 
 import yaml
 from tqdm import tqdm
+
+from util.atomic_files import atomic_path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 GLOBALS_FILE = REPO_ROOT / "globals.yml"
@@ -89,24 +89,17 @@ def dataset_url(filename: str) -> str:
 
 def download_file(url: str, dest: Path) -> None:
     """Stream ``url`` to ``dest`` with a progress bar; a partial download never takes dest's name."""
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as resp:
+    with atomic_path(dest) as tmp:
+        with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as resp:
             total = int(resp.headers.get("Content-Length") or 0) or None
             written = 0
-            with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {dest.name}") as bar:
+            with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {Path(dest).name}") as bar:
                 while chunk := resp.read(1 << 20):
                     out.write(chunk)
                     written += len(chunk)
                     bar.update(len(chunk))
         if total is not None and written != total:
             raise OSError(f"connection closed after {written} of {total} bytes")
-        os.replace(tmp, dest)  # atomic within one folder
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def ensure_file(
