@@ -21,7 +21,7 @@ from util.model_loading import ModelLoadError
 from util.requests import RequestError
 
 USER_ERRORS = (RunError, HyperParamsError, DatasetFormatError, DataFileMissing, ModelLoadError, CorpusUnavailable,
-               RequestError)
+               RequestError, FileNotFoundError)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,4 +1,4 @@
-"""Run folders and atomic file writes: a crash never leaves a half-written result."""
+"""Run folders: their names and the files in them."""
 from __future__ import annotations
 
 import json
@@ -9,6 +9,7 @@ from typing import Any
 RUN_PATTERN = re.compile(r"^run_(\d{3,})$")
 COMPLETE_MARKER = "run_complete.json"
 STATE_FILE = "editor_state.pt"
+EDIT_REPORTS = "edit_reports.json"
 
 
 def read_json(path: str | Path) -> Any:

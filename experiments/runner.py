@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import platform
 import shutil
 import time
@@ -23,10 +24,11 @@ from experiments.algorithms import get_algorithm
 from experiments.downstream import run_downstream_eval, write_downstream_result
 from experiments.downstream.tasks import check_glue_dir
 from experiments.metrics import compute_rewrite_quality_counterfact, compute_rewrite_quality_zsre
-from experiments.run_files import COMPLETE_MARKER, STATE_FILE, case_file, new_run_dir, read_json
+from experiments.run_files import COMPLETE_MARKER, EDIT_REPORTS, STATE_FILE, case_file, new_run_dir, read_json
 from util.atomic_files import write_json_atomic as atomic_write_json
 from util.context_templates import generate_context_templates
 from util.model_loading import load_model_and_tokenizer
+from util.second_moment import model_fingerprint
 from util.value_cache import ValueCache
 
 log = logging.getLogger("experiments")
@@ -113,15 +115,20 @@ def run_experiment(cfg: RunConfig, paths: dict[str, Path]) -> Path:
     resume_dir = _resume_dir(cfg, paths["results"])
     model, tok = load_model_and_tokenizer(cfg.model_name, cfg.device, cfg.dtype)
     records = load_edit_dataset(cfg.ds_name, cfg.ds_file or paths["data"], tok=tok, size=cfg.dataset_size_limit)
-    requests = [_request_of(r) for r in records]  # validates every record before any edit
+    requests = [_request_of(r, tok) for r in records]  # validates every record before any edit
     run_dir = resume_dir or new_run_dir(paths["results"] / cfg.alg_name)
     try:
         with _log_file(run_dir):
             return _run(cfg, paths, alg, hparams, model, tok, records, requests, run_dir, fresh=resume_dir is None)
     except BaseException:
-        if resume_dir is None and not (run_dir / STATE_FILE).exists():
+        if resume_dir is None and _holds_no_results(run_dir):
             shutil.rmtree(run_dir, ignore_errors=True)  # nothing worth resuming: leave no husk
         raise
+
+
+def _holds_no_results(run_dir: Path) -> bool:
+    """Only the files written at start (config, params, log): scores or state are kept."""
+    return {p.name for p in run_dir.iterdir()} <= {"config.json", "params.json", "run.log"}
 
 
 def _resume_dir(cfg: RunConfig, results: Path) -> Path | None:
@@ -131,16 +138,22 @@ def _resume_dir(cfg: RunConfig, results: Path) -> Path | None:
     if not (run_dir / "config.json").is_file():
         raise RunError(f"--continue_from_run={cfg.continue_from_run}: {run_dir} holds no config.json to resume")
     saved = read_json(run_dir / "config.json")["args"]
-    for key in ("alg_name", "model_name", "ds_name", "dataset_size_limit", "num_edits", "seed"):
+    for key in ("alg_name", "model_name", "ds_name", "ds_file", "dataset_size_limit", "num_edits", "seed", "dtype"):
         if saved.get(key) != getattr(cfg, key):
             raise RunError(f"--continue_from_run: {key}={getattr(cfg, key)!r} differs from the run's {saved.get(key)!r}")
     return run_dir
 
 
-def _request_of(record: dict) -> dict:
+def _request_of(record: dict, tok) -> dict:
     from util.requests import normalize_request
+    from util.tokens import fact_token_index
 
-    return normalize_request({"case_id": record["case_id"], **record["requested_rewrite"]})
+    request = normalize_request({"case_id": record["case_id"], **record["requested_rewrite"]})
+    try:  # a subject that does not survive tokenisation fails now, not hours into the run
+        fact_token_index(tok, request["prompt"], request["subject"])
+    except ValueError as err:
+        raise RunError(f"case_id={record['case_id']}: {err}") from None
+    return request
 
 
 def _run(cfg, paths, alg, hparams, model, tok, records, requests, run_dir: Path, fresh: bool) -> Path:
@@ -154,19 +167,21 @@ def _run(cfg, paths, alg, hparams, model, tok, records, requests, run_dir: Path,
             raise RunError(f"--continue_from_run: the hyperparameters differ from {run_dir / 'params.json'}")
         templates = read_json(run_dir / "config.json")["context_templates"]
     editor = _make_editor(cfg, paths, alg, hparams, model, tok, templates)
+    editor.prepare()  # C0 now: a missing corpus fails before pre-edit scoring and downstream runs
     if (run_dir / STATE_FILE).is_file():
         editor.load(run_dir / STATE_FILE)
         log.info("resuming %s after batch %d (%d edits)", run_dir, editor.num_batches, editor.num_edits)
     if cfg.eval_pre_edit and editor.num_batches == 0:
         _score_cases(cfg, paths, model, tok, records, run_dir / "pre_edit", "pre-edit scoring")
     batches = [requests[s : s + cfg.num_edits] for s in range(0, len(requests), cfg.num_edits)]
-    _maybe_downstream(cfg, paths, model, tok, run_dir, editor.num_batches, editor.num_batches * cfg.num_edits)
+    _maybe_downstream(cfg, paths, model, tok, run_dir, editor.num_batches, editor.num_edits)
     for index in tqdm(range(editor.num_batches, len(batches)), desc="editing", unit="batch",
                       initial=editor.num_batches, total=len(batches)):
         if cfg.stop_after_batches is not None and index >= cfg.stop_after_batches:
             log.info("stopping after %d batches as asked; continue with --continue_from_run=%s", index, run_dir.name)
             return run_dir
-        editor.edit(batches[index])  # the editor logs its one-line report
+        report = editor.edit(batches[index])  # the editor logs its one-line report
+        _append_report(run_dir, report)
         editor.save(run_dir / STATE_FILE)
         _maybe_downstream(cfg, paths, model, tok, run_dir, editor.num_batches, editor.num_edits)
     _score_cases(cfg, paths, model, tok, records, run_dir, "scoring edited model", num_edits=cfg.num_edits)
@@ -175,11 +190,23 @@ def _run(cfg, paths, alg, hparams, model, tok, records, requests, run_dir: Path,
     return run_dir
 
 
+def _append_report(run_dir: Path, report) -> None:
+    """``edit_reports.json``: one entry per batch (time, value loss, residuals per round...)."""
+    path = run_dir / EDIT_REPORTS
+    reports = read_json(path) if path.is_file() else []
+    reports = [r for r in reports if r["batch_index"] < report.batch_index]  # a re-done batch replaces its entry
+    entry = dataclasses.asdict(report)
+    if math.isnan(entry["value_loss_mean"]):
+        entry["value_loss_mean"] = None  # every value came from the cache; NaN is not JSON
+    atomic_write_json(path, reports + [entry])
+
+
 def _make_editor(cfg, paths, alg, hparams, model, tok, templates):
     cache = None
     if cfg.use_cache:
-        model_id = Path(cfg.model_name).name if Path(cfg.model_name).exists() else cfg.model_name
-        cache = ValueCache(paths["data"] / "value_cache", model_id, cfg.ds_name, hparams, templates)
+        names = [hparams.resolved_for(model).rewrite_module(l) for l in hparams.layers]
+        model_id = f"{Path(cfg.model_name).name}-{model_fingerprint(model, names)}-{cfg.dtype}"
+        cache = ValueCache(paths["stats"] / "value_cache", model_id, cfg.ds_name, hparams, templates)
     return alg.make_editor(model, tok, hparams, stats_dir=paths["stats"], context_templates=templates, seed=cfg.seed,
                            value_cache=cache, originals_on_cpu=cfg.conserve_memory,
                            values_batch_size=cfg.values_batch_size)
@@ -201,11 +228,12 @@ def _maybe_downstream(cfg, paths, model, tok, run_dir: Path, batch_index: int, n
 def _score_cases(cfg, paths, model, tok, records, out_dir: Path, desc: str, num_edits: int | None = None) -> None:
     """One JSON per case; existing files are kept, so an interrupted scoring pass resumes."""
     extras = _generation_resources(cfg, paths) if cfg.ds_name != "zsre" else (None, None)
+    reports = read_json(out_dir / EDIT_REPORTS) if num_edits and (out_dir / EDIT_REPORTS).is_file() else []
+    edit_seconds = {r["batch_index"]: r["seconds"] for r in reports}
     for i, record in enumerate(tqdm(records, desc=desc, unit="case")):
         path = case_file(out_dir, num_edits, record["case_id"]) if num_edits else out_dir / f"case_{record['case_id']}.json"
         if path.is_file():
             continue
-        start = time.time()
         metrics = _case_metrics(cfg, model, tok, record, i, extras)
         if num_edits is None:
             atomic_write_json(path, metrics)
@@ -214,7 +242,7 @@ def _score_cases(cfg, paths, model, tok, records, out_dir: Path, desc: str, num_
         result = {"case_id": record["case_id"],
                   "grouped_case_ids": [r["case_id"] for r in records[group : group + cfg.num_edits]],
                   "num_edits": cfg.num_edits, "requested_rewrite": record["requested_rewrite"],
-                  "time": time.time() - start, "post": metrics}
+                  "time": edit_seconds.get(i // cfg.num_edits), "post": metrics}  # edit time of its batch
         pre = out_dir / "pre_edit" / f"case_{record['case_id']}.json"
         if pre.is_file():
             result["pre"] = read_json(pre)

@@ -15,8 +15,14 @@ def solve_update(residual: torch.Tensor, keys: torch.Tensor, regulariser: torch.
     s = keys.shape[0]
     assert keys.shape == (s, n), f"keys {tuple(keys.shape)} vs residual {tuple(residual.shape)}"
     assert regulariser.shape == (s, s), f"regulariser {tuple(regulariser.shape)} vs {s} neurons"
-    r = residual.to(torch.float64)
-    k = keys.to(torch.float64)
-    a = regulariser.to(torch.float64) + k @ k.T  # (s, s), symmetric
+    device = float64_device(residual.device)
+    r = residual.to(device, torch.float64)
+    k = keys.to(device, torch.float64)
+    a = regulariser.to(device, torch.float64) + k @ k.T  # (s, s), symmetric
     # Delta^T = A^-1 K R^T since A is symmetric.
     return torch.linalg.solve(a, k @ r.T).T
+
+
+def float64_device(device: torch.device) -> torch.device:
+    """Apple's MPS has no float64: solve there on the CPU."""
+    return torch.device("cpu") if device.type == "mps" else device

@@ -15,11 +15,11 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
-from nse.closed_form import solve_update
+from nse.closed_form import float64_device, solve_update
 from nse.hparams import NSEHyperParams
 from nse.neuron_selection import select_neurons
 from util.architectures import get_module, model_device
-from util.atomic_files import atomic_path
+from util.atomic_files import save_torch_atomic
 from util.context_templates import generate_context_templates
 from util.keys import compute_keys_and_outputs
 from util.requests import normalize_request
@@ -107,6 +107,12 @@ class NSEEditor:
                 for l, m in self.modules.items():
                     weight_d_by_f(m).copy_(edited[l])
 
+    def prepare(self) -> None:
+        """Generate context templates and load/collect C0 now (otherwise the first edit does it),
+        so a missing corpus fails before hours of other work."""
+        with self.rewound():
+            self._prepare()
+
     def _prepare(self) -> None:
         """Templates and C0 describe the unedited model: call inside :meth:`rewound`."""
         if self.context_templates is None:
@@ -145,7 +151,7 @@ class NSEEditor:
 
     def _values(self, requests: list[dict]) -> tuple[torch.Tensor, list[float]]:
         """z per request (from the value cache where present) and the losses of fresh ones."""
-        cached = [self.value_cache.get(r["case_id"]) if self.value_cache else None for r in requests]
+        cached = [self.value_cache.get(r) if self.value_cache else None for r in requests]
         todo = [i for i, z in enumerate(cached) if z is None]
         losses: list[float] = []
         if todo:
@@ -155,7 +161,7 @@ class NSEEditor:
             for i, z in zip(todo, fresh.z):
                 cached[i] = z
                 if self.value_cache:
-                    self.value_cache.put(requests[i]["case_id"], z)
+                    self.value_cache.put(requests[i], z)
         device = model_device(self.model)
         return torch.stack([z.to(device) for z in cached]), losses
 
@@ -197,12 +203,14 @@ class NSEEditor:
         return n_neurons
 
     def _regulariser(self, layer: int, chosen: torch.Tensor) -> torch.Tensor:
-        """``lambda * C0[S, S] + Cp[S, S]`` in float64."""
+        """``lambda * C0[S, S] + Cp[S, S]`` in float64 (on the CPU for devices without float64)."""
+        device = float64_device(self.cp[layer].device)
+
         def restrict(mat: torch.Tensor) -> torch.Tensor:
-            if chosen.numel() == mat.shape[0]:
-                return mat.to(torch.float64)
-            idx = chosen.to(mat.device)
-            return mat.index_select(0, idx).index_select(1, idx).to(torch.float64)
+            if chosen.numel() != mat.shape[0]:
+                idx = chosen.to(mat.device)
+                mat = mat.index_select(0, idx).index_select(1, idx)
+            return mat.to(device, torch.float64)
 
         reg = restrict(self.cp[layer])
         if self.cov is not None:
@@ -225,9 +233,10 @@ class NSEEditor:
             "num_batches": self.num_batches,
             "num_edits": self.num_edits,
             "num_above_upper_bound": self.num_above_upper_bound,
-            "original": {l: w.cpu() for l, w in self.original.items()},
-            "current": {l: weight_d_by_f(m).detach().cpu() for l, m in self.modules.items()},
-            "cp": {l: c.cpu() for l, c in self.cp.items()},
+            # copies: on CPU .cpu() would alias the live tensors, which later edits change in place
+            "original": {l: w.detach().to("cpu", copy=True) for l, w in self.original.items()},
+            "current": {l: weight_d_by_f(m).detach().to("cpu", copy=True) for l, m in self.modules.items()},
+            "cp": {l: c.detach().to("cpu", copy=True) for l, c in self.cp.items()},
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -239,11 +248,13 @@ class NSEEditor:
         with torch.no_grad():
             for l, m in self.modules.items():
                 w = weight_d_by_f(m)
-                if tuple(state["current"][l].shape) != tuple(w.shape):
-                    raise ValueError(f"saved weights of layer {l} have shape {tuple(state['current'][l].shape)}, model has {tuple(w.shape)}")
+                saved = state["current"][l]
+                if tuple(saved.shape) != tuple(w.shape) or saved.dtype != w.dtype:
+                    raise ValueError(f"saved weights of layer {l} are {tuple(saved.shape)} {saved.dtype}, the model's are "
+                                     f"{tuple(w.shape)} {w.dtype}: resume with the same model and --dtype")
                 w.copy_(state["current"][l])
                 self.original[l] = state["original"][l].to(device=self.original[l].device, dtype=w.dtype)
-                self.cp[l] = state["cp"][l].to(self.cp[l].device)
+                self.cp[l] = state["cp"][l].to(self.cp[l].device, copy=True)
         self.context_templates = state["context_templates"]
         self.num_batches = state["num_batches"]
         self.num_edits = state["num_edits"]
@@ -251,8 +262,7 @@ class NSEEditor:
 
     def save(self, path: str | Path) -> None:
         """Atomic: a crash while saving leaves the previous file intact."""
-        with atomic_path(path) as tmp:
-            torch.save(self.state_dict(), tmp)
+        save_torch_atomic(self.state_dict(), path)
 
     def load(self, path: str | Path) -> None:
         self.load_state_dict(torch.load(path, weights_only=True))

@@ -11,7 +11,10 @@ from util.hparams import HyperParams, HyperParamsError
 from util.rewrite_weights import weight_d_by_f
 from util.tokens import FACT_TOKEN_STRATEGIES
 
-MOM2_DTYPES = ("float16", "bfloat16", "float32", "float64")
+# Sums of k k^T over millions of tokens overflow or lose precision in 16-bit floats.
+MOM2_DTYPES = ("float32", "float64")
+# mlp/attn templates are accepted (the original files carry them) but nothing here uses them.
+USED_MODULE_KEYS = ("rewrite_module_tmp", "layer_module_tmp", "ln_f_module", "lm_head_module")
 MODULE_KEYS = ("rewrite_module_tmp", "layer_module_tmp", "mlp_module_tmp", "attn_module_tmp", "ln_f_module", "lm_head_module")
 
 
@@ -71,9 +74,19 @@ class NSEHyperParams(HyperParams):
         for name in positive:
             if getattr(self, name) <= 0:
                 raise HyperParamsError(f"'{name}' must be > 0, got {getattr(self, name)}")
-        for name in ("v_weight_decay", "kl_factor", "mom2_update_weight"):
+        for name in ("v_weight_decay", "kl_factor"):
             if getattr(self, name) < 0:
                 raise HyperParamsError(f"'{name}' must be >= 0, got {getattr(self, name)}")
+        if not self.mom2_adjustment or self.mom2_update_weight <= 0:
+            # With Cp = 0 on the first batch, K K^T alone has rank <= n << f: the solve is singular.
+            raise HyperParamsError(
+                "NSE needs 'mom2_adjustment': true and 'mom2_update_weight' > 0 (lambda * C0 makes the update "
+                f"well-posed), got {self.mom2_adjustment} and {self.mom2_update_weight}"
+            )
+        if self.max_iterations < 2:
+            raise HyperParamsError(
+                f"'max_iterations' must be >= 2 (the last round only measures residuals), got {self.max_iterations}"
+            )
 
     def resolved_for(self, model: nn.Module) -> "NSEHyperParams":
         """A copy with module paths filled in from the model's table, checked against the model."""
@@ -93,7 +106,7 @@ class NSEHyperParams(HyperParams):
                 f"'v_loss_layer'={self.v_loss_layer} must be between the last edited layer "
                 f"({max(self.layers)}) and the model's last layer ({n - 1})"
             )
-        for key in MODULE_KEYS:
+        for key in USED_MODULE_KEYS:
             template = getattr(self, key)
             for layer in self.layers:
                 try:

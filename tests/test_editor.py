@@ -173,3 +173,13 @@ def test_last_round_only_measures(tiny_llama):
     model, tok = tiny_llama
     report = _editor(model, tok, stories_hparams(max_iterations=2, alpha=1e-6)).edit(REQUESTS[:2])
     assert len(report.active_per_round) == 1 and len(report.residual_mean_per_round) == 2
+
+
+def test_state_dict_is_a_snapshot(tiny_llama):
+    model, tok = tiny_llama
+    editor = _editor(model, tok, stories_hparams(v_num_grad_steps=3))
+    editor.edit(REQUESTS[:1])
+    state = editor.state_dict()
+    saved_cp = {l: c.clone() for l, c in state["cp"].items()}
+    editor.edit(REQUESTS[1:2])
+    assert all(torch.equal(state["cp"][l], saved_cp[l]) for l in saved_cp)  # later edits do not leak in

@@ -53,6 +53,11 @@ def test_run_writes_every_file(unbroken):
     assert (unbroken / "params.json").is_file() and (unbroken / "run_complete.json").is_file()
     log = (unbroken / "run.log").read_text()
     assert log.count("edits (") == 4 and "residual" in log  # one line per batch
+    reports = json.loads((unbroken / "edit_reports.json").read_text())
+    assert [r["batch_index"] for r in reports] == [0, 1, 2, 3]
+    by_batch = {r["batch_index"]: r["seconds"] for r in reports}
+    first = json.loads((unbroken / "5_edits-case_13.json").read_text())  # case 13 is in batch 0
+    assert first["time"] == by_batch[0]
 
 
 def test_downstream_files_at_the_right_batch_counts(unbroken):
@@ -142,3 +147,9 @@ def test_cli_entry_point_runs_as_a_module(tmp_path):
     out = subprocess.run([sys.executable, "-m", "experiments.evaluate", "--alg_name=NSE", "--model_name=x",
                           "--hparams_fname=x.json", "--ds_name=bad"], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 2 and "unknown --ds_name='bad'" in out.stderr
+
+
+def test_resume_refuses_another_dtype(tmp_path, capsys, stats_dir):
+    assert evaluate(_args(tmp_path, stats_dir, stop_after_batches="0", downstream_eval_steps="0")) == 0
+    assert evaluate(_args(tmp_path, stats_dir, continue_from_run="run_000", dtype="bfloat16")) == 2
+    assert "dtype='bfloat16' differs from the run's 'float32'" in capsys.readouterr().err

@@ -108,3 +108,14 @@ def test_unknown_architecture_lists_known_ones():
     model.config.model_type = "mystery"
     with pytest.raises(ValueError, match=r"no module table for model_type='mystery'; known: \['gpt2'"):
         tiny_hparams().resolved_for(model)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"mom2_dtype": "float16"}, "'mom2_dtype' must be one of"),
+    ({"mom2_update_weight": 0}, "'mom2_update_weight' > 0"),
+    ({"mom2_adjustment": False}, "'mom2_adjustment': true"),
+    ({"max_iterations": 1}, "'max_iterations' must be >= 2"),
+])
+def test_settings_that_would_break_the_solve(tmp_path, change, message):
+    with pytest.raises(HyperParamsError, match=message):
+        NSEHyperParams.from_json(_write(tmp_path, {**_valid(), **change}))

@@ -94,3 +94,8 @@ def test_edit_in_half_precision(tiny_llama_path, dtype):
     editor.edit(REQUESTS[:2])
     assert all(p.dtype == dtype for p in model.parameters())
     assert all(prefers_new(model, tok, r) for r in REQUESTS[:2]), editor.last_report.log_line()
+
+
+def test_missing_local_corpus_is_not_sent_to_the_hub():
+    with pytest.raises(CorpusUnavailable, match=r"local statistics corpus './no/such/corpus' does not exist"):
+        load_corpus_texts("./no/such/corpus", 10)

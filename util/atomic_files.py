@@ -42,3 +42,12 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
 def write_json_atomic(path: str | Path, payload: Any) -> Path:
     """Write ``payload`` as indented JSON atomically; NaN/inf are refused (they are not JSON)."""
     return write_text_atomic(path, json.dumps(payload, indent=2, allow_nan=False) + "\n")
+
+
+def save_torch_atomic(obj: Any, path: str | Path) -> Path:
+    """``torch.save`` to ``path`` atomically (tensors, state dicts)."""
+    import torch
+
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+    return Path(path)

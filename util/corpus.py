@@ -18,10 +18,29 @@ class CorpusUnavailable(RuntimeError):
     """The statistics corpus could not be read; the message says how to point at local text."""
 
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def local_path(spec: str) -> Path | None:
+    """The local file/folder ``spec`` names, or None for a hub name.
+
+    Relative paths are tried from the current folder, then from the repository root (the shipped
+    hparams name ``../shared/data/corpus`` that way). Anything that looks like a path but exists
+    nowhere is an error, not a hub lookup with a misleading message.
+    """
+    path = Path(spec).expanduser()
+    for candidate in (path, REPO_ROOT / path):
+        if candidate.exists():
+            return candidate.resolve()
+    if spec.startswith((".", "~", "/")) or path.suffix in TEXT_SUFFIXES:  # "org/name" stays a hub id
+        raise CorpusUnavailable(f"local statistics corpus {spec!r} does not exist (looked in {Path.cwd()} and {REPO_ROOT})")
+    return None
+
+
 def load_corpus_texts(spec: str, n_samples: int) -> list[str]:
     """At most ``n_samples`` non-empty texts from ``spec`` (a path or a hub dataset name)."""
-    path = Path(spec).expanduser()
-    texts = _read_local(path) if path.exists() else _read_hub(spec, n_samples)
+    path = local_path(spec)
+    texts = _read_local(path) if path is not None else _read_hub(spec, n_samples)
     texts = [t for t in texts if t.strip()][:n_samples]
     if not texts:
         raise CorpusUnavailable(f"statistics corpus {spec!r} holds no text")
@@ -30,9 +49,9 @@ def load_corpus_texts(spec: str, n_samples: int) -> list[str]:
 
 def corpus_id(spec: str) -> str:
     """A short name for cache files: local paths get a hash of their absolute location."""
-    path = Path(spec).expanduser()
-    if path.exists():
-        digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]
+    path = local_path(spec)
+    if path is not None:
+        digest = hashlib.sha1(str(path).encode()).hexdigest()[:8]
         return f"{path.name}-{digest}"
     return spec.replace("/", "_")
 

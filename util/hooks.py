@@ -90,6 +90,7 @@ def forward_until(model: nn.Module, stop_after: str | None, **inputs):
     Returns the model output, or None when the pass was stopped early. Hooks registered
     before this call on ``stop_after`` still run (hooks fire in registration order).
     """
+    inputs.setdefault("use_cache", False)  # none of these passes reuses keys/values
     if stop_after is None:
         return model(**inputs)
 

@@ -16,7 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from util.architectures import get_module, model_device
-from util.atomic_files import atomic_path
+from util.atomic_files import save_torch_atomic
 from util.hooks import capture, forward_until
 from util.rewrite_weights import weight_d_by_f
 from util.tokens import pad, pad_token_id
@@ -73,6 +73,8 @@ def collect_second_moments(
         for name in module_names
     }
     last = _last_in_model_order(model, module_names)
+    context = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+    max_length = min(max_length, context) if context else max_length  # longer texts overrun positions
     encoded = [tok(t, add_special_tokens=True, truncation=True, max_length=max_length)["input_ids"] for t in texts]
     batches = list(_token_budget_batches(encoded, budget=3 * max_length))
     for batch in tqdm(batches, desc="covariance statistics", disable=not progress, unit="batch"):
@@ -149,11 +151,8 @@ def cached_second_moments(
         stats = collect_second_moments(model, tok, missing, texts, max_length, dtype, progress)
         for name, s in stats.items():
             if path_of[name] is not None:
-                _atomic_save(s.state_dict(), path_of[name])
+                save_torch_atomic(s.state_dict(), path_of[name])
             result[name] = s.mom2()
     return result
 
 
-def _atomic_save(obj, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)

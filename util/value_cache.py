@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from util.atomic_files import atomic_path
+from util.atomic_files import save_torch_atomic
 
 
 class ValueCache:
@@ -19,6 +19,7 @@ class ValueCache:
     """
 
     def __init__(self, root: str | Path, model_id: str, ds_name: str, hparams, templates: list[list[str]]) -> None:
+        """``model_id`` should identify the weights and dtype (name + fingerprint), not just a name."""
         settings = {k: getattr(hparams, k) for k in (
             "layers", "v_num_grad_steps", "v_lr", "v_loss_layer", "v_weight_decay", "kl_factor",
             "clamp_norm_factor", "fact_token")}
@@ -27,13 +28,14 @@ class ValueCache:
         tag = f"layer{hparams.layers[-1]}_clamp{hparams.clamp_norm_factor}_{digest}"
         self.folder = Path(root) / safe_model / ds_name / tag
 
-    def _path(self, case_id) -> Path:
-        return self.folder / f"case_{case_id}.pt"
+    def _path(self, request: dict) -> Path:
+        # The request's text is in the name too: two dataset files may reuse a case id.
+        text = "\x1f".join((request["prompt"], request["subject"], request["target_new"]["str"]))
+        return self.folder / f"case_{request['case_id']}_{hashlib.sha1(text.encode()).hexdigest()[:8]}.pt"
 
-    def get(self, case_id) -> torch.Tensor | None:
-        path = self._path(case_id)
+    def get(self, request: dict) -> torch.Tensor | None:
+        path = self._path(request)
         return torch.load(path, weights_only=True) if path.is_file() else None
 
-    def put(self, case_id, z: torch.Tensor) -> None:
-        with atomic_path(self._path(case_id)) as tmp:
-            torch.save(z.detach().cpu(), tmp)
+    def put(self, request: dict, z: torch.Tensor) -> None:
+        save_torch_atomic(z.detach().cpu(), self._path(request))
