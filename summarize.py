@@ -15,8 +15,14 @@ import argparse
 import sys
 
 from dsets import resolve_global_dir
-from experiments.summarize_runs import (SummaryError, default_out_prefix, describe_outputs, format_report,
-                                        summarize_runs, write_outputs)
+from experiments.summarize_runs import (
+    SummaryError,
+    default_out_prefix,
+    describe_outputs,
+    format_report,
+    summarize_runs,
+    write_outputs,
+)
 
 
 def _names(text: str) -> list[str]:

@@ -5,7 +5,11 @@ snippets and TF-IDF statistics (Consistency), known facts. Files are read from t
 (``DATA_DIR`` in globals.yml) and fetched from the canonical root when missing.
 """
 from dsets.attr_snippets import AttributeSnippets
-from dsets.counterfact import CounterFactDataset, MultiCounterFactDataset, validate_counterfact_record
+from dsets.counterfact import (
+    CounterFactDataset,
+    MultiCounterFactDataset,
+    validate_counterfact_record,
+)
 from dsets.data_dir import (
     DataFileMissing,
     dataset_url,
@@ -18,7 +22,12 @@ from dsets.data_dir import (
 from dsets.knowns import KnownsDataset
 from dsets.records import DatasetFormatError, RecordList
 from dsets.registry import DS_NAMES, load_edit_dataset
-from dsets.tfidf_stats import fit_tfidf, load_tfidf_stats, load_tfidf_vectorizer, vectorizer_from_stats
+from dsets.tfidf_stats import (
+    fit_tfidf,
+    load_tfidf_stats,
+    load_tfidf_vectorizer,
+    vectorizer_from_stats,
+)
 from dsets.zsre import ZsreDataset, zsre_record_to_case
 
 __all__ = [

@@ -10,7 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from dsets.records import DatasetFormatError, RecordList, check_size, locate, read_json_list, require_str
+from dsets.records import (
+    DatasetFormatError,
+    RecordList,
+    check_size,
+    locate,
+    read_json_list,
+    require_str,
+)
 from util.requests import RequestError, check_prompt_template
 
 CF_FILE = "counterfact.json"

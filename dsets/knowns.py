@@ -3,7 +3,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dsets.records import DatasetFormatError, RecordList, check_size, locate, read_json_list, require_str
+from dsets.records import (
+    DatasetFormatError,
+    RecordList,
+    check_size,
+    locate,
+    read_json_list,
+    require_str,
+)
 
 KNOWNS_FILE = "known_1000.json"
 

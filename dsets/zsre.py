@@ -12,7 +12,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Protocol
 
-from dsets.records import DatasetFormatError, RecordList, check_size, locate, read_json_list, require_str
+from dsets.records import (
+    DatasetFormatError,
+    RecordList,
+    check_size,
+    locate,
+    read_json_list,
+    require_str,
+)
 from util.requests import RequestError, check_prompt_template
 
 ZSRE_FILE = "zsre_mend_eval.json"

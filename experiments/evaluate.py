@@ -12,8 +12,8 @@ import logging
 import sys
 from pathlib import Path
 
-from experiments.algorithms import ALGORITHMS
 from dsets import DataFileMissing, DatasetFormatError
+from experiments.algorithms import ALGORITHMS
 from experiments.runner import RunConfig, RunError, run_experiment
 from util.corpus import CorpusUnavailable
 from util.hparams import HyperParamsError

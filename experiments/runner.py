@@ -19,12 +19,27 @@ import torch
 import transformers
 from tqdm.auto import tqdm
 
-from dsets import AttributeSnippets, DataFileMissing, load_edit_dataset, load_tfidf_vectorizer
+from dsets import (
+    AttributeSnippets,
+    DataFileMissing,
+    load_edit_dataset,
+    load_tfidf_vectorizer,
+)
 from experiments.algorithms import get_algorithm
 from experiments.downstream import run_downstream_eval, write_downstream_result
 from experiments.downstream.tasks import check_glue_dir
-from experiments.metrics import compute_rewrite_quality_counterfact, compute_rewrite_quality_zsre
-from experiments.run_files import COMPLETE_MARKER, EDIT_REPORTS, STATE_FILE, case_file, new_run_dir, read_json
+from experiments.metrics import (
+    compute_rewrite_quality_counterfact,
+    compute_rewrite_quality_zsre,
+)
+from experiments.run_files import (
+    COMPLETE_MARKER,
+    EDIT_REPORTS,
+    STATE_FILE,
+    case_file,
+    new_run_dir,
+    read_json,
+)
 from util.atomic_files import write_json_atomic as atomic_write_json
 from util.context_templates import generate_context_templates
 from util.model_loading import load_model_and_tokenizer

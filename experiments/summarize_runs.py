@@ -22,7 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from experiments.metrics.summary import METRIC_DESCRIPTIONS, PAPER_COLUMNS, summarize_cases
+from experiments.metrics.summary import (
+    METRIC_DESCRIPTIONS,
+    PAPER_COLUMNS,
+    summarize_cases,
+)
 from experiments.run_files import COMPLETE_MARKER, RUN_PATTERN
 from util.atomic_files import write_text_atomic
 

@@ -18,7 +18,12 @@ from experiments.downstream import (
     run_downstream_eval,
     write_downstream_result,
 )
-from experiments.downstream.scoring import build_pairs, continuation_ids, fit_prompt, mean_logprobs
+from experiments.downstream.scoring import (
+    build_pairs,
+    continuation_ids,
+    fit_prompt,
+    mean_logprobs,
+)
 from experiments.downstream.tasks import load_records, select_subset
 from util.tokens import encode
 

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 import dsets
-from dsets import data_dir as data_dir_module
 from dsets import (
     AttributeSnippets,
     CounterFactDataset,
@@ -22,6 +21,7 @@ from dsets import (
     ZsreDataset,
     zsre_record_to_case,
 )
+from dsets import data_dir as data_dir_module
 
 CANONICAL = "https://memit.baulab.info/data/dsets/"
 

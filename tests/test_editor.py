@@ -4,8 +4,8 @@ import math
 
 import pytest
 import torch
-
 from helpers import REQUESTS, prefers_new, stories_hparams, tiny_hparams, tiny_model
+
 from nse import NSEEditor, apply_nse_to_model
 from util.keys import compute_keys_and_outputs
 from util.requests import normalize_request
@@ -139,8 +139,8 @@ def test_requests_above_upper_bound_are_not_edited(tiny_llama):
 
 
 def test_value_cache_reuses_z(tiny_llama, tmp_path, monkeypatch):
-    from util.value_cache import ValueCache
     import nse.editor
+    from util.value_cache import ValueCache
 
     model, tok = tiny_llama
     hp = stories_hparams(v_num_grad_steps=5)

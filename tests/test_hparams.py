@@ -3,8 +3,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from helpers import tiny_hparams, tiny_model
+
 from nse import NSEHyperParams
 from util.hparams import HyperParamsError
 

@@ -1,7 +1,7 @@
 """Keys are a two-stage mean: over each template group, then over the group means."""
 import torch
-
 from helpers import REQUESTS
+
 from util.context_templates import apply_template
 from util.fact_reads import read_at_fact_tokens
 from util.keys import compute_keys_and_outputs

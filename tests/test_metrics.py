@@ -7,10 +7,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from helpers import ZSRE_POSTS, cf_post
 
 from dsets import AttributeSnippets, vectorizer_from_stats
-from helpers import ZSRE_POSTS, cf_post
-from util.tokens import encode
 from experiments.metrics import (
     METRIC_DESCRIPTIONS,
     PAPER_COLUMNS,
@@ -24,7 +23,7 @@ from experiments.metrics import (
     tfidf_similarity,
     word_tokenize,
 )
-
+from util.tokens import encode
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -8,8 +8,8 @@ import json
 
 import pytest
 import torch
-
 from helpers import CORPUS, ROOT, target_nll
+
 from nse import NSEEditor, NSEHyperParams
 from util.tokens import encode
 

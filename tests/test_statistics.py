@@ -1,10 +1,14 @@
 """C0 = E[k k^T] over corpus tokens: one pass for all layers, padding excluded, cached on disk."""
 import pytest
 import torch
-
 from helpers import CORPUS
+
 from util.corpus import CorpusUnavailable, load_corpus_texts
-from util.second_moment import SecondMomentStats, cached_second_moments, collect_second_moments
+from util.second_moment import (
+    SecondMomentStats,
+    cached_second_moments,
+    collect_second_moments,
+)
 from util.tokens import encode
 
 LAYERS = ["model.layers.1.mlp.down_proj", "model.layers.3.mlp.down_proj"]
@@ -83,9 +87,9 @@ def test_hub_corpus_offline_says_how_to_use_local_text(monkeypatch):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_edit_in_half_precision(tiny_llama_path, dtype):
+    from helpers import REQUESTS, prefers_new, stories_hparams
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from helpers import REQUESTS, prefers_new, stories_hparams
     from nse import NSEEditor
 
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_path, dtype=dtype).eval()

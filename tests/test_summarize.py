@@ -9,10 +9,17 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from helpers import ZSRE_POSTS, cf_post
-from experiments.summarize_runs import (SummaryError, default_out_prefix, find_runs, format_report,
-                                        summarize_run, summarize_runs, write_outputs)
+
+from experiments.summarize_runs import (
+    SummaryError,
+    default_out_prefix,
+    find_runs,
+    format_report,
+    summarize_run,
+    summarize_runs,
+    write_outputs,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 LN2 = math.log(2)  # NLL ln 2 <-> P = 1/2; NLL 2 ln 2 <-> P = 1/4

@@ -1,8 +1,8 @@
 """Fact-token lookup under padding/BOS, and hooks that read, edit and always clean up."""
 import pytest
 import torch
-
 from helpers import tiny_model
+
 from util.hooks import capture, edit_output, forward_until
 from util.tokens import encode, fact_token_index, pad, padded_positions
 

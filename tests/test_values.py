@@ -1,8 +1,8 @@
 """Batched value optimisation equals one request at a time; z does what it should."""
 import pytest
 import torch
-
 from helpers import REQUESTS, stories_hparams
+
 from util.fact_reads import read_at_fact_tokens
 from util.hooks import edit_output
 from util.requests import normalize_request
@@ -106,3 +106,21 @@ def test_targets_without_space_are_normalised_first(tiny_llama):
     z_bare = compute_values(model, tok, [normalize_request(bare)], hp, TEMPLATES).z
     z_spaced = compute_values(model, tok, [normalize_request(spaced)], hp, TEMPLATES).z
     assert torch.equal(z_bare, z_spaced)
+
+
+def test_out_of_memory_halves_the_chunk(tiny_llama, monkeypatch):
+    import util.values as values
+
+    model, tok, hp, reqs = _setup(tiny_llama, v_num_grad_steps=4)
+    expected = compute_values(model, tok, reqs, hp, TEMPLATES).z
+    real, sizes = values._optimise, []
+
+    def small_memory(model, tok, requests, *args):
+        sizes.append(len(requests))
+        if len(requests) > 1:
+            raise torch.OutOfMemoryError("pretend the device is full")
+        return real(model, tok, requests, *args)
+
+    monkeypatch.setattr(values, "_optimise", small_memory)
+    out = compute_values(model, tok, reqs, hp, TEMPLATES)
+    assert sizes[:3] == [4, 2, 1] and torch.allclose(out.z, expected, rtol=1e-4, atol=1e-4)

@@ -8,6 +8,7 @@ from torch import nn
 
 from util.architectures import model_device
 from util.hooks import capture, forward_until
+from util.requests import fill_prompt
 from util.tokens import encode, fact_token_index, pad, pad_token_id, padded_positions
 
 
@@ -29,7 +30,7 @@ def read_at_fact_tokens(
     device = model_device(model)
     for start in range(0, len(prompts), batch_size):
         chunk = range(start, min(start + batch_size, len(prompts)))
-        seqs = [encode(tok, prompts[i].replace("{}", subjects[i])) for i in chunk]
+        seqs = [encode(tok, fill_prompt(prompts[i], subjects[i])) for i in chunk]
         index = [fact_token_index(tok, prompts[i], subjects[i], fact_token) for i in chunk]
         ids, mask = pad(seqs, pad_token_id(tok))
         rows = torch.arange(len(seqs), device=device)

@@ -22,12 +22,6 @@ def weight_d_by_f(module: nn.Module) -> torch.Tensor:
     )
 
 
-def key_and_value_dims(module: nn.Module) -> tuple[int, int]:
-    """(f, d): the width of the module's input (keys) and output (values)."""
-    d, f = weight_d_by_f(module).shape
-    return f, d
-
-
 @torch.no_grad()
 def add_to_columns(module: nn.Module, columns: torch.Tensor, delta: torch.Tensor) -> None:
     """``W[:, columns] += delta`` in ``(d, f)`` orientation; delta is ``(d, |columns|)``."""

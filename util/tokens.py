@@ -9,6 +9,8 @@ from typing import Sequence
 
 import torch
 
+from util.requests import fill_prompt
+
 FACT_TOKEN_STRATEGIES = ("subject_last", "subject_first", "last")
 
 
@@ -54,7 +56,7 @@ def fact_token_index(tok, prompt: str, subject: str, strategy: str = "subject_la
     """
     if strategy not in FACT_TOKEN_STRATEGIES:
         raise ValueError(f"fact_token={strategy!r} is not one of {FACT_TOKEN_STRATEGIES}")
-    filled = prompt.replace("{}", subject)
+    filled = fill_prompt(prompt, subject)
     n_full = len(encode(tok, filled))
     if strategy == "last":
         return n_full - 1

@@ -6,6 +6,7 @@ with the same math as one request at a time.
 """
 from __future__ import annotations
 
+import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -17,8 +18,10 @@ from tqdm.auto import tqdm
 from util.architectures import get_module, model_device
 from util.context_templates import apply_template, flat_templates
 from util.hooks import capture, edit_output, forward_until
+from util.requests import fill_prompt
 from util.tokens import encode, encode_target, fact_token_index, pad, pad_token_id
 
+log = logging.getLogger(__name__)
 STOP_LOSS = 5e-2  # the original's early-stopping threshold on the total loss
 
 
@@ -69,8 +72,18 @@ def compute_values(
 ) -> ValueResult:
     """z for every request, optimised ``batch_size`` requests at a time (None: all at once)."""
     step = batch_size or len(requests)
-    parts = [_optimise(model, tok, requests[s : s + step], hparams, templates, progress)
-             for s in range(0, len(requests), step)]
+    parts, start = [], 0
+    while start < len(requests):
+        try:
+            parts.append(_optimise(model, tok, requests[start : start + step], hparams, templates, progress))
+            start += step
+        except torch.OutOfMemoryError:
+            if step == 1:
+                raise
+            step = max(1, step // 2)  # same z either way: requests are optimised independently
+            log.warning("out of memory optimising values; retrying %d requests at a time", step)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
     return ValueResult(
         z=torch.cat([p.z for p in parts]),
         h0=torch.cat([p.h0 for p in parts]),
@@ -87,7 +100,7 @@ def _build_batch(tok, requests: Sequence[dict], templates: list[list[str]], fact
         target = encode_target(tok, r["target_new"]["str"])
         prompts = [apply_template(c, r["prompt"]) for c in contexts]
         for j, prompt in enumerate(prompts):
-            prompt_ids = encode(tok, prompt.replace("{}", r["subject"]))
+            prompt_ids = encode(tok, fill_prompt(prompt, r["subject"]))
             if j == 0:
                 plain_rows.append(len(seqs))
             for k, token in enumerate(target):  # token k is predicted at the position before it
@@ -103,7 +116,7 @@ def _build_batch(tok, requests: Sequence[dict], templates: list[list[str]], fact
         kl_rows.append(len(seqs))
         fact.append(fact_token_index(tok, kl_prompt, r["subject"], fact_token))
         row_req.append(i)
-        seqs.append(encode(tok, kl_prompt.replace("{}", r["subject"])))
+        seqs.append(encode(tok, fill_prompt(kl_prompt, r["subject"])))
     ids, mask = pad(seqs, pad_token_id(tok), side="right")  # right padding keeps fact positions
     t = lambda x: torch.tensor(x, dtype=torch.long)  # noqa: E731
     return _Batch(ids, mask, t(fact), t(row_req), t(plain_rows), t(kl_rows), t(tgt_row), t(tgt_pos), t(tgt_id),

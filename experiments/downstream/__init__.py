@@ -3,7 +3,11 @@
 ``tasks`` is the table of tasks, ``scoring`` picks a label by likelihood, ``evaluation`` runs
 the tasks and writes one result file per evaluation point.
 """
-from .evaluation import classification_metrics, run_downstream_eval, write_downstream_result
+from .evaluation import (
+    classification_metrics,
+    run_downstream_eval,
+    write_downstream_result,
+)
 from .tasks import ANSWER_CUE, DEFAULT_TASKS, TASKS, DownstreamTask
 
 __all__ = [

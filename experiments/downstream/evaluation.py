@@ -5,15 +5,22 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from torch import nn
 from sklearn.metrics import f1_score, matthews_corrcoef
+from torch import nn
 from tqdm.auto import tqdm
 
 from util.atomic_files import write_json_atomic
 from util.tokens import pad_token_id
 
 from .scoring import build_pairs, context_limit, continuation_ids, mean_logprobs
-from .tasks import DEFAULT_TASKS, DownstreamTask, check_glue_dir, get_task, load_records, select_subset
+from .tasks import (
+    DEFAULT_TASKS,
+    DownstreamTask,
+    check_glue_dir,
+    get_task,
+    load_records,
+    select_subset,
+)
 
 TaskMetrics = dict[str, float | int]  # {"accuracy", "f1", "mcc", "n"}
 

@@ -1,9 +1,26 @@
 """Evaluation metrics of the editing benchmarks (per case, and their summary over cases)."""
 from experiments.metrics.consistency import tfidf_similarity
-from experiments.metrics.counterfact import compute_rewrite_quality_counterfact, perplexity
-from experiments.metrics.fluency import generate_texts, ngram_entropy, text_ngram_entropy, word_tokenize
-from experiments.metrics.scoring import ContinuationScore, score_continuations, score_pairs
-from experiments.metrics.summary import METRIC_DESCRIPTIONS, PAPER_COLUMNS, harmonic_mean, summarize_cases
+from experiments.metrics.counterfact import (
+    compute_rewrite_quality_counterfact,
+    perplexity,
+)
+from experiments.metrics.fluency import (
+    generate_texts,
+    ngram_entropy,
+    text_ngram_entropy,
+    word_tokenize,
+)
+from experiments.metrics.scoring import (
+    ContinuationScore,
+    score_continuations,
+    score_pairs,
+)
+from experiments.metrics.summary import (
+    METRIC_DESCRIPTIONS,
+    PAPER_COLUMNS,
+    harmonic_mean,
+    summarize_cases,
+)
 from experiments.metrics.zsre import compute_rewrite_quality_zsre
 
 __all__ = [
