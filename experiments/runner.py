@@ -43,7 +43,9 @@ from experiments.run_files import (
 from util.atomic_files import write_json_atomic as atomic_write_json
 from util.context_templates import generate_context_templates
 from util.model_loading import load_model_and_tokenizer
+from util.requests import normalize_request
 from util.second_moment import model_fingerprint
+from util.tokens import fact_token_index
 from util.value_cache import ValueCache
 
 log = logging.getLogger("experiments")
@@ -160,9 +162,6 @@ def _resume_dir(cfg: RunConfig, results: Path) -> Path | None:
 
 
 def _request_of(record: dict, tok) -> dict:
-    from util.requests import normalize_request
-    from util.tokens import fact_token_index
-
     request = normalize_request({"case_id": record["case_id"], **record["requested_rewrite"]})
     try:  # a subject that does not survive tokenisation fails now, not hours into the run
         fact_token_index(tok, request["prompt"], request["subject"])
@@ -186,8 +185,16 @@ def _run(cfg, paths, alg, hparams, model, tok, records, requests, run_dir: Path,
     if (run_dir / STATE_FILE).is_file():
         editor.load(run_dir / STATE_FILE)
         log.info("resuming %s after batch %d (%d edits)", run_dir, editor.num_batches, editor.num_edits)
+    extras = None  # attribute snippets + TF-IDF, loaded once for both scoring passes
+
+    def generation_extras():
+        nonlocal extras
+        if extras is None:
+            extras = _generation_resources(cfg, paths) if cfg.ds_name != "zsre" else (None, None)
+        return extras
+
     if cfg.eval_pre_edit and editor.num_batches == 0:
-        _score_cases(cfg, paths, model, tok, records, run_dir / "pre_edit", "pre-edit scoring")
+        _score_cases(cfg, model, tok, records, run_dir / "pre_edit", "pre-edit scoring", generation_extras())
     batches = [requests[s : s + cfg.num_edits] for s in range(0, len(requests), cfg.num_edits)]
     _maybe_downstream(cfg, paths, model, tok, run_dir, editor.num_batches, editor.num_edits)
     for index in tqdm(range(editor.num_batches, len(batches)), desc="editing", unit="batch",
@@ -199,7 +206,7 @@ def _run(cfg, paths, alg, hparams, model, tok, records, requests, run_dir: Path,
         _append_report(run_dir, report)
         editor.save(run_dir / STATE_FILE)
         _maybe_downstream(cfg, paths, model, tok, run_dir, editor.num_batches, editor.num_edits)
-    _score_cases(cfg, paths, model, tok, records, run_dir, "scoring edited model", num_edits=cfg.num_edits)
+    _score_cases(cfg, model, tok, records, run_dir, "scoring edited model", generation_extras(), num_edits=cfg.num_edits)
     atomic_write_json(run_dir / COMPLETE_MARKER, {"finished": time.ctime(), "num_batches": editor.num_batches,
                                                  "num_edits": editor.num_edits})
     return run_dir
@@ -217,14 +224,15 @@ def _append_report(run_dir: Path, report) -> None:
 
 
 def _make_editor(cfg, paths, alg, hparams, model, tok, templates):
-    cache = None
+    editor = alg.make_editor(model, tok, hparams, stats_dir=paths["stats"], context_templates=templates,
+                             seed=cfg.seed, originals_on_cpu=cfg.conserve_memory,
+                             values_batch_size=cfg.values_batch_size)
     if cfg.use_cache:
-        names = [hparams.resolved_for(model).rewrite_module(l) for l in hparams.layers]
+        resolved = editor.hparams  # module paths filled in for this model
+        names = [resolved.rewrite_module(l) for l in resolved.layers]
         model_id = f"{Path(cfg.model_name).name}-{model_fingerprint(model, names)}-{cfg.dtype}"
-        cache = ValueCache(paths["stats"] / "value_cache", model_id, cfg.ds_name, hparams, templates)
-    return alg.make_editor(model, tok, hparams, stats_dir=paths["stats"], context_templates=templates, seed=cfg.seed,
-                           value_cache=cache, originals_on_cpu=cfg.conserve_memory,
-                           values_batch_size=cfg.values_batch_size)
+        editor.value_cache = ValueCache(paths["stats"] / "value_cache", model_id, cfg.ds_name, resolved, templates)
+    return editor
 
 
 def _maybe_downstream(cfg, paths, model, tok, run_dir: Path, batch_index: int, num_edits: int) -> None:
@@ -240,9 +248,9 @@ def _maybe_downstream(cfg, paths, model, tok, run_dir: Path, batch_index: int, n
              ", ".join(f"{t} acc {m['accuracy']:.3f}" for t, m in result.items()))
 
 
-def _score_cases(cfg, paths, model, tok, records, out_dir: Path, desc: str, num_edits: int | None = None) -> None:
+def _score_cases(cfg, model, tok, records, out_dir: Path, desc: str, extras,
+                 num_edits: int | None = None) -> None:
     """One JSON per case; existing files are kept, so an interrupted scoring pass resumes."""
-    extras = _generation_resources(cfg, paths) if cfg.ds_name != "zsre" else (None, None)
     reports = read_json(out_dir / EDIT_REPORTS) if num_edits and (out_dir / EDIT_REPORTS).is_file() else []
     edit_seconds = {r["batch_index"]: r["seconds"] for r in reports}
     for i, record in enumerate(tqdm(records, desc=desc, unit="case")):
