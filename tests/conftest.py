@@ -40,3 +40,22 @@ def tiny_llama(tiny_llama_path: Path):
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return model, tok
+
+
+@pytest.fixture(autouse=True, scope="session")
+def no_downloads():
+    """Tests never reach the network: a missing data file behaves as it does offline.
+
+    Session-scoped so it is in place before module-scoped fixtures (whole CLI runs) start."""
+    import dsets.data_dir
+
+    real = dsets.data_dir.download_file
+
+    def offline(url, dest):
+        if url.startswith("file://"):  # local files exercise the real download path
+            return real(url, dest)
+        raise OSError(f"network disabled in tests (would fetch {url})")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(dsets.data_dir, "download_file", offline)
+        yield
