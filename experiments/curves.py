@@ -1,0 +1,96 @@
+"""Learning curves of a sequential-editing run: the cases edited so far, scored every N batches.
+
+With ``--curve_every N`` the runner calls :func:`maybe_write_curve_point` after each batch. After
+every N-th batch (counted like ``--downstream_eval_steps``: batches the editor has applied), the
+cases of this run edited so far are scored teacher-forced only (no generation: Efficacy,
+Generalization, Specificity and their magnitudes; zsRE accuracies) and written to
+``<run>/curves/edits_<NNNNNN>.json``::
+
+    {"num_edits", "batch_index", "n_cases", "ds_kind", "case_ids": [...],
+     "summary": {metric: {"mean", "std"}},     # experiments.metrics.summarize_cases, ×100
+     "cases": {case_id: post}}                 # the per-case teacher-forced metrics
+
+An existing point is never recomputed, and a missing one (a run killed while scoring it) is
+scored when the run resumes, before its next batch. Scoring reads the model only, so the final
+results are the same with and without curves. ``summarize.py --plot`` draws these points.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from experiments.metrics.summary import summarize_cases
+from util.atomic_files import write_json_atomic
+
+log = logging.getLogger("experiments")
+
+CURVES_DIR = "curves"
+CURVE_FILE = re.compile(r"^edits_(\d+)\.json$")
+DS_KINDS = {"mcf": "counterfact", "cf": "counterfact", "zsre": "zsre"}
+
+
+class CurveFileError(ValueError):
+    """A curve file that cannot be read; the message names it."""
+
+
+def curve_file(run_dir: Path, num_edits: int) -> Path:
+    return Path(run_dir) / CURVES_DIR / f"edits_{num_edits:06d}.json"
+
+
+def is_curve_point(every: int, batch_index: int) -> bool:
+    """After the ``batch_index``-th batch (1-based count of batches applied), with ``--curve_every``."""
+    return every > 0 and batch_index > 0 and batch_index % every == 0
+
+
+def _stat(pair: tuple[float, float]) -> dict[str, float | None]:
+    return {k: (float(v) if math.isfinite(v) else None) for k, v in zip(("mean", "std"), pair)}
+
+
+def maybe_write_curve_point(run_dir: Path, every: int, batch_index: int, num_edits: int, ds_name: str,
+                            edited: Sequence[dict], score: Callable[[int, dict], dict[str, Any]]) -> Path | None:
+    """Score ``edited`` (the records edited so far) with ``score(index, record) -> post`` and write
+    the point, when ``batch_index`` is a curve point and its file does not exist yet."""
+    if not is_curve_point(every, batch_index) or not edited:
+        return None
+    path = curve_file(run_dir, num_edits)
+    if path.is_file():
+        return None
+    ds_kind = DS_KINDS[ds_name]
+    posts = {}
+    for i, record in enumerate(tqdm(edited, desc=f"curve after {num_edits} edits", unit="case", leave=False)):
+        posts[str(record["case_id"])] = score(i, record)
+    summary = summarize_cases(list(posts.values()), ds_kind)  # type: ignore[arg-type]
+    write_json_atomic(path, {
+        "num_edits": int(num_edits), "batch_index": int(batch_index), "n_cases": len(posts), "ds_kind": ds_kind,
+        "case_ids": [record["case_id"] for record in edited],
+        "summary": {k: _stat(v) for k, v in summary.items()}, "cases": posts,
+    })
+    shown = ", ".join(f"{k} {v[0]:.1f}" for k, v in summary.items() if k.endswith(("_success", "_acc")))
+    log.info("curve after %d edits (%d cases): %s", num_edits, len(posts), shown)
+    return path
+
+
+def read_curve_points(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The run's curve points, by number of edits (empty when it wrote none)."""
+    folder = Path(run_dir) / CURVES_DIR
+    if not folder.is_dir():
+        return []
+    points = []
+    for path in sorted(folder.iterdir()):
+        if not CURVE_FILE.match(path.name):
+            continue
+        try:
+            point = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise CurveFileError(f"{path} is not valid JSON ({exc.msg}); delete it (a resumed run rewrites it)") from exc
+        if not isinstance(point, dict) or not {"num_edits", "n_cases", "cases", "ds_kind"} <= set(point):
+            raise CurveFileError(f"{path} is not a curve point ({{num_edits, n_cases, ds_kind, cases, ...}})")
+        points.append(point)
+    return sorted(points, key=lambda p: p["num_edits"])

@@ -1,0 +1,86 @@
+"""``--save_model DIR``: the edited model as a Hugging Face folder, plus the editor state to continue.
+
+DIR holds what ``save_pretrained`` writes (``config.json``, ``model.safetensors``, the tokenizer
+files), so ``AutoModelForCausalLM.from_pretrained(DIR)`` loads the edited model, plus
+``editor_state.pt`` (the editor's state: original weights of the edited modules, accumulated keys,
+counters, context templates) and ``editing.json`` (what was edited, by which run). A later run
+with ``--model_name=DIR`` picks the state up and continues editing as if it had never stopped.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from experiments.run_files import STATE_FILE, read_json
+
+EDIT_INFO = "editing.json"
+NO_STATE = "none"  # --load_editor_state=none: start from DIR's weights as a fresh model
+
+
+def save_dir_problem(out_dir: str | Path) -> str | None:
+    """Why ``--save_model=out_dir`` would be refused (a folder that is not a saved model), or None."""
+    path = Path(out_dir).expanduser()
+    if path.exists() and not path.is_dir():
+        return f"--save_model={out_dir} is a file; name a folder"
+    if path.is_dir() and any(path.iterdir()) and not (path / EDIT_INFO).is_file():
+        return (f"--save_model={out_dir} is a non-empty folder that holds no saved edited model ({EDIT_INFO}); "
+                "name a new folder (a previous --save_model folder is replaced)")
+    return None
+
+
+def save_edited_model(model, tok, editor, out_dir: str | Path, info: dict[str, Any]) -> Path:
+    """Write model + tokenizer (safetensors), ``editor_state.pt`` and ``editing.json`` into ``out_dir``.
+
+    The folder is written beside ``out_dir`` and swapped in at the end, so an interrupted save
+    leaves the previous one (if any) intact."""
+    out_dir = Path(out_dir).expanduser()
+    problem = save_dir_problem(out_dir)
+    if problem:
+        raise ValueError(problem)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        editor.save(tmp / STATE_FILE)
+        payload = {**info, "num_batches": editor.num_batches, "num_edits": editor.num_edits, "saved": time.ctime()}
+        (tmp / EDIT_INFO).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+        old = None
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+            os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+def edit_info(model_dir: str | Path) -> dict[str, Any] | None:
+    """``editing.json`` of a folder written by ``--save_model``, or None."""
+    path = Path(model_dir).expanduser() / EDIT_INFO
+    return read_json(path) if path.is_file() else None
+
+
+def editor_state_path(model_name: str, load_editor_state: str | None) -> Path | None:
+    """The editor state a run starts from: ``--load_editor_state`` (a file, or a folder holding
+    ``editor_state.pt``), else ``<model_name>/editor_state.pt`` when the model is such a folder;
+    ``--load_editor_state=none`` starts from the model's weights as they are."""
+    if load_editor_state is not None:
+        if load_editor_state.lower() == NO_STATE:
+            return None
+        path = Path(load_editor_state).expanduser()
+        path = path / STATE_FILE if path.is_dir() else path
+        if not path.is_file():
+            raise FileNotFoundError(f"--load_editor_state={load_editor_state}: {path} does not exist")
+        return path
+    candidate = Path(model_name).expanduser() / STATE_FILE
+    return candidate if candidate.is_file() else None
+
