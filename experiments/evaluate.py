@@ -14,6 +14,8 @@ from pathlib import Path
 
 from dsets import DataFileMissing, DatasetFormatError
 from experiments.algorithms import ALGORITHMS
+from experiments.downstream import SHIPPED_GLUE_DIR
+from experiments.metrics.fluency import DEPARTURES
 from experiments.runner import RunConfig, RunError, run_experiment
 from util.corpus import CorpusUnavailable
 from util.hparams import HyperParamsError
@@ -51,7 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
       help="override the hparams' statistics corpus: a datasets hub name, or a local .txt/.jsonl file or folder")
     a("--stats_dir", default=None, help="covariance cache folder (default STATS_DIR in globals.yml)")
     a("--results_dir", default=None, help="where run folders go (default RESULTS_DIR in globals.yml)")
-    a("--glue_dir", default=None, help="general-capability task files (default <data_dir>/glue)")
+    a("--glue_dir", default=None, help="general-capability task files (default: experiments/downstream/data)")
+    a("--metric_departures", nargs="+", default=[], choices=sorted(DEPARTURES), metavar="NAME",
+      help="depart from the original Fluency/Consistency code (README, comparability): "
+           + "; ".join(f"{k}: {v}" for k, v in DEPARTURES.items()))
     a("--downstream_n_per_task", type=int, default=100, help="examples per general-capability task")
     a("--values_batch_size", type=int, default=None,
       help="requests whose values are optimised together (default: the whole batch; lower it if memory runs out)")
@@ -74,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         "results": resolve_global_dir("RESULTS_DIR", cfg.results_dir),
         "stats": resolve_global_dir("STATS_DIR", cfg.stats_dir),
         "hparams": resolve_global_dir("HPARAMS_DIR"),
-        "glue": Path(cfg.glue_dir) if cfg.glue_dir else data / "glue",
+        "glue": Path(cfg.glue_dir) if cfg.glue_dir else SHIPPED_GLUE_DIR,
     }
     try:
         run_dir = run_experiment(cfg, paths)

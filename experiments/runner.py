@@ -32,6 +32,7 @@ from experiments.metrics import (
     compute_rewrite_quality_counterfact,
     compute_rewrite_quality_zsre,
 )
+from experiments.metrics.fluency import MetricOptions, metric_settings
 from experiments.run_files import (
     COMPLETE_MARKER,
     EDIT_REPORTS,
@@ -80,6 +81,7 @@ class RunConfig:
     values_batch_size: int | None = None
     eval_pre_edit: bool = False
     stop_after_batches: int | None = None
+    metric_departures: list[str] = dataclasses.field(default_factory=list)  # fluency.DEPARTURES names
 
 
 class RunError(ValueError):
@@ -110,6 +112,10 @@ def _check_settings(cfg: RunConfig) -> None:
     if cfg.ds_name == "cf" and cfg.num_edits > 1:
         raise RunError("--ds_name=cf allows only --num_edits=1 (CounterFact repeats subjects across records); "
                        "use --ds_name=mcf for batches of edits")
+    try:
+        MetricOptions.from_names(cfg.metric_departures)
+    except ValueError as err:
+        raise RunError(f"--metric_departures: {err}") from None
     if cfg.downstream_eval_steps < 0:
         raise RunError(f"--downstream_eval_steps must be >= 0 (0 turns it off), got {cfg.downstream_eval_steps}")
 
@@ -174,8 +180,10 @@ def _run(cfg, paths, alg, hparams, model, tok, records, requests, run_dir: Path,
     if fresh:
         templates = generate_context_templates(model, tok, seed=cfg.seed)
         atomic_write_json(run_dir / "params.json", hparams.to_dict())
+        metrics = metric_settings(MetricOptions.from_names(cfg.metric_departures))  # tokenizer used, departures
         atomic_write_json(run_dir / "config.json", {"args": dataclasses.asdict(cfg), "versions": _versions(),
-                                                   "context_templates": templates, "started": time.ctime()})
+                                                   "context_templates": templates, "started": time.ctime(),
+                                                   "metrics": metrics})
     else:
         if read_json(run_dir / "params.json") != hparams.to_dict():
             raise RunError(f"--continue_from_run: the hyperparameters differ from {run_dir / 'params.json'}")
@@ -279,7 +287,8 @@ def _case_metrics(cfg, model, tok, record, index: int, extras) -> dict[str, Any]
     generation = not cfg.skip_generation_tests and interval > 0 and index % interval == 0
     snips, vec = extras
     return compute_rewrite_quality_counterfact(model, tok, record, snips, vec, generation=generation,
-                                               seed=cfg.seed + int(record["case_id"]))
+                                               seed=cfg.seed + int(record["case_id"]),
+                                               options=MetricOptions.from_names(cfg.metric_departures))
 
 
 def _generation_resources(cfg, paths):

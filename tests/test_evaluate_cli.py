@@ -18,7 +18,7 @@ def _args(results: Path, stats: Path, **extra) -> list[str]:
         "alg_name": "NSE", "model_name": str(SHARED / "models/tinystories-260k-llama"),
         "hparams_fname": "tinystories-260k.json", "ds_name": "mcf",
         "ds_file": str(SHARED / "data/counterfact_test2191.json"), "dataset_size_limit": "20", "num_edits": "5",
-        "mom2_dataset": str(SHARED / "data/corpus"), "glue_dir": str(SHARED / "data/glue"),
+        "mom2_dataset": str(SHARED / "data/corpus"),  # the task files: the shipped ones, as in README
         "downstream_eval_steps": "2", "downstream_n_per_task": "4", "generation_test_interval": "10",
         "results_dir": str(results), "stats_dir": str(stats), "data_dir": str(results / "no_data"),
     }
@@ -50,6 +50,8 @@ def test_run_writes_every_file(unbroken):
     assert {"rewrite_prompts_probs", "paraphrase_prompts_probs", "neighborhood_prompts_probs"} <= set(case["post"])
     config = json.loads((unbroken / "config.json").read_text())
     assert len(config["context_templates"][1]) == 5 and config["args"]["num_edits"] == 5
+    assert config["metrics"]["word_tokenizer"] in ("nltk.word_tokenize", "nltk-untrained-punkt")
+    assert config["metrics"]["departures"] == [] and config["metrics"]["generation"]["max_length_with_prompt"] == 100
     assert (unbroken / "params.json").is_file() and (unbroken / "run_complete.json").is_file()
     log = (unbroken / "run.log").read_text()
     assert log.count("edits (") == 4 and "residual" in log  # one line per batch

@@ -13,9 +13,11 @@ from dsets import AttributeSnippets, vectorizer_from_stats
 from experiments.metrics import (
     METRIC_DESCRIPTIONS,
     PAPER_COLUMNS,
+    MetricOptions,
     compute_rewrite_quality_counterfact,
     compute_rewrite_quality_zsre,
     generate_texts,
+    generation_ids,
     ngram_entropy,
     score_continuations,
     summarize_cases,
@@ -203,9 +205,9 @@ def test_batched_scores_match_single_unpadded_forward(tiny_llama):
 # --- fluency ------------------------------------------------------------------------------------
 
 
-def test_word_tokenize_offline():
-    assert word_tokenize("It's 3.5 km, well-known!") == ["It's", "3.5", "km", ",", "well-known", "!"]
-    assert word_tokenize("") == []
+def test_regex_word_tokenizer_option():
+    assert word_tokenize("It's 3.5 km, well-known!", regex=True) == ["It's", "3.5", "km", ",", "well-known", "!"]
+    assert word_tokenize("", regex=True) == [] and word_tokenize("") == []
 
 
 def test_ngram_entropy_hand_computed():
@@ -234,27 +236,29 @@ def test_generation_greedy_batch_matches_known_output(tiny_llama):
         "The capital of France is": "The capital of France is a big, red ball. He liked to play with his ball. "
                                     "He liked to play with his ball. He liked to play with his ball.\nO",
     }
-    texts = generate_texts(model, tok, list(known), max_new_tokens=20, top_k=1)  # different lengths: left padding
+    texts = generate_texts(model, tok, list(known), max_length=26, top_k=1)  # different lengths: left padding
     for text, reference in zip(texts, known.values()):
-        assert len(text) > 40 and reference.startswith(text)
+        assert text.startswith("<s> ") and len(text) > 40 and reference.startswith(text[4:])  # BOS kept, as originally
 
 
 def test_generation_is_seeded_and_bounded(tiny_llama):
     model, tok = tiny_llama
     prompts = ["Once upon a time", "Tom had a"]
-    first = generate_texts(model, tok, prompts, max_new_tokens=12, seed=3)
-    assert first == generate_texts(model, tok, prompts, max_new_tokens=12, seed=3)
-    others = [generate_texts(model, tok, prompts, max_new_tokens=12, seed=s) for s in (4, 5)]
+    first = generation_ids(model, tok, prompts, max_length=16, seed=3)
+    assert first == generation_ids(model, tok, prompts, max_length=16, seed=3)
+    others = [generation_ids(model, tok, prompts, max_length=16, seed=s) for s in (4, 5)]
     assert any(o != first for o in others)
-    for prompt, text in zip(prompts, first):
-        new = tok(text, add_special_tokens=False)["input_ids"][len(tok(prompt, add_special_tokens=False)["input_ids"]):]
-        assert text.startswith(prompt) and 0 < len(new) <= 12 + 2  # retokenizing may merge pieces differently
+    for prompt, row in zip(prompts, first):
+        assert row[: len(encode(tok, prompt))] == encode(tok, prompt) and len(row) == 16
+    texts = generate_texts(model, tok, prompts, max_length=16, seed=3, options=MetricOptions(skip_special_tokens=True))
+    assert all(t.startswith(p) for t, p in zip(texts, prompts))
 
 
-def test_generation_stops_at_eos_and_after_max_new_tokens():
+def test_generation_option_stops_at_eos_and_at_the_length_cap():
     model = BigramModel()
-    # greedy: paris -> </s> at once; rome -> dog sat on the mat on (6 tokens, then the limit)
-    texts = generate_texts(model, WordTokenizer(bos=True), ["paris", "rome"], max_new_tokens=6, top_k=1)
+    # greedy: paris -> </s> at once; rome -> dog sat on the mat on (6 tokens, then 8 with <s> rome)
+    options = MetricOptions(stop_at_eos=True, skip_special_tokens=True)
+    texts = generate_texts(model, WordTokenizer(bos=True), ["paris", "rome"], max_length=8, top_k=1, options=options)
     assert texts == ["paris", "rome dog sat on the mat on"]
     assert len(model.calls) == 6 and model.calls[0][:, -1].tolist() == [ID["paris"], ID["rome"]]
 
@@ -277,7 +281,7 @@ def test_generation_can_run_past_eos():
 def test_generation_positions_count_real_tokens_only():
     # Absolute-position models (GPT-2) would see a left-padded prompt shifted without this.
     model = BigramModel()
-    generate_texts(model, WordTokenizer(bos=True), ["rome", "cat sat on"], max_new_tokens=2, top_k=1)
+    generate_texts(model, WordTokenizer(bos=True), ["rome", "cat sat on"], max_length=5, top_k=1)
     pad = ID["</s>"]
     assert model.calls[0].tolist() == [[pad, pad, ID["<s>"], ID["rome"]], [ID["<s>"], ID["cat"], ID["sat"], ID["on"]]]
     assert model.positions[0].tolist() == [[0, 0, 0, 1], [0, 1, 2, 3]]
@@ -310,17 +314,17 @@ def test_counterfact_case_with_generation_on_tiny_llama(tiny_llama, shared_dir):
          "samples": [{"name": "Ferrari F40", "text": "The Ferrari F40 is a sports car built by Ferrari."}]},
     ])
     vec = fit_tfidf(snips.texts() + ["Once upon a time there was a little red car."])
-    post = compute_rewrite_quality_counterfact(model, tok, record, snips, vec, max_new_tokens=16, seed=1)
+    post = compute_rewrite_quality_counterfact(model, tok, record, snips, vec, max_length=50, seed=1)
     assert len(post["rewrite_prompts_probs"]) == 1 and len(post["paraphrase_prompts_probs"]) == 2
     assert len(post["neighborhood_prompts_probs"]) == 10 and len(post["neighborhood_prompts_correct"]) == 10
     assert all(v > 0 for row in post["neighborhood_prompts_probs"] for v in row.values())
-    assert len(post["text"]) == 10 and post["text"][0].startswith("Ferrari F40 is sold by")
+    assert len(post["text"]) == 10 and post["text"][0].startswith("<s> Ferrari F40 is sold by")
     assert post["ngram_entropy"] > 0 and 0.0 <= post["reference_score"] <= 1.0
     assert post["essence_score"] > 1.0 and post["essence_text"] == ["The Ferrari F40 is a sports car built by Ferrari."]
-    again = compute_rewrite_quality_counterfact(model, tok, record, snips, vec, max_new_tokens=16, seed=1)
+    again = compute_rewrite_quality_counterfact(model, tok, record, snips, vec, max_length=50, seed=1)
     assert again["text"] == post["text"]
     with pytest.raises(ValueError, match="vectorizer"):
-        compute_rewrite_quality_counterfact(model, tok, record, snips, None, max_new_tokens=2)
+        compute_rewrite_quality_counterfact(model, tok, record, snips, None, max_length=50)
 
 
 # --- summary ------------------------------------------------------------------------------------
@@ -378,8 +382,8 @@ def test_generation_without_matching_snippets_warns_and_omits_consistency():
     snips = AttributeSnippets.from_records([{"relation_id": "P9", "target_id": "Q1", "samples": []}])
     vec = vectorizer_from_stats(np.array([1.0]), {"dog": 0})
     with pytest.warns(UserWarning, match=r"no attribute snippets for \(P1, Q1\)"):
-        post = compute_rewrite_quality_counterfact(BigramModel(), WordTokenizer(), record, snips, vec,
-                                                   max_new_tokens=3)
+        post = compute_rewrite_quality_counterfact(BigramModel(), WordTokenizer(), record, snips, vec, max_length=4,
+                                                   options=MetricOptions(stop_at_eos=True, skip_special_tokens=True))
     assert "reference_score" not in post and "essence_score" not in post
     assert len(post["text"]) == 2 and post["text"][1] == "paris"  # paris ends at once (EOS is likely)
     assert post["ngram_entropy"] == pytest.approx(ngram_entropy(post["text"]))

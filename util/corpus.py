@@ -6,9 +6,13 @@ import json
 import re
 from pathlib import Path
 
-# Hub names of the original project and the (dataset, config) they stand for.
+# Hub names of the original project and the (dataset, config) they stand for. The original's
+# ("wikipedia", "20200501.en") is gone from the hub: its name now means the current English dump
+# of the maintained Wikipedia dataset (streamed, so nothing is downloaded in full).
+WIKIPEDIA = ("wikimedia/wikipedia", "20231101.en")
 HUB_CORPORA = {
-    "wikipedia": ("wikipedia", "20200501.en"),
+    "wikipedia": WIKIPEDIA,
+    "wikimedia/wikipedia": WIKIPEDIA,
     "wikitext": ("wikitext", "wikitext-103-raw-v1"),
 }
 TEXT_SUFFIXES = (".txt", ".jsonl", ".json")
@@ -48,12 +52,19 @@ def load_corpus_texts(spec: str, n_samples: int) -> list[str]:
 
 
 def corpus_id(spec: str) -> str:
-    """A short name for cache files: local paths get a hash of their absolute location."""
+    """A short name for cache files: local paths get a hash of their absolute location, hub names
+    the dataset and config they resolve to (an alias shares the cache of what it stands for)."""
     path = local_path(spec)
     if path is not None:
         digest = hashlib.sha1(str(path).encode()).hexdigest()[:8]
         return f"{path.name}-{digest}"
-    return spec.replace("/", "_")
+    name, config = hub_dataset(spec)
+    return "-".join(part.replace("/", "_") for part in (name, config) if part)
+
+
+def hub_dataset(spec: str) -> tuple[str, str | None]:
+    """The (hub dataset, config) a hub name stands for; names not in HUB_CORPORA go as they are."""
+    return HUB_CORPORA.get(spec, (spec, None))
 
 
 def _read_local(path: Path) -> list[str]:
@@ -88,7 +99,7 @@ def _text_of(item, file: Path) -> str:
 
 
 def _read_hub(spec: str, n_samples: int) -> list[str]:
-    name, config = HUB_CORPORA.get(spec, (spec, None))
+    name, config = hub_dataset(spec)
     try:
         import datasets
 

@@ -8,11 +8,12 @@ from .evaluation import (
     run_downstream_eval,
     write_downstream_result,
 )
-from .tasks import ANSWER_CUE, DEFAULT_TASKS, TASKS, DownstreamTask
+from .tasks import ANSWER_CUE, DEFAULT_TASKS, SHIPPED_GLUE_DIR, TASKS, DownstreamTask
 
 __all__ = [
     "ANSWER_CUE",
     "DEFAULT_TASKS",
+    "SHIPPED_GLUE_DIR",
     "TASKS",
     "DownstreamTask",
     "classification_metrics",

@@ -123,6 +123,10 @@ TASKS: Mapping[str, DownstreamTask] = MappingProxyType({task.name: task for task
 # The six tasks the NSE/AlphaEdit papers report; the other rows are opt-in.
 DEFAULT_TASKS: tuple[str, ...] = ("sst2", "mrpc", "cola", "rte", "mmlu", "nli")
 
+# The task files ship with the project, as the original kept them in its repository (provenance
+# in data/SOURCES.md); --glue_dir points elsewhere.
+SHIPPED_GLUE_DIR = Path(__file__).resolve().parent / "data"
+
 
 def get_task(name: str) -> DownstreamTask:
     if name not in TASKS:
@@ -135,7 +139,7 @@ def check_glue_dir(glue_dir: str | Path) -> Path:
     if not path.is_dir():
         raise FileNotFoundError(
             f"downstream data folder {path} does not exist; it must hold the task files "
-            f"({', '.join(t.filename for t in TASKS.values())}), e.g. a copy of ../shared/data/glue")
+            f"({', '.join(t.filename for t in TASKS.values())}); the shipped ones are in {SHIPPED_GLUE_DIR}")
     return path
 
 
@@ -145,7 +149,7 @@ def load_records(task: DownstreamTask, glue_dir: str | Path) -> list[dict]:
     if not path.is_file():
         raise FileNotFoundError(
             f"task {task.name!r} needs {task.filename} in {path.parent}; put the file there "
-            f"(the shared copies live in ../shared/data/glue/)")
+            f"(the shipped copies are in {SHIPPED_GLUE_DIR})")
     with path.open(encoding="utf-8") as handle:
         records = json.load(handle)
     if not isinstance(records, list) or not records:

@@ -5,7 +5,11 @@ from experiments.metrics.counterfact import (
     perplexity,
 )
 from experiments.metrics.fluency import (
+    DEPARTURES,
+    MetricOptions,
     generate_texts,
+    generation_ids,
+    metric_settings,
     ngram_entropy,
     text_ngram_entropy,
     word_tokenize,
@@ -24,13 +28,17 @@ from experiments.metrics.summary import (
 from experiments.metrics.zsre import compute_rewrite_quality_zsre
 
 __all__ = [
+    "DEPARTURES",
     "METRIC_DESCRIPTIONS",
     "PAPER_COLUMNS",
     "ContinuationScore",
+    "MetricOptions",
     "compute_rewrite_quality_counterfact",
     "compute_rewrite_quality_zsre",
     "generate_texts",
+    "generation_ids",
     "harmonic_mean",
+    "metric_settings",
     "ngram_entropy",
     "perplexity",
     "score_continuations",

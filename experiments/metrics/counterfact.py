@@ -16,7 +16,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 
 from dsets.attr_snippets import AttributeSnippets
 from experiments.metrics.consistency import tfidf_similarity
-from experiments.metrics.fluency import generate_texts, ngram_entropy
+from experiments.metrics.fluency import MAX_LENGTH, MetricOptions, generate_texts, ngram_entropy
 from experiments.metrics.scoring import score_continuations
 from util.architectures import model_device
 from util.requests import check_prompt_template, fill_prompt, with_leading_space
@@ -77,11 +77,17 @@ def generation_metrics(
     snips: AttributeSnippets | None,
     vec: TfidfVectorizer | None,
     seed: int = 0,
-    max_new_tokens: int = 100,
+    max_length: int = MAX_LENGTH,
+    options: MetricOptions = MetricOptions(),
 ) -> dict[str, Any]:
-    """``text`` and ``ngram_entropy``; with snippets also ``reference_score`` (and ``essence_score``)."""
-    texts = generate_texts(model, tok, record["generation_prompts"], max_new_tokens=max_new_tokens, seed=seed)
-    out: dict[str, Any] = {"text": texts, "ngram_entropy": ngram_entropy(texts)}
+    """``text`` and ``ngram_entropy``; with snippets also ``reference_score`` (and ``essence_score``).
+
+    ``max_length`` caps each text's tokens, prompt included (the original's rule); ``options``
+    names departures from the original metric code (all off by default).
+    """
+    texts = generate_texts(model, tok, record["generation_prompts"], max_length, seed=seed, options=options)
+    fluency = ngram_entropy(texts, regex=options.regex_word_tokenizer)
+    out: dict[str, Any] = {"text": texts, "ngram_entropy": fluency}
     if snips is None:
         return out
     if vec is None:
@@ -113,11 +119,13 @@ def compute_rewrite_quality_counterfact(
     generation: bool = True,
     *,
     seed: int = 0,
-    max_new_tokens: int = 100,
+    max_length: int = MAX_LENGTH,
+    options: MetricOptions = MetricOptions(),
     batch_size: int = 64,
 ) -> dict[str, Any]:
     """The per-case ``post`` dict for one CounterFact record (see module docstring)."""
     post = probability_metrics(model, tok, record, batch_size=batch_size)
     if generation and record.get("generation_prompts"):
-        post.update(generation_metrics(model, tok, record, snips, vec, seed=seed, max_new_tokens=max_new_tokens))
+        post.update(generation_metrics(model, tok, record, snips, vec, seed=seed, max_length=max_length,
+                                       options=options))
     return post

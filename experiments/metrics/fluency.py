@@ -1,28 +1,117 @@
-"""Fluency: sampled generations and their n-gram entropy (low entropy = repetitive, collapsed text)."""
+"""Fluency: sampled generations and their n-gram entropy (low entropy = repetitive, collapsed text).
+
+By default everything here follows the evaluation code of ROME/MEMIT/NSE, so the numbers compare
+with the published tables:
+
+- generation: top-5 sampling until each text holds ``MAX_LENGTH`` (100) tokens *in total*, prompt
+  included; no stop at EOS; the text is decoded with its special tokens, NFKD-normalised, blank
+  lines ("\\n\\n") turned into a space and GPT-2's ``<|endoftext|>`` removed;
+- entropy: words from NLTK's ``word_tokenize`` (case kept); per text the entropy in bits of the
+  bigram and of the trigram frequency distribution, weighted 2/3 and 4/3, then averaged; then the
+  mean over texts.
+
+Each departure from that is a named option of :class:`MetricOptions`, off by default
+(README, "Comparability with the papers").
+"""
 from __future__ import annotations
 
+import functools
 import math
 import re
+import unicodedata
+import warnings
 from collections import Counter
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, fields
+from typing import Any, Callable
 
 import torch
 
-from util.generation import sample_continuations
+from util.generation import sample_token_ids
+from util.tokens import encode, pad_token_id
 
-# Offline stand-in for NLTK's word_tokenize (its punkt data cannot be downloaded here): runs of
-# letters/digits, kept together across inner apostrophes, hyphens and dots ("don't", "well-known",
-# "3.5"); every other non-space character is a token of its own.
-_WORD_RE = re.compile(r"[^\W_]+(?:['’\-.][^\W_]+)*|\S")
-
+MAX_LENGTH = 100  # the original's max_out_len: total tokens per text, the prompt's included
+TOP_K = 5
 NGRAM_ORDERS = (2, 3)
 NGRAM_WEIGHTS = (2 / 3, 4 / 3)
 
+# Departures from the original metric code; each is a MetricOptions field of the same name.
+DEPARTURES = {
+    "stop_at_eos": "end a generation at the tokenizer's EOS (the original samples on past it)",
+    "skip_special_tokens": "decode generations without special tokens such as BOS (the original keeps "
+                           "them, removing only GPT-2's <|endoftext|>)",
+    "regex_word_tokenizer": "split words for n-gram entropy with this project's regex instead of NLTK's "
+                            "word_tokenize",
+}
 
-def word_tokenize(text: str) -> list[str]:
-    """Split ``text`` into word and punctuation tokens (case kept, as the original metric does)."""
-    return _WORD_RE.findall(text)
+# Names recorded in a run's config.json for the word tokenizer that was used.
+NLTK_EXACT = "nltk.word_tokenize"
+NLTK_FALLBACK = "nltk-untrained-punkt"  # punkt_tab data missing: see word_tokenize
+REGEX_TOKENIZER = "regex"
+
+# The project's older stand-in tokenizer (option regex_word_tokenizer): runs of letters/digits,
+# kept together across inner apostrophes, hyphens and dots ("don't", "well-known", "3.5"); every
+# other non-space character is a token of its own.
+_WORD_RE = re.compile(r"[^\W_]+(?:['’\-.][^\W_]+)*|\S")
+
+
+@dataclass(frozen=True)
+class MetricOptions:
+    """Departures from the original Fluency/Consistency code; all off = the original (see DEPARTURES)."""
+
+    stop_at_eos: bool = False
+    skip_special_tokens: bool = False
+    regex_word_tokenizer: bool = False
+
+    @classmethod
+    def from_names(cls, names: Iterable[str] | None) -> MetricOptions:
+        """Options with the named departures on, e.g. ``from_names(["stop_at_eos"])``."""
+        names = list(names or [])
+        unknown = sorted(set(names) - set(DEPARTURES))
+        if unknown:
+            raise ValueError(f"unknown metric departure(s) {unknown}; known: {', '.join(DEPARTURES)}")
+        return cls(**{name: True for name in names})
+
+    def names(self) -> list[str]:
+        """The departures that are on, in DEPARTURES order."""
+        return [f.name for f in fields(self) if getattr(self, f.name)]
+
+
+# --- word tokenization -------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=None)
+def _nltk_tokenizer() -> tuple[str, Callable[[str], list[str]]]:
+    """NLTK's ``word_tokenize`` if its Punkt sentence model (punkt_tab data) is installed, else the
+    same pipeline with an untrained Punkt model. Decided once per process; imported lazily
+    because importing nltk takes about a second."""
+    from nltk.tokenize import NLTKWordTokenizer, punkt_model_available
+    from nltk.tokenize import word_tokenize as nltk_word_tokenize
+
+    if punkt_model_available("english"):
+        return NLTK_EXACT, nltk_word_tokenize
+    from nltk.tokenize.punkt import PunktSentenceTokenizer
+
+    # word_tokenize = Punkt sentences, then NLTKWordTokenizer per sentence. Without the trained
+    # model only abbreviation knowledge is lost ("Mr." ends a sentence); skipping the sentence
+    # split instead would glue every sentence-final period to its word ("sat." in mid-text).
+    sentences, words = PunktSentenceTokenizer(), NLTKWordTokenizer()
+    return NLTK_FALLBACK, lambda text: [w for s in sentences.tokenize(text) for w in words.tokenize(s)]
+
+
+def word_tokenizer_name(regex: bool = False) -> str:
+    """Which tokenizer :func:`word_tokenize` uses here: NLTK_EXACT, NLTK_FALLBACK or REGEX_TOKENIZER."""
+    return REGEX_TOKENIZER if regex else _nltk_tokenizer()[0]
+
+
+def word_tokenize(text: str, regex: bool = False) -> list[str]:
+    """Word and punctuation tokens of ``text``, case kept, as the original metric splits them."""
+    if regex:
+        return _WORD_RE.findall(text)
+    return _nltk_tokenizer()[1](text)
+
+
+# --- n-gram entropy ----------------------------------------------------------------------------
 
 
 def ngram_distribution_entropy(tokens: Sequence[str], n: int) -> float:
@@ -32,35 +121,86 @@ def ngram_distribution_entropy(tokens: Sequence[str], n: int) -> float:
     return -sum(c / total * math.log2(c / total) for c in counts.values()) if total else 0.0
 
 
-def text_ngram_entropy(text: str) -> float:
-    """Weighted mean of the bigram and trigram entropies of one text (weights 2/3 and 4/3)."""
-    tokens = word_tokenize(text)
+def text_ngram_entropy(text: str, regex: bool = False) -> float:
+    """Mean of the weighted bigram and trigram entropies of one text (weights 2/3 and 4/3)."""
+    tokens = word_tokenize(text, regex=regex)
     weighted = [w * ngram_distribution_entropy(tokens, n) for n, w in zip(NGRAM_ORDERS, NGRAM_WEIGHTS)]
     return sum(weighted) / len(weighted)
 
 
-def ngram_entropy(texts: Sequence[str]) -> float:
+def ngram_entropy(texts: Sequence[str], regex: bool = False) -> float:
     """Mean over ``texts`` of :func:`text_ngram_entropy` (the paper's Fluency, before ×100)."""
     if isinstance(texts, str):
         raise TypeError("ngram_entropy takes a list of texts; wrap a single text in a list")
     if not texts:
         raise ValueError("ngram_entropy needs at least one text")
-    return sum(text_ngram_entropy(t) for t in texts) / len(texts)
+    return sum(text_ngram_entropy(t, regex=regex) for t in texts) / len(texts)
+
+
+# --- generation --------------------------------------------------------------------------------
+
+
+def generation_ids(
+    model: torch.nn.Module,
+    tok: Any,
+    prompts: Sequence[str],
+    max_length: int = MAX_LENGTH,
+    top_k: int = TOP_K,
+    seed: int = 0,
+    stop_at_eos: bool = False,
+) -> list[list[int]]:
+    """Prompt ids + sampled ids per prompt, under the original's length rule.
+
+    Every text is filled up to ``max_length`` tokens in total, its prompt (with BOS, if the
+    tokenizer adds one) included. The original sampled all prompts of a case as one batch until the
+    batch was ``max_length`` wide, so when any prompt already has ``max_length`` tokens no prompt
+    gets new ones; that is kept (with a warning). Each prompt is otherwise sampled as if alone.
+    """
+    if isinstance(prompts, str):
+        raise TypeError("generation takes a list of prompts; wrap a single prompt in a list")
+    if max_length < 1 or top_k < 1:
+        raise ValueError(f"need max_length >= 1 and top_k >= 1, got {max_length} and {top_k}")
+    prompt_ids = [encode(tok, p) for p in prompts]
+    if any(not ids for ids in prompt_ids):
+        raise ValueError("every generation prompt must tokenize to at least one token")
+    if not prompt_ids:
+        return []
+    widest = max(len(ids) for ids in prompt_ids)
+    if widest >= max_length:
+        warnings.warn(f"a generation prompt has {widest} tokens >= max_length={max_length}: as in the "
+                      "original, no prompt of this batch gets generated tokens", stacklevel=2)
+        return prompt_ids
+    steps = max_length - min(len(ids) for ids in prompt_ids)
+    eos_id = tok.eos_token_id if stop_at_eos else None
+    new = sample_token_ids(model, prompt_ids, steps, top_k, seed, pad_token_id(tok), eos_id)
+    return [ids + row[: max_length - len(ids)] for ids, row in zip(prompt_ids, new)]
+
+
+def decode_like_original(tok: Any, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
+    """``ids`` as text, post-processed as the original did before measuring it."""
+    text = tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
+    return unicodedata.normalize("NFKD", text).replace("\n\n", " ").replace("<|endoftext|>", "")
 
 
 def generate_texts(
     model: torch.nn.Module,
     tok: Any,
     prompts: Sequence[str],
-    max_new_tokens: int = 100,
-    top_k: int = 5,
+    max_length: int = MAX_LENGTH,
+    top_k: int = TOP_K,
     seed: int = 0,
+    options: MetricOptions = MetricOptions(),
 ) -> list[str]:
-    """The texts Fluency and Consistency are measured on: prompt + up to ``max_new_tokens`` sampled
-    tokens (top-k), all prompts in one batch, each stopping at EOS; seeded.
+    """The texts Fluency and Consistency are measured on (see :func:`generation_ids`); seeded,
+    all prompts in one batch, each text starting with its prompt."""
+    rows = generation_ids(model, tok, prompts, max_length, top_k, seed, stop_at_eos=options.stop_at_eos)
+    return [decode_like_original(tok, row, options.skip_special_tokens) for row in rows]
 
-    The editor's own sampler (:func:`util.generation.sample_continuations`) with the metric's defaults.
-    """
-    if isinstance(prompts, str):
-        raise TypeError("generate_texts takes a list of prompts; wrap a single prompt in a list")
-    return sample_continuations(model, tok, prompts, max_new_tokens, top_k=top_k, seed=seed, stop_at_eos=True)
+
+def metric_settings(options: MetricOptions = MetricOptions()) -> dict[str, Any]:
+    """What a run's config.json records about how Fluency/Consistency were computed."""
+    return {
+        "generation": {"max_length_with_prompt": MAX_LENGTH, "top_k": TOP_K},
+        "word_tokenizer": word_tokenizer_name(regex=options.regex_word_tokenizer),
+        "departures": options.names(),
+    }
