@@ -1,25 +1,52 @@
-"""Editing methods the harness can run, keyed by ``--alg_name``.
+"""Editing methods the harness can run, keyed by ``--alg_name``: the only file that imports methods.
 
-A method provides its hyperparameter class and a factory for a stateful editor with
-``edit(requests) -> report`` (``report.log_line()``), ``save(path)``, ``load(path)``,
-``num_batches`` and ``context_templates``.
+Every editor subclasses :class:`util.editor.Editor`; the runner talks to that base only.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
-from nse import NSEEditor, NSEHyperParams
+from alphaedit import AlphaEditEditor
+from baselines.ft import FTEditor
+from memit import MEMITEditor, MEMITPruneEditor, MEMITRectEditor, MEMITSeqEditor
+from nse import NSEEditor
+from rome import ROMEEditor
+from util.editor import Editor
 
 
 @dataclass(frozen=True)
 class Algorithm:
-    hparams_class: type
-    make_editor: Callable  # (model, tok, hparams, **options) -> editor
+    editor_class: type[Editor]
+    hparams_dir: str   # hparams/<dir>/ holds its files (MEMIT_seq/prune/rect read MEMIT's, as in the original)
+    summary: str       # what it does, in one line (README's table of methods)
+    source: str        # the original paper
+
+    @property
+    def hparams_class(self) -> type:
+        return self.editor_class.hparams_class
+
+    def make_editor(self, model, tok, hparams, **options) -> Editor:
+        return self.editor_class(model, tok, hparams, **options)
 
 
 ALGORITHMS: dict[str, Algorithm] = {
-    "NSE": Algorithm(NSEHyperParams, NSEEditor),
+    "NSE": Algorithm(NSEEditor, "NSE", "MEMIT's update on selected neurons, values from the original weights, "
+                     "iterated while residuals stay large, earlier batches' keys protected",
+                     "Jiang et al. 2025, arXiv 2410.04045"),
+    "MEMIT": Algorithm(MEMITEditor, "MEMIT", "closed-form least squares lambda*C0-regularised, spread over layers",
+                       "Meng et al. 2023, arXiv 2210.07229"),
+    "MEMIT_seq": Algorithm(MEMITSeqEditor, "MEMIT", "MEMIT whose regulariser also holds earlier batches' keys (Cp)",
+                           "as used in arXiv 2410.04045"),
+    "MEMIT_prune": Algorithm(MEMITPruneEditor, "MEMIT", "MEMIT, then the accumulated change's large singular values "
+                             "restrained (PRUNE)", "Ma et al. 2024, arXiv 2405.16821"),
+    "MEMIT_rect": Algorithm(MEMITRectEditor, "MEMIT", "MEMIT keeping only the top 40% relative changes of each "
+                            "update (RECT)", "Gu et al. 2024, arXiv 2401.04700"),
+    "AlphaEdit": Algorithm(AlphaEditEditor, "AlphaEdit", "MEMIT's update projected onto the null space of C0, "
+                           "earlier batches' keys held", "Fang et al. 2025, arXiv 2410.02355"),
+    "ROME": Algorithm(ROMEEditor, "ROME", "rank-one update of one MLP per request, values at the MLP output",
+                      "Meng et al. 2022, arXiv 2202.05262"),
+    "FT": Algorithm(FTEditor, "FT", "Adam on one layer's weights, entries clamped to theta0 +- norm_constraint",
+                    "Zhu et al. 2020 (FT-L as in arXiv 2202.05262)"),
 }
 
 

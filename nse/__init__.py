@@ -1,5 +1,5 @@
 """Neuron-level Sequential Editing (NSE)."""
-from nse.editor import BatchReport, NSEEditor, apply_nse_to_model
+from nse.editor import NSEEditor, NSEReport, apply_nse_to_model
 from nse.hparams import NSEHyperParams
 
-__all__ = ["BatchReport", "NSEEditor", "NSEHyperParams", "apply_nse_to_model"]
+__all__ = ["NSEEditor", "NSEHyperParams", "NSEReport", "apply_nse_to_model"]

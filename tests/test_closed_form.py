@@ -1,7 +1,7 @@
 """The closed-form update equals a direct least-squares solution on small matrices."""
 import torch
 
-from nse.closed_form import solve_update
+from util.closed_form import solve_update
 
 
 def _problem(d=6, s=5, n=3, seed=0):

@@ -32,14 +32,14 @@ def test_values_use_original_weights_after_an_edit(tiny_llama, tiny_llama_path):
     assert any(not torch.equal(edited[l], editor.original[l]) for l in edited)
     second = [normalize_request(r) for r in REQUESTS[2:]]
     with editor.rewound():
-        rewound_z = compute_values(model, tok, second, editor.hparams, TEMPLATES).z
+        rewound_z = compute_values(model, tok, second, editor.value_spec, TEMPLATES).z
     assert all(torch.equal(edited[l], w) for l, w in _weights(editor).items())  # edits are back
 
     from transformers import AutoModelForCausalLM
     fresh = AutoModelForCausalLM.from_pretrained(tiny_llama_path, dtype=torch.float32).eval()
-    fresh_z = compute_values(fresh, tok, second, editor.hparams, TEMPLATES).z
+    fresh_z = compute_values(fresh, tok, second, editor.value_spec, TEMPLATES).z
     assert torch.allclose(rewound_z, fresh_z, atol=1e-5)
-    edited_z = compute_values(model, tok, second, editor.hparams, TEMPLATES).z
+    edited_z = compute_values(model, tok, second, editor.value_spec, TEMPLATES).z
     assert not torch.allclose(edited_z, fresh_z, atol=1e-3)  # the test could tell them apart
 
 
@@ -88,7 +88,7 @@ def test_load_rejects_other_layers(tiny_llama, tmp_path):
     editor = _editor(model, tok, stories_hparams(v_num_grad_steps=2))
     editor.save(tmp_path / "s.pt")
     other = _editor(model, tok, stories_hparams(layers=[2, 3]))
-    with pytest.raises(ValueError, match=r"saved state edits layers \[1, 2, 3\], these hparams edit \[2, 3\]"):
+    with pytest.raises(ValueError, match=r"saved state edits \[1, 2, 3\], these hparams edit \[2, 3\]"):
         other.load(tmp_path / "s.pt")
 
 
@@ -139,12 +139,13 @@ def test_requests_above_upper_bound_are_not_edited(tiny_llama):
 
 
 def test_value_cache_reuses_z(tiny_llama, tmp_path, monkeypatch):
-    import nse.editor
+    import memit.editor
     from util.value_cache import ValueCache
 
     model, tok = tiny_llama
     hp = stories_hparams(v_num_grad_steps=5)
-    cache = ValueCache(tmp_path, "stories", "mcf", hp, TEMPLATES)
+    spec = hp.resolved_for(model).value_spec(model)
+    cache = ValueCache(tmp_path, "stories", "mcf", spec, TEMPLATES)
     first = _editor(model, tok, hp, value_cache=cache)
     first.edit(REQUESTS[:2])
     assert len(list(cache.folder.glob("case_*.pt"))) == 2
@@ -152,11 +153,11 @@ def test_value_cache_reuses_z(tiny_llama, tmp_path, monkeypatch):
     def no_optimisation(*args, **kwargs):
         raise AssertionError("cached values should have been used")
 
-    monkeypatch.setattr(nse.editor, "compute_values", no_optimisation)
+    monkeypatch.setattr(memit.editor, "compute_values", no_optimisation)
     second = _editor(model, tok, hp, value_cache=cache)
     report = second.edit(REQUESTS[:2])  # would raise if z were optimised again
     assert math.isnan(report.value_loss_mean)  # no fresh value losses: every z came from the cache
-    other = ValueCache(tmp_path, "stories", "mcf", dataclasses.replace(hp, v_lr=0.01), TEMPLATES)
+    other = ValueCache(tmp_path, "stories", "mcf", dataclasses.replace(spec, lr=0.01), TEMPLATES)
     assert other.folder != cache.folder  # a changed value setting cannot reuse stale z
 
 

@@ -21,8 +21,8 @@ def _setup(tiny_llama, **overrides):
 def test_batched_equals_one_at_a_time(tiny_llama):
     # Different requests stop at different steps, which exercises the masked Adam step.
     model, tok, hp, reqs = _setup(tiny_llama, v_num_grad_steps=12)
-    batched = compute_values(model, tok, reqs, hp, TEMPLATES)
-    singles = [compute_values(model, tok, [r], hp, TEMPLATES) for r in reqs]
+    batched = compute_values(model, tok, reqs, hp.value_spec(model), TEMPLATES)
+    singles = [compute_values(model, tok, [r], hp.value_spec(model), TEMPLATES) for r in reqs]
     single_z = torch.cat([s.z for s in singles])
     # Tolerance: padding changes matmul shapes, so float32 round-off differs per step.
     assert torch.allclose(batched.z, single_z, rtol=1e-4, atol=1e-4), (batched.z - single_z).abs().max()
@@ -33,14 +33,14 @@ def test_batched_equals_one_at_a_time(tiny_llama):
 
 def test_chunked_equals_all_at_once(tiny_llama):
     model, tok, hp, reqs = _setup(tiny_llama, v_num_grad_steps=6)
-    whole = compute_values(model, tok, reqs, hp, TEMPLATES)
-    chunked = compute_values(model, tok, reqs, hp, TEMPLATES, batch_size=3)
+    whole = compute_values(model, tok, reqs, hp.value_spec(model), TEMPLATES)
+    chunked = compute_values(model, tok, reqs, hp.value_spec(model), TEMPLATES, batch_size=3)
     assert torch.allclose(whole.z, chunked.z, rtol=1e-4, atol=1e-4)
 
 
 def test_one_evaluation_means_no_update(tiny_llama):
     model, tok, hp, reqs = _setup(tiny_llama, v_num_grad_steps=1)
-    out = compute_values(model, tok, reqs, hp, TEMPLATES)
+    out = compute_values(model, tok, reqs, hp.value_spec(model), TEMPLATES)
     z_layer = hp.layer_module(hp.layers[-1])
     _, outs = read_at_fact_tokens(model, tok, [r["prompt"] for r in reqs], [r["subject"] for r in reqs],
                                   hp.fact_token, output_of=[z_layer])
@@ -50,14 +50,14 @@ def test_one_evaluation_means_no_update(tiny_llama):
 
 def test_delta_respects_clamp(tiny_llama):
     model, tok, hp, reqs = _setup(tiny_llama, v_num_grad_steps=15, clamp_norm_factor=0.05)
-    out = compute_values(model, tok, reqs, hp, TEMPLATES)
+    out = compute_values(model, tok, reqs, hp.value_spec(model), TEMPLATES)
     ratio = (out.z - out.h0).norm(dim=1) / out.h0.norm(dim=1)
     assert (ratio <= 0.05 + 1e-5).all() and (ratio > 0.04).all()
 
 
 def test_z_raises_probability_of_new_target(tiny_llama):
     model, tok, hp, reqs = _setup(tiny_llama)
-    out = compute_values(model, tok, reqs[:1], hp, TEMPLATES)
+    out = compute_values(model, tok, reqs[:1], hp.value_spec(model), TEMPLATES)
     r = reqs[0]
     prompt_ids = encode(tok, r["prompt"].replace("{}", r["subject"]))
     target = encode_target(tok, r["target_new"]["str"])
@@ -103,8 +103,8 @@ def test_targets_without_space_are_normalised_first(tiny_llama):
     model, tok, hp, _ = _setup(tiny_llama, v_num_grad_steps=4)
     bare = dict(REQUESTS[0], target_new={"str": "red"})
     spaced = dict(REQUESTS[0], target_new={"str": " red"})
-    z_bare = compute_values(model, tok, [normalize_request(bare)], hp, TEMPLATES).z
-    z_spaced = compute_values(model, tok, [normalize_request(spaced)], hp, TEMPLATES).z
+    z_bare = compute_values(model, tok, [normalize_request(bare)], hp.value_spec(model), TEMPLATES).z
+    z_spaced = compute_values(model, tok, [normalize_request(spaced)], hp.value_spec(model), TEMPLATES).z
     assert torch.equal(z_bare, z_spaced)
 
 
@@ -112,7 +112,7 @@ def test_out_of_memory_halves_the_chunk(tiny_llama, monkeypatch):
     import util.values as values
 
     model, tok, hp, reqs = _setup(tiny_llama, v_num_grad_steps=4)
-    expected = compute_values(model, tok, reqs, hp, TEMPLATES).z
+    expected = compute_values(model, tok, reqs, hp.value_spec(model), TEMPLATES).z
     real, sizes = values._optimise, []
 
     def small_memory(model, tok, requests, *args):
@@ -122,5 +122,5 @@ def test_out_of_memory_halves_the_chunk(tiny_llama, monkeypatch):
         return real(model, tok, requests, *args)
 
     monkeypatch.setattr(values, "_optimise", small_memory)
-    out = compute_values(model, tok, reqs, hp, TEMPLATES)
+    out = compute_values(model, tok, reqs, hp.value_spec(model), TEMPLATES)
     assert sizes[:3] == [4, 2, 1] and torch.allclose(out.z, expected, rtol=1e-4, atol=1e-4)

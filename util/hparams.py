@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
-from typing import Any, TypeVar, get_type_hints
+from typing import Any, ClassVar, TypeVar, get_type_hints
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T", bound="HyperParams")
 
@@ -17,8 +20,15 @@ class HyperParamsError(ValueError):
 class HyperParams:
     """Base for every method's hyperparameters: JSON round trip and key checking.
 
-    Subclasses are dataclasses; fields without a default are required in the JSON.
+    Subclasses are dataclasses (``kw_only``, so a subclass may add required fields after the
+    base's defaulted ones); fields without a default are required in the JSON.
+    ``LEGACY_IGNORED``: keys the original files carry that this method does not use (dropped,
+    logged). ``ALIASES``: old key name -> field name (renamed, logged). Any other unknown key,
+    e.g. a misspelt one, stays an error naming it.
     """
+
+    LEGACY_IGNORED: ClassVar[tuple[str, ...]] = ()
+    ALIASES: ClassVar[dict[str, str]] = {}
 
     @classmethod
     def from_json(cls: type[T], path: str | Path) -> T:
@@ -35,6 +45,7 @@ class HyperParams:
     def from_dict(cls: type[T], data: dict[str, Any], source: str = "<dict>") -> T:
         if not isinstance(data, dict):
             raise HyperParamsError(f"{source}: expected a JSON object of hyperparameters, got {type(data).__name__}")
+        data = cls._drop_legacy_keys(data, source)
         fields = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - set(fields))
         if unknown:
@@ -52,6 +63,20 @@ class HyperParams:
             return cls(**data)
         except HyperParamsError as err:
             raise HyperParamsError(f"{source}: {err}") from None
+
+    @classmethod
+    def _drop_legacy_keys(cls, data: dict[str, Any], source: str) -> dict[str, Any]:
+        data = dict(data)
+        ignored = sorted(k for k in data if k in cls.LEGACY_IGNORED)
+        if ignored:
+            log.info("%s: %s ignores key(s) %s (kept in the original files)", source, cls.__name__, ignored)
+        for old, new in cls.ALIASES.items():
+            if old in data:
+                if new in data:
+                    raise HyperParamsError(f"{source}: both '{old}' and its new name '{new}' are set; keep '{new}'")
+                log.info("%s: key '%s' read as '%s'", source, old, new)
+                data[new] = data.pop(old)
+        return {k: v for k, v in data.items() if k not in cls.LEGACY_IGNORED}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -20,12 +20,14 @@ def compute_keys_and_outputs(
     output_module: str | None = None,
     stop_after: str | None = None,
     batch_size: int = 64,
+    two_stage: bool = True,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
     """Keys ``(n_requests, f)`` per module, and optionally the output of ``output_module`` at
     the fact token of each plain prompt ``(n_requests, d)``, from the same forward passes.
 
     Keys are a two-stage mean: over the templates of each group, then over the group means,
-    so the single plain template weighs as much as all generated ones together.
+    so the single plain template weighs as much as all generated ones together (the MEMIT
+    family). ``two_stage=False``: one mean over all templates (ROME's k*).
     """
     if templates[0] != ["{}"]:
         raise ValueError(f"the first template group must be ['{{}}'] (the plain prompt), got {templates[0]!r}")
@@ -43,6 +45,9 @@ def compute_keys_and_outputs(
     keys = {}
     for name in key_modules:
         per_template = ins[name].view(-1, n, ins[name].shape[-1])  # (n_templates, n, f)
+        if not two_stage:
+            keys[name] = per_template.float().mean(0)
+            continue
         group_means, start = [], 0
         for group in templates:
             group_means.append(per_template[start : start + len(group)].float().mean(0))

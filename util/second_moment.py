@@ -118,6 +118,27 @@ def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "model"
 
 
+def stats_cache_paths(
+    model: nn.Module,
+    module_names: Sequence[str],
+    corpus: str,
+    n_samples: int,
+    max_length: int,
+    dtype: torch.dtype,
+    cache_dir: str | Path | None,
+) -> dict[str, Path | None]:
+    """Where C0 of each module is cached (None without a cache folder). Derived statistics (e.g.
+    AlphaEdit's projectors) are stored next to these files."""
+    from util.corpus import corpus_id
+
+    if cache_dir is None:
+        return {n: None for n in module_names}
+    model_name = _safe(str(getattr(model.config, "_name_or_path", "") or model.config.model_type))
+    folder = Path(cache_dir) / f"{model_name}-{model_fingerprint(model, module_names)}" / _safe(corpus_id(corpus))
+    dtype_name = str(dtype).removeprefix("torch.")
+    return {n: folder / f"{_safe(n)}_{dtype_name}_{n_samples}_{max_length}.pt" for n in module_names}
+
+
 def cached_second_moments(
     model: nn.Module,
     tok,
@@ -130,16 +151,9 @@ def cached_second_moments(
     progress: bool = True,
 ) -> dict[str, torch.Tensor]:
     """``C0`` per module, from the disk cache when present; only missing modules are collected."""
-    from util.corpus import corpus_id, load_corpus_texts
+    from util.corpus import load_corpus_texts
 
-    folder = None
-    if cache_dir is not None:
-        model_name = _safe(str(getattr(model.config, "_name_or_path", "") or model.config.model_type))
-        folder = Path(cache_dir) / f"{model_name}-{model_fingerprint(model, module_names)}" / _safe(corpus_id(corpus))
-    dtype_name = str(dtype).removeprefix("torch.")
-    path_of = {
-        n: folder / f"{_safe(n)}_{dtype_name}_{n_samples}_{max_length}.pt" if folder else None for n in module_names
-    }
+    path_of = stats_cache_paths(model, module_names, corpus, n_samples, max_length, dtype, cache_dir)
     result: dict[str, torch.Tensor] = {}
     device = model_device(model)
     for name, path in path_of.items():
@@ -154,5 +168,3 @@ def cached_second_moments(
                 save_torch_atomic(s.state_dict(), path_of[name])
             result[name] = s.mom2()
     return result
-
-

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -23,6 +24,26 @@ from util.tokens import encode, encode_target, fact_token_index, pad, pad_token_
 
 log = logging.getLogger(__name__)
 STOP_LOSS = 5e-2  # the original's early-stopping threshold on the total loss
+# Where delta is added: the block output (residual stream) for the MEMIT family, the MLP output
+# of the edited layer for ROME.
+SITES = ("block_output", "mlp_output")
+
+
+@dataclass(frozen=True)
+class ValueSpec:
+    """Where z is optimised and with which settings (module paths resolved for one model)."""
+
+    site: str               # module whose output gets delta at the fact token
+    loss_layer: str         # block whose output, through ln_f and the LM head, scores the target
+    final_layer: str        # the model's last block: its logits give the KL term, as in the original
+    ln_f: str
+    lm_head: str            # a Linear, or an Embedding whose weight is tied (GPT-2's transformer.wte)
+    fact_token: str
+    num_steps: int
+    lr: float
+    weight_decay: float
+    clamp_norm_factor: float
+    kl_factor: float
 
 
 @dataclass
@@ -65,7 +86,7 @@ def compute_values(
     model: nn.Module,
     tok,
     requests: Sequence[dict],
-    hparams,
+    spec: ValueSpec,
     templates: list[list[str]],
     batch_size: int | None = None,
     progress: bool = False,
@@ -75,7 +96,7 @@ def compute_values(
     parts, start = [], 0
     while start < len(requests):
         try:
-            parts.append(_optimise(model, tok, requests[start : start + step], hparams, templates, progress))
+            parts.append(_optimise(model, tok, requests[start : start + step], spec, templates, progress))
             start += step
         except torch.OutOfMemoryError:
             if step == 1:
@@ -123,18 +144,16 @@ def _build_batch(tok, requests: Sequence[dict], templates: list[list[str]], fact
                   t(tgt_req), torch.tensor(tgt_w, dtype=torch.float32))
 
 
-def _optimise(model: nn.Module, tok, requests: Sequence[dict], hp, templates: list[list[str]],
+def _optimise(model: nn.Module, tok, requests: Sequence[dict], spec: ValueSpec, templates: list[list[str]],
               progress: bool = False) -> ValueResult:
     device = model_device(model)
-    b = _build_batch(tok, requests, templates, hp.fact_token)
+    b = _build_batch(tok, requests, templates, spec.fact_token)
     b = _Batch(**{k: v.to(device) for k, v in vars(b).items()})
     n = len(requests)
-    z_layer = hp.layer_module_tmp.format(hp.layers[-1])
-    loss_layer = hp.layer_module_tmp.format(hp.v_loss_layer)
-    ln_f, lm_head = get_module(model, hp.ln_f_module), get_module(model, hp.lm_head_module)
+    ln_f, lm_head = get_module(model, spec.ln_f), get_module(model, spec.lm_head)
     d = model.config.get_text_config().hidden_size
     delta = torch.zeros(n, d, dtype=torch.float32, device=device, requires_grad=True)
-    optimizer = torch.optim.Adam([delta], lr=hp.v_lr)
+    optimizer = torch.optim.Adam([delta], lr=spec.lr)
     rows = torch.arange(b.ids.shape[0], device=device)
     seen_h0: list[torch.Tensor] = []
 
@@ -144,33 +163,38 @@ def _optimise(model: nn.Module, tok, requests: Sequence[dict], hp, templates: li
         return out.index_put((rows, b.fact_pos), delta[b.row_req].to(out.dtype), accumulate=True)
 
     def log_probs(hidden: torch.Tensor) -> torch.Tensor:  # (N, d) -> (N, vocab)
-        return torch.log_softmax(lm_head(ln_f(hidden)).float(), dim=-1)
+        # The head's weight, not the module: GPT-2 files name the tied embedding transformer.wte.
+        logits = F.linear(ln_f(hidden), lm_head.weight, getattr(lm_head, "bias", None))
+        return torch.log_softmax(logits.float(), dim=-1)
 
     stopped = torch.zeros(n, dtype=torch.bool, device=device)
     losses = torch.zeros(n, device=device)
     updates = torch.zeros(n, dtype=torch.long)
     kl_init = None
-    bar = tqdm(total=hp.v_num_grad_steps, desc=f"values ({n} requests)", unit="step", disable=not progress,
+    bar = tqdm(total=spec.num_steps, desc=f"values ({n} requests)", unit="step", disable=not progress,
                leave=False)
     with frozen(model), bar:
-        for it in range(hp.v_num_grad_steps):
-            with edit_output(model, z_layer, add_delta), capture(model, output_of=[loss_layer], detach=False) as seen:
-                forward_until(model, loss_layer, input_ids=b.ids, attention_mask=b.mask)
-            hidden = seen.outputs[loss_layer]
+        for it in range(spec.num_steps):
+            read = [spec.loss_layer, spec.final_layer]
+            with edit_output(model, spec.site, add_delta), capture(model, output_of=read, detach=False) as seen:
+                forward_until(model, spec.final_layer, input_ids=b.ids, attention_mask=b.mask)
+            hidden = seen.outputs[spec.loss_layer]
             h0 = seen_h0[0]
             target_lp = log_probs(hidden[b.tgt_row, b.tgt_pos]).gather(1, b.tgt_id[:, None]).squeeze(1)
             nll = torch.zeros(n, device=device).index_add(0, b.tgt_req, -target_lp * b.tgt_weight)
-            kl_lp = log_probs(hidden[b.kl_rows, b.fact_pos[b.kl_rows]])
+            # The KL term reads the model's final logits (as the original does), whatever v_loss_layer is.
+            final = seen.outputs[spec.final_layer]
+            kl_lp = log_probs(final[b.kl_rows, b.fact_pos[b.kl_rows]])
             if kl_init is None:
                 kl_init = kl_lp.detach()
-            kl = hp.kl_factor * (kl_lp.exp() * (kl_lp - kl_init)).sum(-1)  # KL(P_delta || P_0)
-            decay = hp.v_weight_decay * delta.norm(dim=1) / h0.norm(dim=1) ** 2
+            kl = spec.kl_factor * (kl_lp.exp() * (kl_lp - kl_init)).sum(-1)  # KL(P_delta || P_0)
+            decay = spec.weight_decay * delta.norm(dim=1) / h0.norm(dim=1) ** 2
             loss = nll + kl + decay
             losses = torch.where(stopped, losses, loss.detach())
             stopped = stopped | (loss.detach() < STOP_LOSS)
             bar.set_postfix(loss=f"{float(losses.mean()):.3f}", active=int((~stopped).sum()))
             bar.update()
-            if it == hp.v_num_grad_steps - 1 or bool(stopped.all()):
+            if it == spec.num_steps - 1 or bool(stopped.all()):
                 break
             optimizer.zero_grad()
             (loss * (~stopped)).sum().backward()
@@ -179,7 +203,7 @@ def _optimise(model: nn.Module, tok, requests: Sequence[dict], hp, templates: li
             with torch.no_grad():
                 # Adam's momentum moves a zero-gradient parameter: mask the step, not the gradient.
                 delta[stopped] = before[stopped]
-                max_norm = hp.clamp_norm_factor * h0.norm(dim=1)
+                max_norm = spec.clamp_norm_factor * h0.norm(dim=1)
                 scale = (max_norm / delta.norm(dim=1).clamp_min(1e-12)).clamp(max=1.0)
                 delta.mul_(scale[:, None])
             updates += (~stopped).long().cpu()

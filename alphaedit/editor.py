@@ -1,0 +1,50 @@
+"""AlphaEdit: MEMIT's engine whose update is projected onto the null space of the preserved keys."""
+from __future__ import annotations
+
+import torch
+
+from alphaedit.hparams import AlphaEditHyperParams
+from alphaedit.projection import cached_projector
+from memit.editor import MEMITEditor
+from util.closed_form import float64_device
+from util.second_moment import stats_cache_paths
+
+
+class AlphaEditEditor(MEMITEditor):
+    """``Delta^T = (P (K K^T + Cp) + L2 I)^-1 P K R^T`` per layer; ``Cp`` accumulates every batch.
+
+    ``P`` (one per layer) is built once from C0 and cached on disk next to it; it is kept on the
+    weight's device in float32, and the solve runs in float64 like every other here.
+    """
+
+    hparams_class = AlphaEditHyperParams
+    accumulates_keys = True
+
+    def __init__(self, model, tok, hparams, **options) -> None:
+        super().__init__(model, tok, hparams, **options)
+        self.projectors: dict[int, torch.Tensor] | None = None
+
+    def _is_prepared(self) -> bool:
+        return super()._is_prepared() and self.projectors is not None
+
+    def _prepare(self) -> None:
+        super()._prepare()
+        if self.projectors is None:
+            hp = self.hparams
+            names = [hp.rewrite_module(l) for l in hp.layers]
+            paths = stats_cache_paths(self.model, names, hp.mom2_dataset, hp.mom2_n_samples, hp.mom2_max_length,
+                                      getattr(torch, hp.mom2_dtype), self.stats_dir)
+            self.projectors = {
+                l: cached_projector(self.cov[l], hp.nullspace_threshold, paths[hp.rewrite_module(l)]).to(
+                    self.weights[l].device)
+                for l in hp.layers
+            }
+
+    def _solve(self, layer: int, keys: torch.Tensor, residual: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+        device = float64_device(residual.device)
+        p = self.projectors[layer].to(device, torch.float64)  # (f, f)
+        k = keys.to(device, torch.float64)  # (f, n)
+        r = residual.to(device, torch.float64)  # (d, n)
+        cp = self.cp[layer].to(device, torch.float64)
+        a = p @ (k @ k.T + cp) + self.hparams.L2 * torch.eye(p.shape[0], dtype=torch.float64, device=device)
+        return torch.linalg.solve(a, p @ k @ r.T).T  # (d, f)

@@ -1,0 +1,31 @@
+"""AlphaEdit's null-space projector ``P = U U^T`` over the eigenvectors of C0 with small eigenvalues."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from util.atomic_files import save_torch_atomic
+
+
+def null_space_projector(cov: torch.Tensor, threshold: float) -> torch.Tensor:
+    """``(f, f)`` float32 projector onto the span of C0's eigenvectors with eigenvalue < threshold.
+
+    C0 is symmetric positive semi-definite, so its eigen-decomposition is its SVD (the original
+    takes an SVD); computed in float64.
+    """
+    eigenvalues, vectors = torch.linalg.eigh(cov.detach().to(torch.float64).cpu())
+    small = vectors[:, eigenvalues < threshold]  # (f, r)
+    return (small @ small.T).to(torch.float32)
+
+
+def cached_projector(cov: torch.Tensor, threshold: float, c0_path: Path | None) -> torch.Tensor:
+    """The projector from the file next to C0's cache file when present; computed and saved otherwise.
+    Returned on C0's device."""
+    path = c0_path.with_name(f"{c0_path.stem}_nullspace{threshold:g}.pt") if c0_path is not None else None
+    if path is not None and path.is_file():
+        return torch.load(path, weights_only=True).to(cov.device)
+    projector = null_space_projector(cov, threshold)
+    if path is not None:
+        save_torch_atomic(projector, path)
+    return projector.to(cov.device)

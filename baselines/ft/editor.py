@@ -1,0 +1,103 @@
+"""FT: constrained fine-tuning of the listed weights on the batch's rewrite prompts."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from baselines.ft.hparams import FTHyperParams
+from util.architectures import model_device
+from util.editor import EditReport, Editor
+from util.requests import fill_prompt
+from util.tokens import encode, encode_target, pad, pad_token_id
+from util.values import frozen
+
+STOP_LOSS = 1e-2  # the original stops when an epoch's mean loss falls below this
+
+
+@dataclass
+class FTReport(EditReport):
+    final_loss: float = math.nan
+    epochs: int = 0
+
+    def log_line(self) -> str:
+        return f"{super().log_line()}; loss {self.final_loss:.4f} after {self.epochs} epoch(s)"
+
+
+class FTEditor(Editor):
+    """Adam on the weights ``rewrite_module_tmp`` names, ``num_steps`` epochs or until the loss is
+    below 1e-2; after each step every entry is clamped to ``theta0 +- norm_constraint``.
+
+    Targets are teacher forced (each target token predicted at its own position); the original
+    reads every target token off the last prompt position. ``theta0`` is the weights before the
+    first batch (the original clamps around the weights at the start of each batch).
+    """
+
+    hparams_class: ClassVar[type] = FTHyperParams
+    report_class = FTReport
+
+    def _edited_weights(self) -> dict[str, torch.Tensor]:
+        params: dict[str, nn.Parameter] = {}
+        for layer in self.hparams.layers:
+            params.update(self.hparams.parameters_of(self.model, layer))
+        return params
+
+    def _weight_decay(self, n_requests: int) -> float:
+        if self.hparams.wd_power_law is not None:
+            a, b = self.hparams.wd_power_law
+            return n_requests ** a * math.exp(b)
+        return float(self.hparams.weight_decay or 0.0)
+
+    def _edit(self, requests: list[dict], report: FTReport) -> None:
+        hp = self.hparams
+        params = list(self.weights.values())
+        optimizer = torch.optim.Adam(params, lr=hp.lr, weight_decay=self._weight_decay(len(requests)))
+        chunks = [requests[s : s + hp.batch_size] for s in range(0, len(requests), hp.batch_size)]
+        with frozen(self.model):
+            for p in params:
+                p.requires_grad_(True)
+            for epoch in range(hp.num_steps):
+                total = 0.0
+                for chunk in chunks:
+                    loss = self._loss(chunk)
+                    total += float(loss) * len(chunk)
+                    if float(loss) >= STOP_LOSS:
+                        optimizer.zero_grad()
+                        loss.backward()
+                        optimizer.step()
+                    self._constrain()
+                report.final_loss, report.epochs = total / len(requests), epoch + 1
+                if report.final_loss < STOP_LOSS:
+                    break
+
+    def _loss(self, requests: list[dict]) -> torch.Tensor:
+        """Mean over requests of the mean NLL of the target tokens, teacher forced."""
+        seqs, rows, positions, targets, weights = [], [], [], [], []
+        for i, r in enumerate(requests):
+            prompt = encode(self.tok, fill_prompt(r["prompt"], r["subject"]))
+            target = encode_target(self.tok, r["target_new"]["str"])
+            for j, token in enumerate(target):  # token j is predicted at the position before it
+                rows.append(i)
+                positions.append(len(prompt) - 1 + j)
+                targets.append(token)
+                weights.append(1.0 / (len(target) * len(requests)))
+            seqs.append(prompt + target[:-1])
+        device = model_device(self.model)
+        ids, mask = pad(seqs, pad_token_id(self.tok), side="right")
+        logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
+        t = lambda x: torch.tensor(x, device=device)  # noqa: E731
+        log_probs = torch.log_softmax(logits[t(rows), t(positions)].float(), dim=-1)
+        picked = log_probs.gather(1, t(targets)[:, None]).squeeze(1)
+        return -(picked * t(weights)).sum()
+
+    @torch.no_grad()
+    def _constrain(self) -> None:
+        eps = self.hparams.norm_constraint
+        if isinstance(eps, bool):  # false: unconstrained
+            return
+        for k, w in self.weights.items():
+            theta0 = self.original[k].to(w.device)
+            w.copy_(torch.clamp(w, min=theta0 - eps, max=theta0 + eps))

@@ -1,0 +1,59 @@
+"""FT's hyperparameters: which weights, Adam's settings and the optional L-inf constraint."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from torch import nn
+
+from util.hparams import HyperParamsError
+from util.module_hparams import ModuleHyperParams
+
+
+@dataclass(kw_only=True)
+class FTHyperParams(ModuleHyperParams):
+    num_steps: int                      # epochs over the batch's requests
+    lr: float
+    weight_decay: float | bool          # false (as in one original file) means 0
+    kl_factor: float                    # carried by the original files; FT here has no KL term
+    norm_constraint: float | bool       # a number: every entry stays within theta0 +- it; false: none
+    batch_size: int = 64                # requests per optimiser step
+    wd_power_law: list[float] | None = None  # weight decay n^a * e^b for n edits, [a, b]
+
+    USED_MODULE_KEYS: ClassVar[tuple[str, ...]] = ()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("num_steps", "lr", "batch_size"):
+            if getattr(self, name) <= 0:
+                raise HyperParamsError(f"'{name}' must be > 0, got {getattr(self, name)}")
+        if self.kl_factor != 0:
+            raise HyperParamsError(f"FT here has no KL term: set 'kl_factor' to 0 (got {self.kl_factor})")
+        if self.norm_constraint is True or (not isinstance(self.norm_constraint, bool) and self.norm_constraint <= 0):
+            raise HyperParamsError(f"'norm_constraint' must be a number > 0 or false, got {self.norm_constraint!r}")
+        if self.wd_power_law is not None and len(self.wd_power_law) != 2:
+            raise HyperParamsError(f"'wd_power_law' must be [a, b] (weight decay n^a * e^b), got {self.wd_power_law!r}")
+
+    def check_against(self, model: nn.Module) -> None:
+        super().check_against(model)
+        for layer in self.layers:
+            self.parameters_of(model, layer)
+
+    def parameters_of(self, model: nn.Module, layer: int) -> dict[str, nn.Parameter]:
+        """What ``rewrite_module_tmp`` names at ``layer``: a parameter (``...down_proj.weight``) or a
+        module, whose own parameters (weight and bias) are all trained, as in the original."""
+        name = self.rewrite_module(layer)
+        params = dict(model.named_parameters())
+        if name in params:
+            return {name: params[name]}
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            raise HyperParamsError(
+                f"'rewrite_module_tmp'={self.rewrite_module_tmp!r} names neither a parameter nor a module of this "
+                f"{model.config.model_type} model (e.g. {name!r}); fix it or omit it to use the built-in table"
+            ) from None
+        own = {f"{name}.{n}": p for n, p in module.named_parameters(recurse=False)}
+        if not own:
+            raise HyperParamsError(f"'rewrite_module_tmp': module {name!r} has no parameters of its own")
+        return own

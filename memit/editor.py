@@ -1,0 +1,201 @@
+"""The MEMIT family's engine: values z at the last edited layer, keys per layer, and a closed-form
+update spread over the layers. NSE, MEMIT_seq, MEMIT_prune, MEMIT_rect and AlphaEdit are this
+editor with a different solve (:meth:`MEMITEditor._solve`), a column choice
+(:meth:`MEMITEditor._columns`), an application step (:meth:`MEMITEditor._apply`), rounds
+(:meth:`MEMITEditor._update`) or a post-step (:meth:`MEMITEditor._after_batch`).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Sequence
+
+import torch
+
+from memit.hparams import MEMITHyperParams
+from util.architectures import get_module, model_device
+from util.closed_form import float64_device, solve_update
+from util.context_templates import generate_context_templates
+from util.editor import EditReport, Editor
+from util.keys import compute_keys_and_outputs
+from util.rewrite_weights import add_to_columns, weight_d_by_f
+from util.second_moment import cached_second_moments
+from util.tokens import fact_token_index
+from util.value_cache import weights_tag
+from util.values import compute_values
+
+
+@dataclass
+class MEMITReport(EditReport):
+    value_loss_mean: float = math.nan
+    # Mean ||z - h|| at the last edited layer before the update and after each round.
+    residual_mean_per_round: list[float] = field(default_factory=list)
+
+    def log_line(self) -> str:
+        res = " -> ".join(f"{r:.2f}" for r in self.residual_mean_per_round)
+        return f"{super().log_line()}; value loss {self.value_loss_mean:.3f}; residual {res}"
+
+
+class MEMITEditor(Editor):
+    """MEMIT: ``Delta = R K^T (lambda C0 + K K^T)^-1`` per layer, one pass, no state across batches."""
+
+    hparams_class: ClassVar[type] = MEMITHyperParams
+    report_class = MEMITReport
+    has_values = True
+    rewinds_values: ClassVar[bool] = False  # NSE: z from the original weights
+    accumulates_keys: ClassVar[bool] = False  # MEMIT_seq, NSE, AlphaEdit: Cp += K K^T after each batch
+
+    def __init__(self, model, tok, hparams, **options) -> None:
+        super().__init__(model, tok, hparams, **options)
+        self.value_spec = self.hparams.value_spec(model)
+        stats_dtype = getattr(torch, self.hparams.mom2_dtype)
+        device = model_device(model)
+        self.cp = {l: torch.zeros(w.shape[1], w.shape[1], dtype=stats_dtype, device=device)
+                   for l, w in self.weights.items()} if self.accumulates_keys else {}
+        self.cov: dict[int, torch.Tensor] | None = None
+
+    def _edited_weights(self) -> dict[int, torch.Tensor]:
+        self.modules = {l: get_module(self.model, self.hparams.rewrite_module(l)) for l in self.hparams.layers}
+        return {l: weight_d_by_f(m) for l, m in self.modules.items()}  # (d, f) views
+
+    # -- statistics and templates -------------------------------------------------------------
+    @classmethod
+    def make_context_templates(cls, model, tok, hparams, seed: int) -> list[list[str]]:
+        return generate_context_templates(model, tok, seed=seed)
+
+    def _prepare(self) -> None:
+        if self.context_templates is None:
+            self.context_templates = self.make_context_templates(self.model, self.tok, self.hparams, self.seed)
+        if self.cov is None:
+            hp = self.hparams
+            names = [hp.rewrite_module(l) for l in hp.layers]
+            mom2 = cached_second_moments(
+                self.model, self.tok, names, hp.mom2_dataset, hp.mom2_n_samples, hp.mom2_max_length,
+                getattr(torch, hp.mom2_dtype), self.stats_dir, self.progress,
+            )
+            self.cov = {l: mom2[hp.rewrite_module(l)] for l in hp.layers}
+
+    def _is_prepared(self) -> bool:
+        return self.context_templates is not None and self.cov is not None
+
+    def _check_requests(self, requests: list[dict]) -> None:
+        for r in requests:  # a subject the tokenizer cannot find in its prompt fails before any edit
+            fact_token_index(self.tok, r["prompt"], r["subject"], self.hparams.fact_token)
+
+    # -- one batch ------------------------------------------------------------------------------
+    def _edit(self, requests: list[dict], report: MEMITReport) -> None:
+        if not self._is_prepared():
+            self.prepare()
+        z, losses = self._values(requests)
+        report.value_loss_mean = float(sum(losses) / len(losses)) if losses else math.nan
+        self._update(requests, z, report)
+        self._after_batch(requests)
+
+    def _values(self, requests: list[dict]) -> tuple[torch.Tensor, list[float]]:
+        """z per request (from the value cache where present) and the losses of fresh ones."""
+        tag = "" if self.rewinds_values else weights_tag(self.weights.values())
+        cached = [self.value_cache.get(r, tag) if self.value_cache else None for r in requests]
+        todo = [i for i, z in enumerate(cached) if z is None]
+        losses: list[float] = []
+        if todo:
+            fresh = self._compute_values([requests[i] for i in todo])
+            losses = fresh.losses
+            for i, z in zip(todo, fresh.z):
+                cached[i] = z
+                if self.value_cache:
+                    self.value_cache.put(requests[i], z, tag)
+        device = model_device(self.model)
+        return torch.stack([z.to(device) for z in cached]), losses
+
+    def _compute_values(self, requests: list[dict]):
+        run = lambda: compute_values(self.model, self.tok, requests, self.value_spec,  # noqa: E731
+                                     self.context_templates, self.values_batch_size, progress=self.progress)
+        if not self.rewinds_values:
+            return run()
+        with self.rewound():  # NSE's weights rewinding: z always from the original weights
+            return run()
+
+    def _keys_and_z_layer_output(self, requests, layers: Sequence[int], templates):
+        hp = self.hparams
+        z_name = hp.layer_module(hp.layers[-1])
+        return compute_keys_and_outputs(
+            self.model, self.tok, requests, templates, [hp.rewrite_module(l) for l in layers], hp.fact_token,
+            output_module=z_name, stop_after=z_name, batch_size=self.batch_size,
+        )
+
+    def _residual_norms(self, requests: list[dict], z: torch.Tensor) -> torch.Tensor:
+        """``||z_i - h_i||`` at the last edited layer, plain prompt, current weights.  (n,)"""
+        _, h = self._keys_and_z_layer_output(requests, [], [["{}"]])
+        return (z - h).norm(dim=1)
+
+    def _update(self, requests: list[dict], z: torch.Tensor, report: MEMITReport) -> None:
+        """MEMIT: one pass over the layers with every request."""
+        report.residual_mean_per_round.append(float(self._residual_norms(requests, z).mean()))
+        self._update_layers(requests, z)
+        report.residual_mean_per_round.append(float(self._residual_norms(requests, z).mean()))
+
+    def _update_layers(self, requests: list[dict], z: torch.Tensor) -> dict[int, int]:
+        """Each layer takes its share of what is left of ``z - h``; returns columns changed per layer."""
+        hp = self.hparams
+        m = len(hp.layers)
+        changed = {}
+        for j, layer in enumerate(hp.layers):
+            keys, h = self._keys_and_z_layer_output(requests, [layer], self.context_templates)
+            k = keys[hp.rewrite_module(layer)].T  # (f, n)
+            columns = self._columns(layer, k)
+            residual = (z - h).T / (m - j)  # (d, n): spread what is left over the remaining layers
+            delta = self._solve(layer, k[columns], residual, columns)  # (d, |columns|)
+            self._apply(layer, columns, delta)
+            changed[layer] = int(columns.numel())
+        return changed
+
+    def _columns(self, layer: int, keys: torch.Tensor) -> torch.Tensor:
+        """The key dimensions (columns of W_out) this update may change: all of them."""
+        return torch.arange(keys.shape[0], device=keys.device)
+
+    def _solve(self, layer: int, keys: torch.Tensor, residual: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+        return solve_update(residual, keys, self._regulariser(layer, columns))
+
+    def _apply(self, layer: int, columns: torch.Tensor, delta: torch.Tensor) -> None:
+        add_to_columns(self.modules[layer], columns, delta)
+
+    def _regulariser(self, layer: int, columns: torch.Tensor) -> torch.Tensor:
+        """``lambda * C0[S, S]`` (``+ Cp[S, S]`` when keys accumulate), float64."""
+        cov = self.cov[layer]
+        device = float64_device(cov.device)
+
+        def restrict(mat: torch.Tensor) -> torch.Tensor:
+            if columns.numel() != mat.shape[0]:
+                idx = columns.to(mat.device)
+                mat = mat.index_select(0, idx).index_select(1, idx)
+            return mat.to(device, torch.float64)
+
+        reg = self.hparams.mom2_update_weight * restrict(cov)
+        if self.accumulates_keys:
+            reg = reg + restrict(self.cp[layer])
+        return reg
+
+    def _after_batch(self, requests: list[dict]) -> None:
+        if self.accumulates_keys:
+            self._accumulate_keys(requests)
+
+    def _accumulate_keys(self, requests: list[dict]) -> None:
+        """``Cp += K K^T`` with keys of the whole batch under the final weights."""
+        keys, _ = self._keys_and_z_layer_output(requests, self.hparams.layers, self.context_templates)
+        for layer in self.hparams.layers:
+            k = keys[self.hparams.rewrite_module(layer)].to(self.cp[layer].dtype)  # (n, f)
+            self.cp[layer].addmm_(k.T, k)
+
+    # -- persistence ----------------------------------------------------------------------------
+    def _extra_state(self) -> dict[str, Any]:
+        return {"cp": {l: c.detach().to("cpu", copy=True) for l, c in self.cp.items()}}
+
+    def _load_extra_state(self, state: dict[str, Any]) -> None:
+        for l in self.cp:
+            self.cp[l] = state["cp"][l].to(self.cp[l].device, copy=True)
+
+
+class MEMITSeqEditor(MEMITEditor):
+    """MEMIT_seq: MEMIT whose regulariser also protects every earlier batch's keys (``+ Cp``)."""
+
+    accumulates_keys = True

@@ -1,0 +1,57 @@
+"""MEMIT's hyperparameters: the value settings plus the covariance weight lambda."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from util.hparams import HyperParamsError
+from util.value_hparams import ValueHyperParams
+
+PRUNE_TIMINGS = ("every_batch", "final")
+SVD_DTYPES = ("float32", "float64")
+
+
+@dataclass(kw_only=True)
+class MEMITHyperParams(ValueHyperParams):
+    # Delta = R K^T (lambda * C0 + K K^T)^-1; lambda weighs the preserved keys of the corpus.
+    mom2_update_weight: float
+
+    LEGACY_IGNORED: ClassVar[tuple[str, ...]] = ("model_name", "layer_selection")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._check_lambda()
+
+    def _check_lambda(self) -> None:
+        if not self.mom2_adjustment or self.mom2_update_weight <= 0:
+            # With no Cp on the first batch, K K^T alone has rank <= n << f: the solve is singular.
+            raise HyperParamsError(
+                f"{type(self).__name__} needs 'mom2_adjustment': true and 'mom2_update_weight' > 0 (lambda * C0 makes "
+                f"the update well-posed), got {self.mom2_adjustment} and {self.mom2_update_weight}"
+            )
+
+
+@dataclass(kw_only=True)
+class MEMITPruneHyperParams(MEMITHyperParams):
+    # When the accumulated change is restrained: after every batch (the model scored at any point
+    # is restrained, the paper's sequential intent) or once after the last (the original's timing).
+    prune_timing: str = "every_batch"
+    prune_svd_dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.prune_timing not in PRUNE_TIMINGS:
+            raise HyperParamsError(f"'prune_timing' must be one of {PRUNE_TIMINGS}, got {self.prune_timing!r}")
+        if self.prune_svd_dtype not in SVD_DTYPES:
+            raise HyperParamsError(f"'prune_svd_dtype' must be one of {SVD_DTYPES}, got {self.prune_svd_dtype!r}")
+
+
+@dataclass(kw_only=True)
+class MEMITRectHyperParams(MEMITHyperParams):
+    # Share (in %) of each update's entries kept: those with the largest relative change.
+    rect_top_percent: float = 40.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 < self.rect_top_percent <= 100:
+            raise HyperParamsError(f"'rect_top_percent' must be in (0, 100], got {self.rect_top_percent}")
