@@ -4,15 +4,21 @@ Examples:
     python summarize.py --dir_name=NSE --runs=run_000,run_001
     python summarize.py --dir_name=NSE,MEMIT            # every run of both methods
     python summarize.py --dir_name=NSE --runs=0 --first_n_cases=500 --out=/tmp/nse_500
+    python summarize.py --dir_name=NSE,MEMIT --plot --report   # figures + markdown report
 
 Prints a text report and writes <prefix>.json, <prefix>.csv (and <prefix>_downstream.csv when
 there are general-capability results); the prefix defaults to <results>/<ALG>/summary for one
-method and <results>/summary_<A>_<B> for several.
+method and <results>/summary_<A>_<B> for several. --plot adds <prefix>_figures/ with
+metrics_vs_edits.png (Efficacy, Generalization, Specificity, Score vs number of edits: the
+--curve_every points and the final result) and downstream_vs_edits.png, each with a CSV of the
+numbers plotted; --report adds <prefix>_report.md (settings, tables, figures).
 """
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
+from pathlib import Path
 
 from dsets import resolve_global_dir
 from experiments.summarize_runs import (
@@ -42,6 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "(and PREFIX_downstream.csv)")
     p.add_argument("--first_n_cases", type=int, default=None,
                    help="summarize only the N cases with the smallest case_id of each run")
+    p.add_argument("--plot", nargs="?", const="", default=None, metavar="DIR",
+                   help="draw metrics_vs_edits.png and downstream_vs_edits.png (+ the CSVs of the numbers plotted) "
+                        "into DIR (default PREFIX_figures/); needs matplotlib")
+    p.add_argument("--report", action="store_true",
+                   help="write PREFIX_report.md: settings, the summary tables and the figures (implies --plot)")
+    p.add_argument("--downstream_metric", default="f1", choices=("accuracy", "f1", "mcc"),
+                   help="the general-capability metric drawn in downstream_vs_edits.png")
     return p
 
 
@@ -53,13 +66,29 @@ def main(argv: list[str] | None = None) -> int:
         results_dir = resolve_global_dir("RESULTS_DIR", args.results_dir)
         summaries, skipped = summarize_runs(results_dir, dir_names, runs, args.first_n_cases)
         print(format_report(summaries, skipped), end="")
-        written = write_outputs(summaries, args.out or default_out_prefix(results_dir, dir_names), skipped,
-                                args.first_n_cases)
+        prefix = Path(args.out or default_out_prefix(results_dir, dir_names))
+        written = write_outputs(summaries, prefix, skipped, args.first_n_cases)
+        if args.plot is not None or args.report:
+            written += _figures_and_report(args, summaries, skipped, prefix, argv)
     except SummaryError as err:  # a traceback would bury the message that says what exists
         print(f"error: {err}", file=sys.stderr)
         return 2
     print("wrote " + ", ".join(str(p) for p in written))
     return 0
+
+
+def _figures_and_report(args, summaries, skipped, prefix: Path, argv) -> list[Path]:
+    from experiments.plots import write_figures  # matplotlib only when asked for
+    from experiments.report import write_report
+
+    prefix = prefix.with_suffix("") if prefix.suffix in (".json", ".csv") else prefix  # as write_outputs
+    figures_dir = Path(args.plot) if args.plot else prefix.with_name(prefix.name + "_figures")
+    figures = write_figures(summaries, figures_dir, args.downstream_metric)
+    if not args.report:
+        return figures
+    command = "summarize.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    return figures + [write_report(summaries, prefix.with_name(prefix.name + "_report.md"), figures, skipped,
+                                   command)]
 
 
 if __name__ == "__main__":

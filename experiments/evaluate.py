@@ -63,6 +63,18 @@ def build_parser() -> argparse.ArgumentParser:
     a("--eval_pre_edit", action="store_true", help="also score every case on the unedited model ('pre' row)")
     a("--stop_after_batches", type=int, default=None,
       help="stop cleanly after N batches (e.g. a time-limited job); continue with --continue_from_run")
+    a("--dataset_offset", type=int, default=0,
+      help="skip the first N records (with --dataset_size_limit: edit records N..N+limit-1), e.g. to continue "
+           "editing a --save_model folder with the records after the ones it was edited with")
+    a("--curve_every", type=int, default=0,
+      help="every N batches, score the cases edited so far teacher-forced (Efficacy, Generalization, "
+           "Specificity) into curves/edits_NNNNNN.json, for summarize.py --plot (0: never)")
+    a("--save_model", default=None, metavar="DIR",
+      help="after the last batch, write the edited model and tokenizer (Hugging Face folder, safetensors) and "
+           "the editor state to DIR; --model_name=DIR continues editing from it")
+    a("--load_editor_state", default=None, metavar="PATH",
+      help="editor state to continue from (a file, or a --save_model folder); default: <model_name>/"
+           "editor_state.pt when the model is a --save_model folder; 'none': start from the model's weights")
     a("--log_level", default="INFO")
     return p
 

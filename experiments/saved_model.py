@@ -33,11 +33,13 @@ def save_dir_problem(out_dir: str | Path) -> str | None:
     return None
 
 
-def save_edited_model(model, tok, editor, out_dir: str | Path, info: dict[str, Any]) -> Path:
+def save_edited_model(model, tok, editor, out_dir: str | Path, info: dict[str, Any],
+                      state_file: Path | None = None) -> Path:
     """Write model + tokenizer (safetensors), ``editor_state.pt`` and ``editing.json`` into ``out_dir``.
 
-    The folder is written beside ``out_dir`` and swapped in at the end, so an interrupted save
-    leaves the previous one (if any) intact."""
+    ``state_file``: an editor state saved earlier (the runner's, from before ``finish()``), moved
+    in instead of saving the editor's state now. The folder is written beside ``out_dir`` and
+    swapped in at the end, so an interrupted save leaves the previous one (if any) intact."""
     out_dir = Path(out_dir).expanduser()
     problem = save_dir_problem(out_dir)
     if problem:
@@ -47,7 +49,10 @@ def save_edited_model(model, tok, editor, out_dir: str | Path, info: dict[str, A
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
-        editor.save(tmp / STATE_FILE)
+        if state_file is not None:
+            os.replace(state_file, tmp / STATE_FILE)
+        else:
+            editor.save(tmp / STATE_FILE)
         payload = {**info, "num_batches": editor.num_batches, "num_edits": editor.num_edits, "saved": time.ctime()}
         (tmp / EDIT_INFO).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
         old = None

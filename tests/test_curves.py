@@ -1,0 +1,178 @@
+"""--curve_every on stories260K: checkpoint files, resume, unchanged results; summarize.py --plot/--report."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+import summarize
+from experiments.evaluate import main as evaluate
+from experiments.metrics.summary import summarize_cases
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+TF_KEYS = ("rewrite_prompts_probs", "paraphrase_prompts_probs", "neighborhood_prompts_probs",
+           "rewrite_prompts_correct", "paraphrase_prompts_correct", "neighborhood_prompts_correct")
+
+
+def small_hparams(folder: Path) -> Path:
+    """tinystories-260k.json with a small C0 sample, so the statistics take seconds."""
+    hp = json.loads((ROOT / "hparams/NSE/tinystories-260k.json").read_text())
+    path = folder / "tiny_nse.json"
+    path.write_text(json.dumps({**hp, "mom2_n_samples": 60, "mom2_max_length": 64}))
+    return path
+
+
+def _args(results: Path, stats: Path, **extra) -> list[str]:
+    base = {
+        "alg_name": "NSE", "model_name": str(SHARED / "models/tinystories-260k-llama"),
+        "hparams_fname": str(small_hparams(stats)), "ds_name": "mcf",
+        "ds_file": str(SHARED / "data/counterfact_test2191.json"), "dataset_size_limit": "6", "num_edits": "2",
+        "mom2_dataset": str(SHARED / "data/corpus"), "glue_dir": str(SHARED / "data/glue"),
+        "skip_generation_tests": None, "results_dir": str(results), "stats_dir": str(stats),
+        "data_dir": str(results / "no_data"),
+    }
+    base.update(extra)
+    return [f"--{k}" if v is None else f"--{k}={v}" for k, v in base.items() if v is not False]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """run_000: curves after every batch (3 batches of 2), killed after batch 2 and resumed, with
+    downstream points; run_001: the same edits without curves, unbroken."""
+    results, stats = tmp_path_factory.mktemp("curves"), tmp_path_factory.mktemp("stats")
+    curved = _args(results, stats, curve_every="1", downstream_eval_steps="3", downstream_n_per_task="4")
+    assert evaluate(curved + ["--stop_after_batches=2"]) == 0
+    run = results / "NSE" / "run_000"
+    assert sorted(p.name for p in (run / "curves").iterdir()) == ["edits_000002.json", "edits_000004.json"]
+    kept = json.loads((run / "curves" / "edits_000002.json").read_text())
+    kept["kept"] = True  # an existing point is never rewritten
+    (run / "curves" / "edits_000002.json").write_text(json.dumps(kept))
+    (run / "curves" / "edits_000004.json").unlink()  # as if killed while scoring it: redone on resume
+    assert evaluate(curved + ["--continue_from_run=run_000"]) == 0
+    assert evaluate(_args(results, stats)) == 0
+    return results, run, results / "NSE" / "run_001"
+
+
+def _points(run: Path) -> dict[int, dict]:
+    return {int(p.stem.split("_")[1]): json.loads(p.read_text()) for p in (run / "curves").glob("edits_*.json")}
+
+
+def _case_posts(run: Path) -> dict[str, dict]:
+    return {str(json.loads(p.read_text())["case_id"]): json.loads(p.read_text())["post"]
+            for p in run.glob("2_edits-case_*.json")}
+
+
+def _record_ids(n: int) -> list[int]:
+    records = json.loads((SHARED / "data/counterfact_test2191.json").read_text())
+    return [r["case_id"] for r in records[:n]]
+
+
+def test_checkpoints_hold_the_edits_so_far(runs):
+    _, run, _ = runs
+    points = _points(run)
+    assert sorted(points) == [2, 4, 6]
+    for n, point in points.items():
+        assert point["num_edits"] == n and point["batch_index"] == n // 2 and point["n_cases"] == n
+        assert point["case_ids"] == _record_ids(n) and list(point["cases"]) == [str(i) for i in _record_ids(n)]
+        assert point["ds_kind"] == "counterfact"
+        for post in point["cases"].values():  # teacher-forced only: no generation metrics
+            assert set(TF_KEYS) <= set(post) and "ngram_entropy" not in post
+        means = {k: v["mean"] for k, v in point["summary"].items()}
+        assert means == pytest.approx({k: v[0] for k, v in summarize_cases(list(point["cases"].values()),
+                                                                             "counterfact").items()})
+    assert points[2].get("kept") is True and "kept" not in points[4]  # kept, and redone on resume
+    reports = json.loads((run / "edit_reports.json").read_text())
+    assert [r["batch_index"] for r in reports] == [0, 1, 2]
+
+
+def test_last_checkpoint_equals_the_final_case_files(runs):
+    _, run, _ = runs
+    last, posts = _points(run)[6]["cases"], _case_posts(run)
+    assert last.keys() == posts.keys()
+    for case_id, post in posts.items():
+        assert {k: post[k] for k in TF_KEYS} == last[case_id]
+
+
+def test_curves_do_not_change_the_results(runs):
+    _, curved, plain = runs
+    a, b = _case_posts(curved), _case_posts(plain)
+    assert a.keys() == b.keys() and not (plain / "curves").exists()
+    for case_id in a:
+        for key in TF_KEYS[:3]:
+            for x, y in zip(a[case_id][key], b[case_id][key]):
+                assert x["target_new"] == pytest.approx(y["target_new"], rel=1e-5)
+                assert x["target_true"] == pytest.approx(y["target_true"], rel=1e-5)
+
+
+def _efficacy_by_hand(posts) -> float:
+    per_case = [sum(p["target_new"] < p["target_true"] for p in post["rewrite_prompts_probs"])
+                / len(post["rewrite_prompts_probs"]) for post in posts]
+    return 100 * sum(per_case) / len(per_case)
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_plot_numbers_equal_the_case_files(runs, tmp_path):
+    results, curved, plain = runs
+    figures = tmp_path / "figs"
+    assert summarize.main(["--dir_name=NSE", f"--results_dir={results}", f"--out={tmp_path / 's'}",
+                           f"--plot={figures}"]) == 0
+    for name in ("metrics_vs_edits.png", "downstream_vs_edits.png"):
+        data = (figures / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    rows = _read_csv(figures / "metrics_vs_edits.csv")
+    got = [(r["label"], r["source"], int(r["num_edits"]), int(r["n_cases"])) for r in rows]
+    assert got == [("NSE/run_000", "curve", 2, 2), ("NSE/run_000", "curve", 4, 4), ("NSE/run_000", "final", 6, 6),
+                   ("NSE/run_001", "final", 6, 6)]
+    points = _points(curved)
+    names = {"rewrite_success": "Efficacy", "paraphrase_success": "Generalization",
+             "neighborhood_success": "Specificity", "score": "Score"}
+    for row in rows:
+        run = curved if row["run"] == "run_000" else plain
+        posts = list(points[int(row["num_edits"])]["cases"].values()) if row["source"] == "curve" \
+            else list(_case_posts(run).values())
+        expected = summarize_cases(posts, "counterfact")
+        for key, name in names.items():
+            assert float(row[name]) == expected[key][0], (row, name)
+        assert float(row["Efficacy"]) == pytest.approx(_efficacy_by_hand(posts))
+    finals = [r for r in rows if r["source"] == "final"]
+    assert {k: float(finals[0][k]) for k in names.values()} == pytest.approx(
+        {k: float(finals[1][k]) for k in names.values()})  # curves leave the results as they were
+
+    downstream = _read_csv(figures / "downstream_vs_edits.csv")
+    files = {int(p.stem.split("_")[1]): json.loads(p.read_text()) for p in (curved / "downstream").glob("*.json")}
+    assert sorted(files) == [0, 6] and {r["run"] for r in downstream} == {"run_000"}
+    assert len(downstream) == sum(len(f["tasks"]) for f in files.values())
+    for r in downstream:
+        m = files[int(r["num_edits"])]["tasks"][r["task"]]
+        assert float(r["f1"]) == m["f1"] and float(r["accuracy"]) == m["accuracy"] and int(r["n"]) == m["n"]
+
+
+def test_report_is_one_flag_away(runs, tmp_path):
+    results, _, _ = runs
+    assert summarize.main(["--dir_name=NSE", "--runs=0", f"--results_dir={results}", f"--out={tmp_path / 's'}",
+                           "--report"]) == 0
+    report = (tmp_path / "s_report.md").read_text()
+    assert "| NSE/run_000 |" in report and "| run | cases | Efficacy | Generalization |" in report
+    assert "`curve_every` | `1`" in report and "Hyperparameters (params.json)" in report
+    images = [line.split("](")[1].rstrip(")") for line in report.splitlines() if line.startswith("![")]
+    assert images == ["s_figures/metrics_vs_edits.png", "s_figures/downstream_vs_edits.png"]
+    assert all((tmp_path / image).is_file() for image in images)
+
+
+def test_plot_without_points_says_so(tmp_path, capsys):
+    run = tmp_path / "NSE" / "run_000"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"args": {"ds_name": "mcf", "num_edits": 1}}))
+    (run / "pre_edit").mkdir()  # only pre-edit scores: a table, but nothing against edits
+    post = {"rewrite_prompts_probs": [{"target_new": 2.0, "target_true": 1.0}],
+            "paraphrase_prompts_probs": [], "neighborhood_prompts_probs": []}
+    (run / "pre_edit" / "case_0.json").write_text(json.dumps(post))
+    assert summarize.main(["--dir_name=NSE", f"--results_dir={tmp_path}", "--plot"]) == 2
+    assert "nothing to plot" in capsys.readouterr().err
