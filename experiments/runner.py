@@ -26,6 +26,7 @@ from dsets import (
     load_tfidf_vectorizer,
 )
 from experiments.algorithms import get_algorithm
+from experiments.curves import maybe_write_curve_point
 from experiments.downstream import run_downstream_eval, write_downstream_result
 from experiments.downstream.tasks import check_glue_dir
 from experiments.metrics import (
@@ -40,6 +41,12 @@ from experiments.run_files import (
     case_file,
     new_run_dir,
     read_json,
+)
+from experiments.saved_model import (
+    edit_info,
+    editor_state_path,
+    save_dir_problem,
+    save_edited_model,
 )
 from util.atomic_files import write_json_atomic as atomic_write_json
 from util.context_templates import generate_context_templates
@@ -81,6 +88,10 @@ class RunConfig:
     values_batch_size: int | None = None
     eval_pre_edit: bool = False
     stop_after_batches: int | None = None
+    dataset_offset: int = 0
+    curve_every: int = 0
+    save_model: str | None = None
+    load_editor_state: str | None = None
     metric_departures: list[str] = dataclasses.field(default_factory=list)  # fluency.DEPARTURES names
 
 
@@ -118,6 +129,17 @@ def _check_settings(cfg: RunConfig) -> None:
         raise RunError(f"--metric_departures: {err}") from None
     if cfg.downstream_eval_steps < 0:
         raise RunError(f"--downstream_eval_steps must be >= 0 (0 turns it off), got {cfg.downstream_eval_steps}")
+    if cfg.curve_every < 0:
+        raise RunError(f"--curve_every must be >= 0 (0 turns it off), got {cfg.curve_every}")
+    if cfg.dataset_offset < 0:
+        raise RunError(f"--dataset_offset must be >= 0, got {cfg.dataset_offset}")
+    if cfg.save_model and (problem := save_dir_problem(cfg.save_model)):
+        raise RunError(problem)
+    state = editor_state_path(cfg.model_name, cfg.load_editor_state)  # a missing file fails now
+    info = edit_info(state.parent) if state else None
+    if info and info.get("alg_name") not in (None, cfg.alg_name):
+        raise RunError(f"{state} is the state of an {info['alg_name']} editor; continue it with "
+                       f"--alg_name={info['alg_name']} (or --load_editor_state=none to start afresh)")
 
 
 def _versions() -> dict[str, str]:
@@ -137,7 +159,9 @@ def run_experiment(cfg: RunConfig, paths: dict[str, Path]) -> Path:
         check_glue_dir(paths["glue"])
     resume_dir = _resume_dir(cfg, paths["results"])
     model, tok = load_model_and_tokenizer(cfg.model_name, cfg.device, cfg.dtype)
-    records = load_edit_dataset(cfg.ds_name, cfg.ds_file or paths["data"], tok=tok, size=cfg.dataset_size_limit)
+    size = None if cfg.dataset_size_limit is None else cfg.dataset_offset + cfg.dataset_size_limit
+    records = load_edit_dataset(cfg.ds_name, cfg.ds_file or paths["data"], tok=tok, size=size)
+    records = records[cfg.dataset_offset:] if cfg.dataset_offset else records  # --dataset_offset skips the first N
     requests = [_request_of(r, tok) for r in records]  # validates every record before any edit
     run_dir = resume_dir or new_run_dir(paths["results"] / cfg.alg_name)
     try:
@@ -161,8 +185,9 @@ def _resume_dir(cfg: RunConfig, results: Path) -> Path | None:
     if not (run_dir / "config.json").is_file():
         raise RunError(f"--continue_from_run={cfg.continue_from_run}: {run_dir} holds no config.json to resume")
     saved = read_json(run_dir / "config.json")["args"]
-    for key in ("alg_name", "model_name", "ds_name", "ds_file", "dataset_size_limit", "num_edits", "seed", "dtype"):
-        if saved.get(key) != getattr(cfg, key):
+    for key in ("alg_name", "model_name", "ds_name", "ds_file", "dataset_size_limit", "dataset_offset", "num_edits",
+                "seed", "dtype"):
+        if saved.get(key, {"dataset_offset": 0}.get(key)) != getattr(cfg, key):
             raise RunError(f"--continue_from_run: {key}={getattr(cfg, key)!r} differs from the run's {saved.get(key)!r}")
     return run_dir
 
@@ -178,21 +203,33 @@ def _request_of(record: dict, tok) -> dict:
 
 def _run(cfg, paths, alg, hparams, model, tok, records, requests, run_dir: Path, fresh: bool) -> Path:
     if fresh:
-        templates = generate_context_templates(model, tok, seed=cfg.seed)
+        continued, templates = _continued_from(cfg)
+        templates = templates or generate_context_templates(model, tok, seed=cfg.seed)
         atomic_write_json(run_dir / "params.json", hparams.to_dict())
         metrics = metric_settings(MetricOptions.from_names(cfg.metric_departures))  # tokenizer used, departures
         atomic_write_json(run_dir / "config.json", {"args": dataclasses.asdict(cfg), "versions": _versions(),
                                                    "context_templates": templates, "started": time.ctime(),
-                                                   "metrics": metrics})
+                                                   "metrics": metrics, "continued_from": continued})
     else:
         if read_json(run_dir / "params.json") != hparams.to_dict():
             raise RunError(f"--continue_from_run: the hyperparameters differ from {run_dir / 'params.json'}")
-        templates = read_json(run_dir / "config.json")["context_templates"]
+        config = read_json(run_dir / "config.json")
+        templates, continued = config["context_templates"], config.get("continued_from")
     editor = _make_editor(cfg, paths, alg, hparams, model, tok, templates)
-    editor.prepare()  # C0 now: a missing corpus fails before pre-edit scoring and downstream runs
+    # The state before prepare(): C0 is collected on the original weights, which a saved edited model
+    # (--model_name=<--save_model folder>) gets back only from its state.
     if (run_dir / STATE_FILE).is_file():
         editor.load(run_dir / STATE_FILE)
         log.info("resuming %s after batch %d (%d edits)", run_dir, editor.num_batches, editor.num_edits)
+    elif continued:
+        editor.load(continued["editor_state"])
+        if getattr(editor, "finished", False):
+            raise RunError(f"{continued['editor_state']} was saved after the editor finished (finish()); "
+                           "it cannot edit more: continue from a state saved before (--save_model stores one)")
+        log.info("continuing from %s: %d edits in %d batches so far", continued["editor_state"], editor.num_edits,
+                 editor.num_batches)
+    editor.prepare()  # C0 now: a missing corpus fails before pre-edit scoring and downstream runs
+    first_batch = continued["num_batches"] if continued else 0  # editor batches before this run's first
     extras = None  # attribute snippets + TF-IDF, loaded once for both scoring passes
 
     def generation_extras():
@@ -201,12 +238,13 @@ def _run(cfg, paths, alg, hparams, model, tok, records, requests, run_dir: Path,
             extras = _generation_resources(cfg, paths) if cfg.ds_name != "zsre" else (None, None)
         return extras
 
-    if cfg.eval_pre_edit and editor.num_batches == 0:
+    if cfg.eval_pre_edit and editor.num_batches == first_batch:
         _score_cases(cfg, model, tok, records, run_dir / "pre_edit", "pre-edit scoring", generation_extras())
     batches = [requests[s : s + cfg.num_edits] for s in range(0, len(requests), cfg.num_edits)]
     _maybe_downstream(cfg, paths, model, tok, run_dir, editor.num_batches, editor.num_edits)
-    for index in tqdm(range(editor.num_batches, len(batches)), desc="editing", unit="batch",
-                      initial=editor.num_batches, total=len(batches)):
+    _maybe_curve(cfg, model, tok, records, run_dir, editor, first_batch)  # a point a kill interrupted
+    done = editor.num_batches - first_batch  # this run's batches already applied
+    for index in tqdm(range(done, len(batches)), desc="editing", unit="batch", initial=done, total=len(batches)):
         if cfg.stop_after_batches is not None and index >= cfg.stop_after_batches:
             log.info("stopping after %d batches as asked; continue with --continue_from_run=%s", index, run_dir.name)
             return run_dir
@@ -214,10 +252,69 @@ def _run(cfg, paths, alg, hparams, model, tok, records, requests, run_dir: Path,
         _append_report(run_dir, report)
         editor.save(run_dir / STATE_FILE)
         _maybe_downstream(cfg, paths, model, tok, run_dir, editor.num_batches, editor.num_edits)
-    _score_cases(cfg, model, tok, records, run_dir, "scoring edited model", generation_extras(), num_edits=cfg.num_edits)
+        _maybe_curve(cfg, model, tok, records, run_dir, editor, first_batch)
+    staged = _stage_editor_state(cfg, editor, run_dir) if cfg.save_model else None  # before finish(): continuable
+    if cfg.save_model:
+        _save_model(cfg, model, tok, editor, run_dir, staged)
+    _score_cases(cfg, model, tok, records, run_dir, "scoring edited model", generation_extras(), num_edits=cfg.num_edits,
+                 first_batch=first_batch)
     atomic_write_json(run_dir / COMPLETE_MARKER, {"finished": time.ctime(), "num_batches": editor.num_batches,
                                                  "num_edits": editor.num_edits})
     return run_dir
+
+
+def _continued_from(cfg) -> tuple[dict | None, list | None]:
+    """The saved editor state a fresh run continues from ({editor_state, num_batches, num_edits}, read
+    memory-mapped) and its context templates; (None, None) when it starts from unedited weights."""
+    path = editor_state_path(cfg.model_name, cfg.load_editor_state)
+    if path is None:
+        return None, None
+    import torch
+
+    state = torch.load(path, weights_only=True, mmap=True)
+    info = {"editor_state": str(path.resolve()), "num_batches": int(state["num_batches"]),
+            "num_edits": int(state["num_edits"])}
+    templates = state.get("context_templates")
+    return info, templates if isinstance(templates, list) else None
+
+
+def _maybe_curve(cfg, model, tok, records, run_dir: Path, editor, first_batch: int) -> None:
+    """--curve_every: the cases of this run edited so far, teacher-forced, every N batches."""
+    if not cfg.curve_every:
+        return
+    edited = records[: (editor.num_batches - first_batch) * cfg.num_edits]
+    no_generation = dataclasses.replace(cfg, skip_generation_tests=True)
+    maybe_write_curve_point(run_dir, cfg.curve_every, editor.num_batches, editor.num_edits, cfg.ds_name, edited,
+                            lambda i, r: _case_metrics(no_generation, model, tok, r, i, (None, None)))
+
+
+def _saved_already(cfg, editor, run_dir: Path) -> bool:
+    info = edit_info(cfg.save_model)
+    return bool(info) and info.get("run") == str(run_dir) and info.get("num_edits") == editor.num_edits
+
+
+def _stage_editor_state(cfg, editor, run_dir: Path) -> Path | None:
+    """The editor state before finish() (e.g. PRUNE's final restraint), beside the --save_model folder: a
+    run continued from it edits on as the unbroken run would, and finishes at its own end."""
+    if getattr(editor, "finished", False) or _saved_already(cfg, editor, run_dir):
+        return None
+    target = Path(cfg.save_model).expanduser()
+    staged = target.with_name(f".{target.name}.{STATE_FILE}")
+    editor.save(staged)
+    return staged
+
+
+def _save_model(cfg, model, tok, editor, run_dir: Path, staged_state: Path | None = None) -> None:
+    """--save_model: the edited model (safetensors) + tokenizer + editor state, once per run."""
+    if _saved_already(cfg, editor, run_dir):
+        return  # a resumed run that had saved it already
+    base = (edit_info(cfg.model_name) or {}).get("base_model", cfg.model_name) if Path(cfg.model_name).is_dir() \
+        else cfg.model_name
+    save_edited_model(model, tok, editor, cfg.save_model, {"alg_name": cfg.alg_name, "base_model": base,
+                                                             "model_name": cfg.model_name, "run": str(run_dir),
+                                                             "ds_name": cfg.ds_name, "dtype": cfg.dtype},
+                      state_file=staged_state if staged_state and staged_state.is_file() else None)
+    log.info("edited model, tokenizer and editor state saved to %s", cfg.save_model)
 
 
 def _append_report(run_dir: Path, report) -> None:
@@ -257,7 +354,7 @@ def _maybe_downstream(cfg, paths, model, tok, run_dir: Path, batch_index: int, n
 
 
 def _score_cases(cfg, model, tok, records, out_dir: Path, desc: str, extras,
-                 num_edits: int | None = None) -> None:
+                 num_edits: int | None = None, first_batch: int = 0) -> None:
     """One JSON per case; existing files are kept, so an interrupted scoring pass resumes."""
     reports = read_json(out_dir / EDIT_REPORTS) if num_edits and (out_dir / EDIT_REPORTS).is_file() else []
     edit_seconds = {r["batch_index"]: r["seconds"] for r in reports}
@@ -273,7 +370,7 @@ def _score_cases(cfg, model, tok, records, out_dir: Path, desc: str, extras,
         result = {"case_id": record["case_id"],
                   "grouped_case_ids": [r["case_id"] for r in records[group : group + cfg.num_edits]],
                   "num_edits": cfg.num_edits, "requested_rewrite": record["requested_rewrite"],
-                  "time": edit_seconds.get(i // cfg.num_edits), "post": metrics}  # edit time of its batch
+                  "time": edit_seconds.get(first_batch + i // cfg.num_edits), "post": metrics}  # its batch's
         pre = out_dir / "pre_edit" / f"case_{record['case_id']}.json"
         if pre.is_file():
             result["pre"] = read_json(pre)
