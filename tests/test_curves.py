@@ -99,12 +99,8 @@ def test_last_checkpoint_equals_the_final_case_files(runs):
 def test_curves_do_not_change_the_results(runs):
     _, curved, plain = runs
     a, b = _case_posts(curved), _case_posts(plain)
-    assert a.keys() == b.keys() and not (plain / "curves").exists()
-    for case_id in a:
-        for key in TF_KEYS[:3]:
-            for x, y in zip(a[case_id][key], b[case_id][key]):
-                assert x["target_new"] == pytest.approx(y["target_new"], rel=1e-5)
-                assert x["target_true"] == pytest.approx(y["target_true"], rel=1e-5)
+    assert a.keys() == b.keys() and len(a) == 6 and not (plain / "curves").exists()
+    assert a == b  # scoring between batches (and the resume) leaves every number as it was
 
 
 def _efficacy_by_hand(posts) -> float:
