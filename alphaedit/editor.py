@@ -41,10 +41,18 @@ class AlphaEditEditor(MEMITEditor):
             }
 
     def _solve(self, layer: int, keys: torch.Tensor, residual: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
-        device = float64_device(residual.device)
-        p = self.projectors[layer].to(device, torch.float64)  # (f, f)
-        k = keys.to(device, torch.float64)  # (f, n)
-        r = residual.to(device, torch.float64)  # (d, n)
-        cp = self.cp[layer].to(device, torch.float64)
-        a = p @ (k @ k.T + cp) + self.hparams.L2 * torch.eye(p.shape[0], dtype=torch.float64, device=device)
-        return torch.linalg.solve(a, p @ k @ r.T).T  # (d, f)
+        return projected_update(residual, keys, self.cp[layer], self.projectors[layer], self.hparams.L2)
+
+
+def projected_update(residual: torch.Tensor, keys: torch.Tensor, cp: torch.Tensor, projector: torch.Tensor,
+                     l2: float) -> torch.Tensor:
+    """``Delta = ((P (K K^T + Cp) + L2 I)^-1 P K R^T)^T`` in float64.  residual (d, n), keys (f, n) -> (d, f)
+
+    ``Delta^T`` lies in the range of P, so ``Delta k = 0`` for every key P annihilates.
+    """
+    device = float64_device(residual.device)
+    p = projector.to(device, torch.float64)  # (f, f)
+    k = keys.to(device, torch.float64)
+    r = residual.to(device, torch.float64)
+    a = p @ (k @ k.T + cp.to(device, torch.float64)) + l2 * torch.eye(p.shape[0], dtype=torch.float64, device=device)
+    return torch.linalg.solve(a, p @ k @ r.T).T

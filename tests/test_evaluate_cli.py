@@ -112,7 +112,7 @@ def _fails(tmp_path, capsys, stats_dir, message, **extra):
 
 
 def test_unknown_algorithm(tmp_path, capsys, stats_dir):
-    _fails(tmp_path, capsys, stats_dir, "unknown --alg_name='FOO'; available: NSE", alg_name="FOO")
+    _fails(tmp_path, capsys, stats_dir, "unknown --alg_name='FOO'; available: AlphaEdit, FT, MEMIT, MEMIT_prune, MEMIT_rect, MEMIT_seq, NSE, ROME", alg_name="FOO")
 
 
 def test_unknown_dataset(tmp_path, capsys, stats_dir):

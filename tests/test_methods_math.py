@@ -1,0 +1,215 @@
+"""Each method's math on small matrices (and, where it needs an editor, a tiny model)."""
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import CORPUS, tiny_model
+
+from alphaedit.editor import projected_update
+from alphaedit.projection import null_space_projector
+from baselines.ft import FTEditor, FTHyperParams
+from experiments.algorithms import ALGORITHMS
+from memit import MEMITEditor, MEMITHyperParams, MEMITPruneEditor, MEMITPruneHyperParams, MEMITSeqEditor
+from memit.prune import restrain_singular_values
+from memit.rect import rectify
+from nse.neuron_selection import select_neurons
+from rome.rank_one import key_direction, rank_one_update
+from util.closed_form import solve_update
+from util.hparams import HyperParamsError
+
+ROOT = Path(__file__).resolve().parents[1]
+ORIGINALS = sorted((ROOT.parent / "shared" / "data" / "original_hparams").glob("*/*.json"))
+G = torch.Generator().manual_seed(0)
+
+
+def _randn(*shape):
+    return torch.randn(*shape, generator=G, dtype=torch.float64)
+
+
+def _spd(f, scale=1.0):
+    a = _randn(f, 3 * f)
+    return scale * a @ a.T / (3 * f)
+
+
+# -- MEMIT and MEMIT_seq ----------------------------------------------------------------------------
+def test_memit_update_is_the_least_squares_solution():
+    """argmin ||Delta K - R||^2 + lambda tr(Delta C0 Delta^T) = lstsq of Delta [K, L] = [R, 0], L L^T = lambda C0."""
+    d, f, n, lam = 5, 8, 3, 2.0
+    k, r, c0 = _randn(f, n), _randn(d, n), _spd(f)
+    delta = solve_update(r, k, lam * c0)
+    lower = torch.linalg.cholesky(lam * c0)
+    stacked_k = torch.cat([k, lower], dim=1)  # (f, n + f)
+    stacked_r = torch.cat([r, torch.zeros(d, f, dtype=torch.float64)], dim=1)
+    expected = torch.linalg.lstsq(stacked_k.T, stacked_r.T).solution.T
+    assert torch.allclose(delta, expected, atol=1e-10)
+
+
+def _memit_hparams(cls=MEMITHyperParams, **extra):
+    return cls(layers=[0, 1], fact_token="subject_last", v_num_grad_steps=2, v_lr=0.5, v_loss_layer=2,
+               v_weight_decay=0.01, clamp_norm_factor=4.0, kl_factor=0.0625, mom2_adjustment=True,
+               mom2_update_weight=3.0, mom2_dataset=CORPUS, mom2_n_samples=10, mom2_dtype="float32",
+               mom2_max_length=32, **extra)
+
+
+def test_memit_seq_regulariser_includes_cp_and_memit_does_not(tiny_llama):
+    _, tok = tiny_llama
+    f = 96
+    c0, cp = _spd(f).float(), _spd(f, 5.0).float()
+    regs = {}
+    for cls in (MEMITEditor, MEMITSeqEditor):
+        editor = cls(tiny_model("llama"), tok, _memit_hparams(), progress=False)
+        editor.cov = {0: c0, 1: c0}
+        if editor.cp:
+            editor.cp[0] = cp.clone()
+        regs[cls] = editor._regulariser(0, torch.arange(f))
+    assert torch.allclose(regs[MEMITEditor], 3.0 * c0.double())
+    assert torch.allclose(regs[MEMITSeqEditor], 3.0 * c0.double() + cp.double())
+
+
+# -- AlphaEdit ---------------------------------------------------------------------------------------
+def test_alphaedit_projector_and_update_spare_the_preserved_keys():
+    f, d, n = 10, 6, 3
+    basis, _ = torch.linalg.qr(_randn(f, f))
+    eigenvalues = torch.tensor([5.0, 3.0, 2.0, 1.0, 0.5, 0.2, 1e-3, 1e-4, 1e-5, 0.0], dtype=torch.float64)
+    c0 = basis @ torch.diag(eigenvalues) @ basis.T
+    p = null_space_projector(c0, threshold=1e-2).double()
+    assert torch.allclose(p @ p, p, atol=1e-6) and torch.allclose(p, p.T, atol=1e-7)  # a projector
+    assert round(float(torch.trace(p))) == 4  # onto the 4 eigenvectors with eigenvalue < 1e-2
+    delta = projected_update(_randn(d, n), _randn(f, n), _spd(f), p, l2=10.0)
+    preserved = basis[:, :6]  # keys in the span of C0's large eigenvectors
+    # Tolerance 1e-6 relative to |Delta|: P is float32 (1e-7 round-off), the solve float64.
+    assert (delta @ preserved).abs().max() < 1e-6 * delta.abs().max()
+    assert (delta @ basis[:, 6:]).abs().max() > 1e-2 * delta.abs().max()  # it does write somewhere
+
+
+# -- ROME ---------------------------------------------------------------------------------------------
+def test_rome_update_is_rank_one_and_sends_k_star_to_v_star():
+    d, f = 6, 9
+    w, k_star, v_star, c0 = _randn(d, f), _randn(f), _randn(d), _spd(f)
+    u = key_direction(k_star, c0)
+    assert torch.allclose(c0 @ u, k_star, atol=1e-10)  # u = C0^-1 k*
+    delta = rank_one_update(w @ k_star, v_star, k_star, u)
+    assert int(torch.linalg.matrix_rank(delta)) == 1
+    assert torch.allclose((w + delta) @ k_star, v_star, atol=1e-10)
+    assert torch.allclose(key_direction(k_star, None), k_star)  # mom2_adjustment false: u = k*
+
+
+# -- PRUNE ----------------------------------------------------------------------------------------------
+def test_prune_restraint_bounds_every_singular_value():
+    update, sigma_max = _randn(8, 12) * 5, 3.0
+    s = torch.linalg.svdvals(update)
+    restrained = restrain_singular_values(update, sigma_max, torch.float64)
+    s_after = torch.linalg.svdvals(restrained)
+    expected = torch.where(s > sigma_max, torch.log(s) - torch.log(torch.tensor(sigma_max)) + sigma_max, s)
+    assert torch.allclose(s_after, expected.sort(descending=True).values, atol=1e-10)
+    bound = sigma_max + torch.log(s.max() / sigma_max)  # F is increasing: F(s_max) bounds all
+    assert (s_after <= bound + 1e-10).all() and s.max() > bound  # the test could fail
+
+
+def test_prune_sets_theta0_plus_restrained_change(tiny_llama):
+    """Pinned: W = theta0 + restrained(W - theta0); the original adds the restrained change to the
+    already edited W, counting it twice."""
+    _, tok = tiny_llama
+    editor = MEMITPruneEditor(tiny_model("llama"), tok, _memit_hparams(MEMITPruneHyperParams, prune_svd_dtype="float64"),
+                              progress=False)
+    w, theta0 = editor.weights[0], editor.original[0]
+    with torch.no_grad():
+        w.add_(torch.randn(w.shape, generator=G).float() * 10)  # a change with large singular values
+    change = (w.detach() - theta0).double()
+    sigma_max = float(torch.linalg.matrix_norm(theta0.double(), ord=2))
+    editor.restrain()
+    expected = theta0.double() + restrain_singular_values(change, sigma_max, torch.float64)
+    assert torch.allclose(w.double(), expected, atol=1e-4)
+    assert not torch.allclose(w.double(), theta0.double() + change + restrain_singular_values(change, sigma_max, torch.float64), atol=1e-2)
+
+
+# -- RECT ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("percent", [40.0, 12.5, 100.0])
+def test_rect_keeps_exactly_the_stated_share(percent):
+    delta, weight = _randn(20, 30), _randn(20, 30)
+    kept = rectify(delta, weight, percent)
+    mask = kept != 0
+    assert int(mask.sum()) == round(percent / 100 * delta.numel())
+    relative = delta.abs() / (weight.abs() + 1e-8)
+    if percent < 100:
+        assert relative[mask].min() >= relative[~mask].max()  # the largest relative changes
+    assert torch.equal(kept[mask], delta[mask])
+
+
+# -- FT -----------------------------------------------------------------------------------------------
+def _ft(tok, **overrides):
+    hp = FTHyperParams(**{"layers": [1], "num_steps": 5, "lr": 1e-1, "weight_decay": 0, "kl_factor": 0,
+                          "norm_constraint": 1e-3, **overrides})
+    return FTEditor(tiny_model("llama"), tok, hp, progress=False)
+
+
+def test_ft_respects_the_norm_constraint(tiny_llama):
+    _, tok = tiny_llama
+    request = {"case_id": 0, "prompt": "One day Tom met {}", "subject": "Lily", "target_new": {"str": "happy"}}
+    editor = _ft(tok)
+    editor.edit([request])
+    editor.edit([dict(request, case_id=1, subject="Max")])  # theta0 is the weights before the first batch
+    for k, w in editor.weights.items():
+        change = (w.detach() - editor.original[k]).abs().max()
+        assert 0.9e-3 < change <= 1e-3 + 1e-7, k  # moved, to the bound and not past it
+    free = _ft(tok, norm_constraint=False)
+    free.edit([request])
+    assert max((w.detach() - free.original[k]).abs().max() for k, w in free.weights.items()) > 1e-2
+
+
+def test_ft_loss_is_teacher_forced(tiny_llama):
+    """Each target token is scored at its own position (the original reads all at the last prompt one)."""
+    _, tok = tiny_llama
+    editor = _ft(tok)
+    request = {"case_id": 0, "prompt": "One day Tom met {}", "subject": "Lily", "target_new": {"str": " happy dog"}}
+    from util.tokens import encode, encode_target
+
+    prompt, target = encode(tok, "One day Tom met Lily"), encode_target(tok, " happy dog")
+    assert len(target) > 1
+    with torch.no_grad():
+        lp = torch.log_softmax(editor.model(torch.tensor([prompt + target])).logits[0], -1)
+        expected = -sum(lp[len(prompt) - 1 + i, t] for i, t in enumerate(target)) / len(target)
+        assert torch.allclose(editor._loss([request]), expected, atol=1e-5)
+
+
+# -- NSE's original selection rule --------------------------------------------------------------------
+def test_original_neuron_rule_matches_the_official_formula():
+    keys = torch.rand(50, 4, generator=G)
+    for threshold in (0.3, 0.8, 0.95):
+        scores = torch.zeros(50)
+        for j in range(4):
+            scores += keys[:, j].abs()
+        sorted_scores, order = torch.sort(scores, descending=True)
+        count = torch.where(torch.cumsum(sorted_scores, 0) <= threshold * scores.sum())[0][-1] + 1
+        official = sorted(order[:count].tolist())
+        assert select_neurons(keys, threshold, "original").tolist() == official
+        assert len(select_neurons(keys, threshold, "reaching")) == len(official) + 1  # ours keeps one more
+
+
+# -- hyperparameter files -----------------------------------------------------------------------------
+@pytest.mark.parametrize("path", ORIGINALS, ids=[f"{p.parent.name}/{p.name}" for p in ORIGINALS])
+def test_every_original_file_loads_verbatim(path, caplog):
+    algs = [a for a in ALGORITHMS.values() if a.hparams_dir == path.parent.name]
+    assert algs, f"no method reads {path.parent.name}"
+    shipped = ROOT / "hparams" / path.parent.name / path.name
+    assert json.loads(shipped.read_text()) == json.loads(path.read_text())  # shipped verbatim
+    with caplog.at_level(logging.INFO, logger="util.hparams"):
+        for alg in algs:
+            hp = alg.hparams_class.from_json(shipped)
+            assert hp.layers == json.loads(path.read_text())["layers"]
+    if "model_name" in json.loads(path.read_text()):
+        assert "ignores key(s)" in caplog.text and "model_name" in caplog.text
+
+
+@pytest.mark.parametrize("method", sorted(ALGORITHMS))
+def test_misspelt_key_is_an_error_naming_it(method, tmp_path):
+    alg = ALGORITHMS[method]
+    source = next((ROOT / "hparams" / alg.hparams_dir).glob("*.json"))
+    data = json.loads(source.read_text())
+    data["layerz"] = data.pop("layers")
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(HyperParamsError, match=r"unknown key\(s\) \['layerz'\]"):
+        alg.hparams_class.from_json(path)
