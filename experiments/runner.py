@@ -49,7 +49,6 @@ from experiments.saved_model import (
     save_edited_model,
 )
 from util.atomic_files import write_json_atomic as atomic_write_json
-from util.context_templates import generate_context_templates
 from util.model_loading import load_model_and_tokenizer
 from util.requests import normalize_request
 from util.second_moment import model_fingerprint
@@ -57,6 +56,8 @@ from util.tokens import fact_token_index
 from util.value_cache import ValueCache
 
 log = logging.getLogger("experiments")
+# Top-level packages of this project: their INFO lines reach run.log.
+PROJECT_PACKAGES = ("experiments", "util", "dsets", "nse", "memit", "alphaedit", "rome", "baselines")
 
 
 @dataclass
@@ -99,13 +100,14 @@ class RunError(ValueError):
     """A bad experiment setting, reported before any run folder is created."""
 
 
-def resolve_hparams_path(alg_name: str, fname: str, hparams_root: Path) -> Path:
+def resolve_hparams_path(hparams_dir: str, fname: str, hparams_root: Path) -> Path:
+    """``fname`` as a path, else under ``hparams/<hparams_dir>/`` (MEMIT_seq/prune/rect read MEMIT's)."""
     given = Path(fname).expanduser()
-    for candidate in (given, hparams_root / alg_name / fname):
+    for candidate in (given, hparams_root / hparams_dir / fname):
         if candidate.is_file():
             return candidate
-    available = sorted(p.name for p in (hparams_root / alg_name).glob("*.json"))
-    raise RunError(f"hyperparameter file {fname!r} not found as a path nor under {hparams_root / alg_name}/ "
+    available = sorted(p.name for p in (hparams_root / hparams_dir).glob("*.json"))
+    raise RunError(f"hyperparameter file {fname!r} not found as a path nor under {hparams_root / hparams_dir}/ "
                    f"(available: {', '.join(available) or 'none'})")
 
 
@@ -151,7 +153,7 @@ def run_experiment(cfg: RunConfig, paths: dict[str, Path]) -> Path:
     hparams, glue folders (already resolved against globals.yml and the CLI)."""
     _check_settings(cfg)
     alg = get_algorithm(cfg.alg_name)
-    hparams_path = resolve_hparams_path(cfg.alg_name, cfg.hparams_fname, paths["hparams"])
+    hparams_path = resolve_hparams_path(alg.hparams_dir, cfg.hparams_fname, paths["hparams"])
     hparams = alg.hparams_class.from_json(hparams_path)
     if cfg.mom2_dataset:
         hparams = dataclasses.replace(hparams, mom2_dataset=cfg.mom2_dataset)
@@ -204,7 +206,7 @@ def _request_of(record: dict, tok) -> dict:
 def _run(cfg, paths, alg, hparams, model, tok, records, requests, run_dir: Path, fresh: bool) -> Path:
     if fresh:
         continued, templates = _continued_from(cfg)
-        templates = templates or generate_context_templates(model, tok, seed=cfg.seed)
+        templates = templates or alg.editor_class.make_context_templates(model, tok, hparams, cfg.seed)
         atomic_write_json(run_dir / "params.json", hparams.to_dict())
         metrics = metric_settings(MetricOptions.from_names(cfg.metric_departures))  # tokenizer used, departures
         atomic_write_json(run_dir / "config.json", {"args": dataclasses.asdict(cfg), "versions": _versions(),
@@ -254,6 +256,9 @@ def _run(cfg, paths, alg, hparams, model, tok, records, requests, run_dir: Path,
         _maybe_downstream(cfg, paths, model, tok, run_dir, editor.num_batches, editor.num_edits)
         _maybe_curve(cfg, model, tok, records, run_dir, editor, first_batch)
     staged = _stage_editor_state(cfg, editor, run_dir) if cfg.save_model else None  # before finish(): continuable
+    if not editor.finished:
+        editor.finish()  # e.g. PRUNE's restraint at the original's timing; idempotent once saved
+        editor.save(run_dir / STATE_FILE)
     if cfg.save_model:
         _save_model(cfg, model, tok, editor, run_dir, staged)
     _score_cases(cfg, model, tok, records, run_dir, "scoring edited model", generation_extras(), num_edits=cfg.num_edits,
@@ -332,11 +337,14 @@ def _make_editor(cfg, paths, alg, hparams, model, tok, templates):
     editor = alg.make_editor(model, tok, hparams, stats_dir=paths["stats"], context_templates=templates,
                              seed=cfg.seed, originals_on_cpu=cfg.conserve_memory,
                              values_batch_size=cfg.values_batch_size)
-    if cfg.use_cache:
+    if cfg.use_cache and not editor.has_values:
+        log.warning("--use_cache ignored: %s optimises no target values", cfg.alg_name)
+    elif cfg.use_cache:
         resolved = editor.hparams  # module paths filled in for this model
         names = [resolved.rewrite_module(l) for l in resolved.layers]
         model_id = f"{Path(cfg.model_name).name}-{model_fingerprint(model, names)}-{cfg.dtype}"
-        editor.value_cache = ValueCache(paths["stats"] / "value_cache", model_id, cfg.ds_name, resolved, templates)
+        editor.value_cache = ValueCache(paths["stats"] / "value_cache", model_id, cfg.ds_name, editor.value_spec,
+                                        templates)
     return editor
 
 
@@ -402,18 +410,22 @@ def _generation_resources(cfg, paths):
 
 @contextmanager
 def _log_file(run_dir: Path) -> Iterator[None]:
-    """Progress lines also go to run_dir/run.log for the duration of the run (and no longer)."""
+    """Every package's log lines also go to run_dir/run.log for the duration of the run (and no
+    longer): the handler sits on the root logger, and the project's own packages log at INFO."""
     handler = logging.FileHandler(run_dir / "run.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-    loggers = [logging.getLogger(name) for name in ("experiments", "nse")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.addHandler(handler)
-        lg.setLevel(logging.INFO)
+    handler.setLevel(logging.INFO)
+    root = logging.getLogger()
+    ours = [logging.getLogger(name) for name in PROJECT_PACKAGES]
+    levels = [lg.level for lg in ours]
+    root.addHandler(handler)
+    for lg in ours:
+        if lg.getEffectiveLevel() > logging.INFO:
+            lg.setLevel(logging.INFO)
     try:
         yield
     finally:
-        for lg, level in zip(loggers, levels):
-            lg.removeHandler(handler)
+        for lg, level in zip(ours, levels):
             lg.setLevel(level)
+        root.removeHandler(handler)
         handler.close()

@@ -155,3 +155,19 @@ def test_resume_refuses_another_dtype(tmp_path, capsys, stats_dir):
     assert evaluate(_args(tmp_path, stats_dir, stop_after_batches="0", downstream_eval_steps="0")) == 0
     assert evaluate(_args(tmp_path, stats_dir, continue_from_run="run_000", dtype="bfloat16")) == 2
     assert "dtype='bfloat16' differs from the run's 'float32'" in capsys.readouterr().err
+
+
+def test_run_log_receives_every_package(tmp_path):
+    """util, dsets and every method's package log into run.log, not only experiments/nse."""
+    import logging
+
+    from experiments.runner import PROJECT_PACKAGES, _log_file
+
+    with _log_file(tmp_path):
+        for name in PROJECT_PACKAGES:
+            logging.getLogger(f"{name}.some_module").info("line from %s", name)
+    logging.getLogger("util.after").info("after the run")
+    text = (tmp_path / "run.log").read_text()
+    assert all(f"line from {name}" in text for name in PROJECT_PACKAGES)
+    assert "after the run" not in text  # the handler does not outlive the run
+    assert {"memit", "alphaedit", "rome", "baselines", "util"} <= set(PROJECT_PACKAGES)
