@@ -144,12 +144,18 @@ def _x_axis(ax) -> None:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
+def _style(i: int) -> dict[str, Any]:
+    """Run ``i``'s colour and marker; later runs get smaller markers, so points that coincide (equal
+    results) stay visible as nested markers."""
+    return {"color": f"C{i % 10}", "marker": "os^Dv<>ph*"[i % 10], "markersize": max(3.0, 8.0 - 1.5 * i)}
+
+
 def _grid(n: int, max_cols: int) -> tuple[int, int]:
     cols = min(n, max_cols)
     return math.ceil(n / cols), cols
 
 
-def draw_metrics(header: list[str], rows: list[list[Any]], path: Path) -> Path:
+def draw_metrics(header: list[str], rows: list[list[Any]], path: Path, order: dict[str, int]) -> Path:
     Figure = _figure_class()
     panels = [name for name in PANELS if any(r[header.index(name)] is not None for r in rows)]
     fig = Figure(figsize=(3.6 * len(panels), 3.6), layout="constrained")
@@ -157,10 +163,10 @@ def draw_metrics(header: list[str], rows: list[list[Any]], path: Path) -> Path:
     labels = list(dict.fromkeys(r[0] for r in rows))
     for ax, name in zip(axes, panels):
         col = header.index(name)
-        for i, label in enumerate(labels):
+        for label in labels:
             pts = [(r[header.index("num_edits")], r[col]) for r in rows if r[0] == label and r[col] is not None]
             if pts:
-                ax.plot(*zip(*pts), marker="o", color=f"C{i % 10}", label=label)
+                ax.plot(*zip(*pts), label=label, **_style(order[label]))
         ax.set_title(name)
         _x_axis(ax)
         ax.set_ylim(-3, 103)
@@ -171,7 +177,7 @@ def draw_metrics(header: list[str], rows: list[list[Any]], path: Path) -> Path:
     return _save(fig, path)
 
 
-def draw_downstream(header: list[str], rows: list[list[Any]], metric: str, path: Path) -> Path:
+def draw_downstream(header: list[str], rows: list[list[Any]], metric: str, path: Path, order: dict[str, int]) -> Path:
     Figure = _figure_class()
     tasks = sorted({r[header.index("task")] for r in rows})
     nrows, ncols = _grid(len(tasks), 3)
@@ -180,11 +186,11 @@ def draw_downstream(header: list[str], rows: list[list[Any]], metric: str, path:
     labels = list(dict.fromkeys(r[0] for r in rows))
     col, x = header.index(metric), header.index("num_edits")
     for ax, task in zip(axes, tasks):
-        for i, label in enumerate(labels):
+        for label in labels:
             pts = sorted((r[x], r[col]) for r in rows if r[0] == label and r[header.index("task")] == task
                          and r[col] is not None)
             if pts:
-                ax.plot(*zip(*pts), marker="o", color=f"C{i % 10}", label=label)
+                ax.plot(*zip(*pts), label=label, **_style(order[label]))
         ax.set_title(task)
         _x_axis(ax)
         ax.set_ylim(*DOWNSTREAM_RANGE.get(metric, (None, None)))
@@ -202,15 +208,16 @@ def write_figures(summaries: Sequence[RunSummary], out_dir: str | Path, downstre
     if downstream_metric not in DOWNSTREAM_METRICS:
         raise PlotError(f"--downstream_metric must be one of {', '.join(DOWNSTREAM_METRICS)}, got {downstream_metric!r}")
     out_dir = Path(out_dir)
+    order = {run_label(s, summaries): i for i, s in enumerate(summaries)}  # a run looks the same in both figures
     written: list[Path] = []
     header, rows = metrics_table(summaries)
     if rows:
         written.append(write_text_atomic(out_dir / f"{METRICS_FIGURE}.csv", _csv(header, rows)))
-        written.append(draw_metrics(header, rows, out_dir / f"{METRICS_FIGURE}.png"))
+        written.append(draw_metrics(header, rows, out_dir / f"{METRICS_FIGURE}.png", order))
     d_header, d_rows = downstream_table(summaries)
     if d_rows:
         written.append(write_text_atomic(out_dir / f"{DOWNSTREAM_FIGURE}.csv", _csv(d_header, d_rows)))
-        written.append(draw_downstream(d_header, d_rows, downstream_metric, out_dir / f"{DOWNSTREAM_FIGURE}.png"))
+        written.append(draw_downstream(d_header, d_rows, downstream_metric, out_dir / f"{DOWNSTREAM_FIGURE}.png", order))
     if not written:
         raise PlotError("nothing to plot: no run has curve points (--curve_every), a complete set of case files "
                         "or downstream results (--downstream_eval_steps)")
