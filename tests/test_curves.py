@@ -172,3 +172,27 @@ def test_plot_without_points_says_so(tmp_path, capsys):
     (run / "pre_edit" / "case_0.json").write_text(json.dumps(post))
     assert summarize.main(["--dir_name=NSE", f"--results_dir={tmp_path}", "--plot"]) == 2
     assert "nothing to plot" in capsys.readouterr().err
+
+
+def test_zsre_curves_hand_computed(tmp_path):
+    """A hand-made zsRE run: a curve point after 1 edit, the final result after 2 (helpers.ZSRE_POSTS)."""
+    from helpers import ZSRE_POSTS
+
+    run = tmp_path / "NSE" / "run_000"
+    (run / "curves").mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"args": {"ds_name": "zsre", "num_edits": 1}}))
+    for case_id, post in enumerate(ZSRE_POSTS):
+        (run / f"1_edits-case_{case_id}.json").write_text(json.dumps({"case_id": case_id, "post": post}))
+    (run / "run_complete.json").write_text(json.dumps({"num_edits": 2, "num_batches": 2}))
+    point = {"num_edits": 1, "batch_index": 1, "n_cases": 1, "ds_kind": "zsre", "case_ids": [0],
+             "cases": {"0": ZSRE_POSTS[0]}}
+    (run / "curves" / "edits_000001.json").write_text(json.dumps(point))
+    assert summarize.main(["--dir_name=NSE", f"--results_dir={tmp_path}", f"--plot={tmp_path / 'f'}"]) == 0
+    rows = [{k: r[k] for k in ("source", "num_edits", "Efficacy", "Generalization", "Specificity", "Score")}
+            for r in _read_csv(tmp_path / "f" / "metrics_vs_edits.csv")]
+    # Case 0: rewrite 1/2, paraphrase 2/2, neighbourhood 3/4; case 1: 1, 0, 1.
+    assert rows == [{"source": "curve", "num_edits": "1", "Efficacy": "50.0", "Generalization": "100.0",
+                     "Specificity": "75.0", "Score": ""},
+                    {"source": "final", "num_edits": "2", "Efficacy": "75.0", "Generalization": "50.0",
+                     "Specificity": "87.5", "Score": ""}]
+    assert not (tmp_path / "f" / "downstream_vs_edits.png").exists()  # no downstream points, no figure
