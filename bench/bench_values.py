@@ -34,7 +34,7 @@ def main() -> None:
     ap.add_argument("--data", default="../shared/data/counterfact_test2191.json")
     args = ap.parse_args()
     model, tok = load_model_and_tokenizer(args.model)
-    hp = dataclasses.replace(NSEHyperParams.from_json(args.hparams), v_num_grad_steps=args.steps).resolved_for(model)
+    hp = dataclasses.replace(NSEHyperParams.from_json(args.hparams), v_num_grad_steps=args.steps).resolved_for(model).value_spec(model)
     records = json.load(open(args.data))[: args.n]
     reqs = [normalize_request({"case_id": r["case_id"], **r["requested_rewrite"]}) for r in records]
     t0 = time.perf_counter()

@@ -13,8 +13,10 @@ def solve_update(residual: torch.Tensor, keys: torch.Tensor, regulariser: torch.
     """
     d, n = residual.shape
     s = keys.shape[0]
-    assert keys.shape == (s, n), f"keys {tuple(keys.shape)} vs residual {tuple(residual.shape)}"
-    assert regulariser.shape == (s, s), f"regulariser {tuple(regulariser.shape)} vs {s} neurons"
+    if keys.shape != (s, n):
+        raise ValueError(f"keys {tuple(keys.shape)} do not match residual {tuple(residual.shape)}: need ({s}, {n})")
+    if regulariser.shape != (s, s):
+        raise ValueError(f"regulariser {tuple(regulariser.shape)} does not match {s} selected key dimensions")
     device = float64_device(residual.device)
     r = residual.to(device, torch.float64)
     k = keys.to(device, torch.float64)
