@@ -301,10 +301,15 @@ def _saved_already(cfg, editor, run_dir: Path) -> bool:
 def _stage_editor_state(cfg, editor, run_dir: Path) -> Path | None:
     """The editor state before finish() (e.g. PRUNE's final restraint), beside the --save_model folder: a
     run continued from it edits on as the unbroken run would, and finishes at its own end."""
-    if getattr(editor, "finished", False) or _saved_already(cfg, editor, run_dir):
+    if _saved_already(cfg, editor, run_dir):
         return None
     target = Path(cfg.save_model).expanduser()
     staged = target.with_name(f".{target.name}.{STATE_FILE}")
+    if getattr(editor, "finished", False):  # resumed after finish(): a state staged before the kill, if any
+        import torch
+
+        ok = staged.is_file() and torch.load(staged, weights_only=True, mmap=True)["num_edits"] == editor.num_edits
+        return staged if ok else None
     editor.save(staged)
     return staged
 
