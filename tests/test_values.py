@@ -124,3 +124,25 @@ def test_out_of_memory_halves_the_chunk(tiny_llama, monkeypatch):
     monkeypatch.setattr(values, "_optimise", small_memory)
     out = compute_values(model, tok, reqs, hp.value_spec(model), TEMPLATES)
     assert sizes[:3] == [4, 2, 1] and torch.allclose(out.z, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_kl_term_reads_the_final_logits(tiny_llama):
+    """As in the original: the KL term uses the model's last block (its logits), the target NLL
+    uses v_loss_layer; they differ when v_loss_layer is not the last layer."""
+    from util.architectures import get_module
+
+    model, tok, hp, reqs = _setup(tiny_llama, v_num_grad_steps=1, v_loss_layer=3)  # stories260K: 5 layers
+    spec = hp.value_spec(model)
+    assert spec.loss_layer != spec.final_layer
+    seen = []
+    handle = get_module(model, spec.ln_f).register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach()))
+    try:
+        compute_values(model, tok, reqs[:1], spec, TEMPLATES)
+    finally:
+        handle.remove()
+    kl_hidden = seen[1][0]  # ln_f's second input: the KL row (the first holds the target rows)
+    r = reqs[0]
+    _, outs = read_at_fact_tokens(model, tok, ["{} is a"], [r["subject"]], hp.fact_token,
+                                  output_of=[spec.final_layer, spec.loss_layer])
+    assert torch.allclose(kl_hidden, outs[spec.final_layer][0], atol=1e-5)
+    assert not torch.allclose(kl_hidden, outs[spec.loss_layer][0], atol=1e-2)
