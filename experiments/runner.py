@@ -155,8 +155,10 @@ def run_experiment(cfg: RunConfig, paths: dict[str, Path]) -> Path:
     alg = get_algorithm(cfg.alg_name)
     hparams_path = resolve_hparams_path(alg.hparams_dir, cfg.hparams_fname, paths["hparams"])
     hparams = alg.hparams_class.from_json(hparams_path)
-    if cfg.mom2_dataset:
+    if cfg.mom2_dataset and hasattr(hparams, "mom2_dataset"):
         hparams = dataclasses.replace(hparams, mom2_dataset=cfg.mom2_dataset)
+    elif cfg.mom2_dataset:
+        log.warning("--mom2_dataset ignored: %s uses no covariance statistics", cfg.alg_name)
     if cfg.downstream_eval_steps:
         check_glue_dir(paths["glue"])
     resume_dir = _resume_dir(cfg, paths["results"])
@@ -332,9 +334,8 @@ def _append_report(run_dir: Path, report) -> None:
     path = run_dir / EDIT_REPORTS
     reports = read_json(path) if path.is_file() else []
     reports = [r for r in reports if r["batch_index"] < report.batch_index]  # a re-done batch replaces its entry
-    entry = dataclasses.asdict(report)
-    if math.isnan(entry["value_loss_mean"]):
-        entry["value_loss_mean"] = None  # every value came from the cache; NaN is not JSON
+    # NaN (e.g. no fresh value loss: every z came from the cache) is not JSON: null.
+    entry = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in dataclasses.asdict(report).items()}
     atomic_write_json(path, reports + [entry])
 
 

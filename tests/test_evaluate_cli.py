@@ -171,3 +171,27 @@ def test_run_log_receives_every_package(tmp_path):
     assert all(f"line from {name}" in text for name in PROJECT_PACKAGES)
     assert "after the run" not in text  # the handler does not outlive the run
     assert {"memit", "alphaedit", "rome", "baselines", "util"} <= set(PROJECT_PACKAGES)
+
+
+# The runner paths that differ by method: a finish() step (PRUNE), a projector cache (AlphaEdit), the
+# method's own templates (ROME), no values nor statistics (FT). NSE: the tests above; every method's
+# editor: tests/test_editor_contract.py.
+@pytest.mark.parametrize("alg", ["MEMIT_prune", "AlphaEdit", "ROME", "FT"])
+def test_methods_run_and_resume_through_the_cli(alg, tmp_path, stats_dir):
+    from experiments.algorithms import ALGORITHMS
+
+    args = dict(alg_name=alg, dataset_size_limit="2", num_edits="1", downstream_eval_steps="0",
+                skip_generation_tests="", use_cache="")
+    argv = [a.removesuffix("=") for a in _args(tmp_path, stats_dir, **args)]
+    assert evaluate(argv + ["--stop_after_batches=1"]) == 0
+    run = tmp_path / alg / "run_000"
+    assert not (run / "run_complete.json").exists()
+    assert evaluate(argv + ["--continue_from_run=run_000"]) == 0
+    assert (run / "run_complete.json").is_file() and len(list(run.glob("1_edits-case_*.json"))) == 2
+    reports = json.loads((run / "edit_reports.json").read_text())
+    assert [r["batch_index"] for r in reports] == [0, 1] and all(r["seconds"] > 0 for r in reports)
+    log = (run / "run.log").read_text()
+    assert f"{ALGORITHMS[alg].editor_class.__module__} INFO batch 1: 1 edits (2 total)" in log  # the method's own lines
+    templates = json.loads((run / "config.json").read_text())["context_templates"]
+    n_templates = None if templates is None else sum(map(len, templates))
+    assert n_templates == {"ROME": 1 + 20, "FT": None}.get(alg, 1 + 5)  # ROME: lengths [[5, 10], [10, 10]]

@@ -63,8 +63,9 @@ class FTEditor(Editor):
                 total = 0.0
                 for chunk in chunks:
                     loss = self._loss(chunk)
-                    total += float(loss) * len(chunk)
-                    if float(loss) >= STOP_LOSS:
+                    value = float(loss.detach())
+                    total += value * len(chunk)
+                    if value >= STOP_LOSS:
                         optimizer.zero_grad()
                         loss.backward()
                         optimizer.step()
