@@ -213,3 +213,17 @@ def test_misspelt_key_is_an_error_naming_it(method, tmp_path):
     path.write_text(json.dumps(data))
     with pytest.raises(HyperParamsError, match=r"unknown key\(s\) \['layerz'\]"):
         alg.hparams_class.from_json(path)
+
+
+def test_original_neox_rome_file_resolves_its_renamed_head():
+    from transformers import AutoModelForCausalLM, GPTNeoXConfig
+
+    from rome import ROMEHyperParams
+
+    hp = ROMEHyperParams.from_json(ROOT / "hparams/ROME/EleutherAI_gpt-neox-20b.json")
+    assert hp.lm_head_module == "embed_out"  # the file as shipped
+    config = GPTNeoXConfig(num_hidden_layers=44, hidden_size=16, num_attention_heads=2, intermediate_size=32,
+                           vocab_size=64)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    assert hp.resolved_for(model).lm_head_module == "lm_head"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -11,6 +12,9 @@ from util.architectures import get_module, layout_for, num_layers
 from util.hparams import HyperParams, HyperParamsError
 from util.rewrite_weights import weight_d_by_f
 
+log = logging.getLogger(__name__)
+# Module paths of the original files that transformers has since renamed (GPT-NeoX's head).
+RENAMED_PATHS = {"embed_out": "lm_head"}
 MODULE_KEYS = ("rewrite_module_tmp", "layer_module_tmp", "mlp_module_tmp", "attn_module_tmp", "ln_f_module",
                "lm_head_module")
 
@@ -41,7 +45,7 @@ class ModuleHyperParams(HyperParams):
     def resolved_for(self, model: nn.Module):
         """A copy with module paths filled in from the model's table, checked against the model."""
         layout = layout_for(model.config) if any(getattr(self, k) is None for k in MODULE_KEYS) else None
-        filled = {k: getattr(self, k) or getattr(layout, k) for k in MODULE_KEYS}
+        filled = {k: _current_path(model, getattr(self, k)) or getattr(layout, k) for k in MODULE_KEYS}
         resolved = dataclasses.replace(self, **filled)
         resolved.check_against(model)
         return resolved
@@ -76,3 +80,11 @@ class ModuleHyperParams(HyperParams):
 
     def layer_module(self, layer: int) -> str:
         return self.layer_module_tmp.format(layer)
+
+
+def _current_path(model: nn.Module, path: str | None) -> str | None:
+    """``path``, or its current name when it is a renamed one the model no longer has."""
+    if path in RENAMED_PATHS and not hasattr(model, path):
+        log.info("module %r is called %r in this transformers version", path, RENAMED_PATHS[path])
+        return RENAMED_PATHS[path]
+    return path
