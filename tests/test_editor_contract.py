@@ -128,3 +128,15 @@ def test_bad_request_fails_before_any_weight_changes(method, kind, tok, stats_di
     after = _snapshot(editor.model)
     assert all(torch.equal(before[n], after[n]) for n in before)
     assert editor.num_edits == 0 and _hooks(editor.model) == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("method", METHODS)
+def test_half_precision_weights_edit(method, dtype, tok, stats_dir):
+    """Weights stay in their dtype and finite; statistics and solves run in float32/float64 inside."""
+    model = tiny_model("llama").to(dtype)
+    editor = _editor(method, "llama", tok, stats_dir, model=model)
+    before = _snapshot(model)
+    editor.edit(REQUESTS[:2])
+    changed = [n for n, p in model.named_parameters() if not torch.equal(p, before[n])]
+    assert changed and all(p.dtype == dtype and torch.isfinite(p).all() for p in model.parameters())

@@ -53,12 +53,13 @@ class FTEditor(Editor):
 
     def _edit(self, requests: list[dict], report: FTReport) -> None:
         hp = self.hparams
-        params = list(self.weights.values())
-        optimizer = torch.optim.Adam(params, lr=hp.lr, weight_decay=self._weight_decay(len(requests)))
+        # Adam steps float32 master copies: in float16 its eps (1e-8) underflows and steps blow up.
+        masters = {k: w.detach().float().clone() for k, w in self.weights.items()}
+        optimizer = torch.optim.Adam(masters.values(), lr=hp.lr, weight_decay=self._weight_decay(len(requests)))
         chunks = [requests[s : s + hp.batch_size] for s in range(0, len(requests), hp.batch_size)]
         with frozen(self.model):
-            for p in params:
-                p.requires_grad_(True)
+            for w in self.weights.values():
+                w.requires_grad_(True)
             for epoch in range(hp.num_steps):
                 total = 0.0
                 for chunk in chunks:
@@ -66,13 +67,25 @@ class FTEditor(Editor):
                     value = float(loss.detach())
                     total += value * len(chunk)
                     if value >= STOP_LOSS:
-                        optimizer.zero_grad()
                         loss.backward()
-                        optimizer.step()
-                    self._constrain()
+                        self._step(optimizer, masters)
                 report.final_loss, report.epochs = total / len(requests), epoch + 1
                 if report.final_loss < STOP_LOSS:
                     break
+
+    @torch.no_grad()
+    def _step(self, optimizer: torch.optim.Optimizer, masters: dict[str, torch.Tensor]) -> None:
+        """One Adam step on the masters, the constraint, and the result written into the model."""
+        for k, w in self.weights.items():
+            masters[k].grad = w.grad.float()
+            w.grad = None
+        optimizer.step()
+        eps = self.hparams.norm_constraint
+        for k, w in self.weights.items():
+            if not isinstance(eps, bool):  # false: unconstrained
+                theta0 = self.original[k].to(w.device).float()
+                masters[k].copy_(torch.clamp(masters[k], min=theta0 - eps, max=theta0 + eps))
+            w.copy_(masters[k].to(w.dtype))
 
     def _loss(self, requests: list[dict]) -> torch.Tensor:
         """Mean over requests of the mean NLL of the target tokens, teacher forced."""
@@ -93,12 +106,3 @@ class FTEditor(Editor):
         log_probs = torch.log_softmax(logits[t(rows), t(positions)].float(), dim=-1)
         picked = log_probs.gather(1, t(targets)[:, None]).squeeze(1)
         return -(picked * t(weights)).sum()
-
-    @torch.no_grad()
-    def _constrain(self) -> None:
-        eps = self.hparams.norm_constraint
-        if isinstance(eps, bool):  # false: unconstrained
-            return
-        for k, w in self.weights.items():
-            theta0 = self.original[k].to(w.device)
-            w.copy_(torch.clamp(w, min=theta0 - eps, max=theta0 + eps))
