@@ -103,3 +103,18 @@ def test_edit_in_half_precision(tiny_llama_path, dtype):
 def test_missing_local_corpus_is_not_sent_to_the_hub():
     with pytest.raises(CorpusUnavailable, match=r"local statistics corpus './no/such/corpus' does not exist"):
         load_corpus_texts("./no/such/corpus", 10)
+
+
+def test_cache_file_of_a_module_does_not_depend_on_the_other_layers(tmp_path):
+    """ROME's one layer reuses C0 that a MEMIT-family run collected for its five."""
+    from helpers import tiny_model
+
+    from util.second_moment import stats_cache_paths
+
+    model = tiny_model("llama")
+    names = [f"model.layers.{l}.mlp.down_proj" for l in range(3)]
+    together = stats_cache_paths(model, names, "wikitext", 10, 32, torch.float32, tmp_path)
+    alone = stats_cache_paths(model, names[1:2], "wikitext", 10, 32, torch.float32, tmp_path)
+    assert alone[names[1]] == together[names[1]] and len(set(together.values())) == 3
+    other = tiny_model("llama", seed=1)  # other weights: another file
+    assert stats_cache_paths(other, names[1:2], "wikitext", 10, 32, torch.float32, tmp_path)[names[1]] != alone[names[1]]

@@ -128,15 +128,17 @@ def stats_cache_paths(
     cache_dir: str | Path | None,
 ) -> dict[str, Path | None]:
     """Where C0 of each module is cached (None without a cache folder). Derived statistics (e.g.
-    AlphaEdit's projectors) are stored next to these files."""
+    AlphaEdit's projectors) are stored next to these files. Each file is keyed by its own module's
+    weights, so methods editing different layer sets (ROME's one, MEMIT's five) share it."""
     from util.corpus import corpus_id
 
     if cache_dir is None:
         return {n: None for n in module_names}
     model_name = _safe(str(getattr(model.config, "_name_or_path", "") or model.config.model_type))
-    folder = Path(cache_dir) / f"{model_name}-{model_fingerprint(model, module_names)}" / _safe(corpus_id(corpus))
+    folder = Path(cache_dir) / model_name / _safe(corpus_id(corpus))
     dtype_name = str(dtype).removeprefix("torch.")
-    return {n: folder / f"{_safe(n)}_{dtype_name}_{n_samples}_{max_length}.pt" for n in module_names}
+    return {n: folder / f"{_safe(n)}-{model_fingerprint(model, [n])}_{dtype_name}_{n_samples}_{max_length}.pt"
+            for n in module_names}
 
 
 def cached_second_moments(
