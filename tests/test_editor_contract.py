@@ -140,3 +140,17 @@ def test_half_precision_weights_edit(method, dtype, tok, stats_dir):
     editor.edit(REQUESTS[:2])
     changed = [n for n, p in model.named_parameters() if not torch.equal(p, before[n])]
     assert changed and all(p.dtype == dtype and torch.isfinite(p).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "gptj", "gpt_neox", "llama", "mistral", "qwen2", "qwen3"])
+def test_every_method_finds_its_modules_on_every_architecture(arch, tok):
+    """Module paths come from util/architectures.py for every method (editing itself: the table above
+    on GPT-2 and Llama, NSE on all of these in tests/test_editor.py)."""
+    for method in METHODS:
+        editor = _editor(method, arch, tok, None)
+        assert any(w.dim() == 2 for w in editor.weights.values()), method  # FT also trains a bias
+        if hasattr(editor, "value_spec"):
+            from util.architectures import get_module
+
+            for name in (editor.value_spec.site, editor.value_spec.final_layer, editor.value_spec.lm_head):
+                get_module(editor.model, name)
