@@ -62,10 +62,10 @@ def main() -> int:
         if summary.pre is not None and "pre-edited" not in entropies:
             pre = summary.paper(summary.pre)
             entropies["pre-edited"] = case_entropies(run, "pre")
-            rows.insert(0, ("pre-edited", [pre[c].mean for c in COLUMNS], None))
+            rows.insert(0, ("pre-edited", [pre[c]["mean"] for c in COLUMNS], None))
         post = summary.paper(summary.post)
         seconds = mean(r["seconds"] for r in json.loads((run / EDIT_REPORTS).read_text()))
-        rows.append((method, [post[c].mean for c in COLUMNS], seconds))
+        rows.append((method, [post[c]["mean"] for c in COLUMNS], seconds))
     shared = set.intersection(*(set(e) for e in entropies.values())) if entropies else set()
     print(f"| | {' | '.join(COLUMNS)} | Fluency | Score | s / batch |\n|---|---|---|---|---|---|---|")
     for name, values, seconds in rows:
