@@ -3,7 +3,7 @@
     python bench/compare_methods.py --results_dir=results/compare --methods NSE MEMIT AlphaEdit ...
 
 Reads each method's newest complete run under ``<results_dir>/<ALG>/`` and prints a markdown table
-(Efficacy, Generalization, Specificity, Fluency, Score, seconds per batch) with the pre-edited row of
+(Efficacy, Generalization, Specificity, Fluency, Score, median seconds per batch) with the pre-edited row of
 the first run that has one. Fluency is averaged over the cases that carry generation metrics in
 *every* run shown, so runs with different --generation_test_interval compare on the same texts.
 """
@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from statistics import mean
+from statistics import mean, median
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from experiments.run_files import COMPLETE_MARKER, EDIT_REPORTS, RUN_PATTERN  # noqa: E402
@@ -64,7 +64,7 @@ def main() -> int:
             entropies["pre-edited"] = case_entropies(run, "pre")
             rows.insert(0, ("pre-edited", [pre[c]["mean"] for c in COLUMNS], None))
         post = summary.paper(summary.post)
-        seconds = mean(r["seconds"] for r in json.loads((run / EDIT_REPORTS).read_text()))
+        seconds = median(r["seconds"] for r in json.loads((run / EDIT_REPORTS).read_text()))
         rows.append((method, [post[c]["mean"] for c in COLUMNS], seconds))
     shared = set.intersection(*(set(e) for e in entropies.values())) if entropies else set()
     print(f"| | {' | '.join(COLUMNS)} | Fluency | Score | s / batch |\n|---|---|---|---|---|---|---|")
