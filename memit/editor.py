@@ -84,8 +84,6 @@ class MEMITEditor(Editor):
 
     # -- one batch ------------------------------------------------------------------------------
     def _edit(self, requests: list[dict], report: MEMITReport) -> None:
-        if not self._is_prepared():
-            self.prepare()
         z, losses = self._values(requests)
         report.value_loss_mean = float(sum(losses) / len(losses)) if losses else math.nan
         self._update(requests, z, report)

@@ -63,13 +63,14 @@ class ROMEEditor(Editor):
                                              hp.mom2_max_length, getattr(torch, hp.mom2_dtype), self.stats_dir,
                                              self.progress)[name]
 
+    def _is_prepared(self) -> bool:
+        return self.context_templates is not None and (self.cov is not None or not self.hparams.mom2_adjustment)
+
     def _check_requests(self, requests: list[dict]) -> None:
         for r in requests:
             fact_token_index(self.tok, r["prompt"], r["subject"], self.hparams.fact_token)
 
     def _edit(self, requests: list[dict], report: ROMEReport) -> None:
-        if self.context_templates is None or (self.hparams.mom2_adjustment and self.cov is None):
-            self.prepare()
         losses = []
         for request in requests:  # one after the other: each sees the previous requests' updates
             v_star, loss = self._value(request)

@@ -99,6 +99,10 @@ class Editor(ABC):
     def _prepare(self) -> None:
         """Work that describes the unedited model (runs inside :meth:`rewound`)."""
 
+    def _is_prepared(self) -> bool:
+        """Whether :meth:`_prepare`'s work is done (edit() prepares first otherwise)."""
+        return True
+
     def _check_requests(self, requests: list[dict]) -> None:
         """Raise a clear error for a request this method cannot edit, before any weight changes."""
 
@@ -144,6 +148,8 @@ class Editor(ABC):
         if self.finished:
             raise RuntimeError("this editor has finished (finish() was called); start a new one to edit more")
         report = self.report_class(self.num_batches, len(requests), self.num_edits + len(requests))
+        if not self._is_prepared():
+            self.prepare()
         self._edit(requests, report)
         self.num_batches += 1
         self.num_edits += len(requests)
