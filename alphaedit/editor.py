@@ -24,24 +24,25 @@ class AlphaEditEditor(MEMITEditor):
         super().__init__(model, tok, hparams, **options)
         self.projectors: dict[int, torch.Tensor] | None = None
 
-    def _is_prepared(self) -> bool:
-        return super()._is_prepared() and self.projectors is not None
+    def _needs_second_moments(self) -> bool:
+        return super()._needs_second_moments() or self.projectors is None
 
-    def _prepare(self) -> None:
-        super()._prepare()
-        if self.projectors is None:
-            hp = self.hparams
-            names = [hp.rewrite_module(l) for l in hp.layers]
-            paths = stats_cache_paths(self.model, names, hp.mom2_dataset, hp.mom2_n_samples, hp.mom2_max_length,
-                                      getattr(torch, hp.mom2_dtype), self.stats_dir)
-            self.projectors = {
-                l: cached_projector(self.cov[l], hp.nullspace_threshold, paths[hp.rewrite_module(l)]).to(
-                    self.weights[l].device)
-                for l in hp.layers
-            }
+    def _use_second_moments(self, c0: dict[int, torch.Tensor]) -> None:
+        """P from C0 per layer; the regulariser is Cp alone (C0 enters only through P)."""
+        hp = self.hparams
+        names = [hp.rewrite_module(l) for l in hp.layers]
+        paths = stats_cache_paths(self.model, names, hp.mom2_dataset, hp.mom2_n_samples, hp.mom2_max_length,
+                                  getattr(torch, hp.mom2_dtype), self.stats_dir)
+        self.projectors = {
+            l: cached_projector(c0[l], hp.nullspace_threshold, paths[hp.rewrite_module(l)]).to(self.weights[l].device)
+            for l in hp.layers
+        }
+        if self.regulariser is None:  # a resumed run brings its Cp
+            self.regulariser = {l: torch.zeros_like(c0[l], device=self.weights[l].device) for l in hp.layers}
 
     def _solve(self, layer: int, keys: torch.Tensor, residual: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
-        return projected_update(residual, keys, self.cp[layer], self.projectors[layer], self.hparams.L2)
+        cp = self._restricted(self.regulariser[layer], columns)
+        return projected_update(residual, keys, cp, self.projectors[layer], self.hparams.L2)
 
 
 def projected_update(residual: torch.Tensor, keys: torch.Tensor, cp: torch.Tensor, projector: torch.Tensor,

@@ -48,11 +48,11 @@ class MEMITEditor(Editor):
     def __init__(self, model, tok, hparams, **options) -> None:
         super().__init__(model, tok, hparams, **options)
         self.value_spec = self.hparams.value_spec(model)
-        stats_dtype = getattr(torch, self.hparams.mom2_dtype)
-        device = model_device(model)
-        self.cp = {l: torch.zeros(w.shape[1], w.shape[1], dtype=stats_dtype, device=device)
-                   for l, w in self.weights.items()} if self.accumulates_keys else {}
-        self.cov: dict[int, torch.Tensor] | None = None
+        # Per layer, on its weight's device in mom2_dtype, the one matrix its solve is regularised
+        # by: lambda * C0, plus Cp (every edited batch's K K^T) when keys accumulate. One matrix
+        # rather than C0 and Cp halves that memory, and a resumed run needs no C0.
+        self.regulariser: dict[int, torch.Tensor] | None = None
+        self._final_keys: dict[str, torch.Tensor] | None = None  # keys read after the batch's last change
 
     def _edited_weights(self) -> dict[int, torch.Tensor]:
         self.modules = {l: get_module(self.model, self.hparams.rewrite_module(l)) for l in self.hparams.layers}
@@ -66,17 +66,28 @@ class MEMITEditor(Editor):
     def _prepare(self) -> None:
         if self.context_templates is None:
             self.context_templates = self.make_context_templates(self.model, self.tok, self.hparams, self.seed)
-        if self.cov is None:
-            hp = self.hparams
-            names = [hp.rewrite_module(l) for l in hp.layers]
-            mom2 = cached_second_moments(
-                self.model, self.tok, names, hp.mom2_dataset, hp.mom2_n_samples, hp.mom2_max_length,
-                getattr(torch, hp.mom2_dtype), self.stats_dir, self.progress,
-            )
-            self.cov = {l: mom2[hp.rewrite_module(l)] for l in hp.layers}
+        if self._needs_second_moments():
+            self._use_second_moments(self._second_moments())
+
+    def _second_moments(self) -> dict[int, torch.Tensor]:
+        """C0 per edited layer, from the statistics cache (computed on the unedited weights)."""
+        hp = self.hparams
+        names = [hp.rewrite_module(l) for l in hp.layers]
+        mom2 = cached_second_moments(
+            self.model, self.tok, names, hp.mom2_dataset, hp.mom2_n_samples, hp.mom2_max_length,
+            getattr(torch, hp.mom2_dtype), self.stats_dir, self.progress,
+        )
+        return {l: mom2[hp.rewrite_module(l)] for l in hp.layers}
+
+    def _needs_second_moments(self) -> bool:
+        return self.regulariser is None
+
+    def _use_second_moments(self, c0: dict[int, torch.Tensor]) -> None:
+        lam = self.hparams.mom2_update_weight
+        self.regulariser = {l: (lam * c0[l]).to(self.weights[l].device) for l in self.hparams.layers}
 
     def _is_prepared(self) -> bool:
-        return self.context_templates is not None and self.cov is not None
+        return self.context_templates is not None and not self._needs_second_moments()
 
     def _check_requests(self, requests: list[dict]) -> None:
         for r in requests:  # a subject the tokenizer cannot find in its prompt fails before any edit
@@ -84,7 +95,8 @@ class MEMITEditor(Editor):
 
     # -- one batch ------------------------------------------------------------------------------
     def _edit(self, requests: list[dict], report: MEMITReport) -> None:
-        z, losses = self._values(requests)
+        with self.timer("values"):
+            z, losses = self._values(requests)
         report.value_loss_mean = float(sum(losses) / len(losses)) if losses else math.nan
         self._update(requests, z, report)
         self._after_batch(requests)
@@ -121,16 +133,25 @@ class MEMITEditor(Editor):
             output_module=z_name, stop_after=z_name, batch_size=self.batch_size,
         )
 
-    def _residual_norms(self, requests: list[dict], z: torch.Tensor) -> torch.Tensor:
-        """``||z_i - h_i||`` at the last edited layer, plain prompt, current weights.  (n,)"""
-        _, h = self._keys_and_z_layer_output(requests, [], [["{}"]])
-        return (z - h).norm(dim=1)
+    def _residual_norms(self, requests: list[dict], z: torch.Tensor, last: bool = False) -> torch.Tensor:
+        """``||z_i - h_i||`` at the last edited layer, plain prompt, current weights.  (n,)
+
+        ``last``: the weights will not change again in this batch, so when keys accumulate the
+        same pass (every template, every edited layer) also reads the keys ``Cp`` takes.
+        """
+        with self.timer("residual reads"):
+            if last and self.accumulates_keys:
+                self._final_keys, h = self._keys_and_z_layer_output(requests, self.hparams.layers,
+                                                                    self.context_templates)
+            else:
+                _, h = self._keys_and_z_layer_output(requests, [], [["{}"]])
+        return (z.to(h.device) - h).norm(dim=1)
 
     def _update(self, requests: list[dict], z: torch.Tensor, report: MEMITReport) -> None:
         """MEMIT: one pass over the layers with every request."""
         report.residual_mean_per_round.append(float(self._residual_norms(requests, z).mean()))
         self._update_layers(requests, z)
-        report.residual_mean_per_round.append(float(self._residual_norms(requests, z).mean()))
+        report.residual_mean_per_round.append(float(self._residual_norms(requests, z, last=True).mean()))
 
     def _update_layers(self, requests: list[dict], z: torch.Tensor) -> dict[int, int]:
         """Each layer takes its share of what is left of ``z - h``; returns columns changed per layer."""
@@ -138,12 +159,14 @@ class MEMITEditor(Editor):
         m = len(hp.layers)
         changed = {}
         for j, layer in enumerate(hp.layers):
-            keys, h = self._keys_and_z_layer_output(requests, [layer], self.context_templates)
+            with self.timer("key reads"):
+                keys, h = self._keys_and_z_layer_output(requests, [layer], self.context_templates)
             k = keys[hp.rewrite_module(layer)].T  # (f, n)
-            columns = self._columns(layer, k)
-            residual = (z - h).T / (m - j)  # (d, n): spread what is left over the remaining layers
-            delta = self._solve(layer, k[columns], residual, columns)  # (d, |columns|)
-            self._apply(layer, columns, delta)
+            with self.timer("solves"):
+                columns = self._columns(layer, k)
+                residual = (z.to(h.device) - h).T / (m - j)  # (d, n): spread what is left over the remaining layers
+                delta = self._solve(layer, k[columns], residual, columns)  # (d, |columns|)
+                self._apply(layer, columns, delta)
             changed[layer] = int(columns.numel())
         return changed
 
@@ -152,45 +175,47 @@ class MEMITEditor(Editor):
         return torch.arange(keys.shape[0], device=keys.device)
 
     def _solve(self, layer: int, keys: torch.Tensor, residual: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
-        return solve_update(residual, keys, self._regulariser(layer, columns))
+        return solve_update(residual, keys, self._restricted(self.regulariser[layer], columns))
 
     def _apply(self, layer: int, columns: torch.Tensor, delta: torch.Tensor) -> None:
+        self._final_keys = None  # keys read before this change are stale
         add_to_columns(self.modules[layer], columns, delta)
 
-    def _regulariser(self, layer: int, columns: torch.Tensor) -> torch.Tensor:
-        """``lambda * C0[S, S]`` (``+ Cp[S, S]`` when keys accumulate), float64."""
-        cov = self.cov[layer]
-        device = float64_device(cov.device)
-
-        def restrict(mat: torch.Tensor) -> torch.Tensor:
-            if columns.numel() != mat.shape[0]:
-                idx = columns.to(mat.device)
-                mat = mat.index_select(0, idx).index_select(1, idx)
-            return mat.to(device, torch.float64)
-
-        reg = self.hparams.mom2_update_weight * restrict(cov)
-        if self.accumulates_keys:
-            reg = reg + restrict(self.cp[layer])
-        return reg
+    @staticmethod
+    def _restricted(matrix: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+        """``matrix[S, S]`` in float64 on a device that has float64."""
+        if columns.numel() != matrix.shape[0]:
+            idx = columns.to(matrix.device)
+            matrix = matrix.index_select(0, idx).index_select(1, idx)
+        return matrix.to(float64_device(matrix.device), torch.float64)
 
     def _after_batch(self, requests: list[dict]) -> None:
         if self.accumulates_keys:
-            self._accumulate_keys(requests)
+            with self.timer("key accumulation"):
+                self._accumulate_keys(requests)
 
     def _accumulate_keys(self, requests: list[dict]) -> None:
-        """``Cp += K K^T`` with keys of the whole batch under the final weights."""
-        keys, _ = self._keys_and_z_layer_output(requests, self.hparams.layers, self.context_templates)
+        """``Cp += K K^T`` with keys of the whole batch under the final weights (read by the last
+        residual pass when it could, otherwise now)."""
+        keys = self._final_keys
+        if keys is None:
+            keys, _ = self._keys_and_z_layer_output(requests, self.hparams.layers, self.context_templates)
+        self._final_keys = None
         for layer in self.hparams.layers:
-            k = keys[self.hparams.rewrite_module(layer)].to(self.cp[layer].dtype)  # (n, f)
-            self.cp[layer].addmm_(k.T, k)
+            reg = self.regulariser[layer]
+            k = keys[self.hparams.rewrite_module(layer)].to(reg.device, reg.dtype)  # (n, f)
+            reg.addmm_(k.T, k)
 
     # -- persistence ----------------------------------------------------------------------------
     def _extra_state(self) -> dict[str, Any]:
-        return {"cp": {l: c.detach().to("cpu", copy=True) for l, c in self.cp.items()}}
+        if not self.accumulates_keys or self.regulariser is None:
+            return {}  # lambda * C0 alone comes back from the statistics cache
+        return {"regulariser": {l: r.detach().to("cpu", copy=True) for l, r in self.regulariser.items()}}
 
     def _load_extra_state(self, state: dict[str, Any]) -> None:
-        for l in self.cp:
-            self.cp[l] = state["cp"][l].to(self.cp[l].device, copy=True)
+        if "regulariser" in state:
+            self.regulariser = {l: state["regulariser"][l].to(self.weights[l].device, copy=True)
+                                for l in self.hparams.layers}
 
 
 class MEMITSeqEditor(MEMITEditor):

@@ -34,7 +34,8 @@ class MEMITPruneEditor(MEMITEditor):
     def _after_batch(self, requests: list[dict]) -> None:
         super()._after_batch(requests)
         if self.hparams.prune_timing == "every_batch":
-            self.restrain()
+            with self.timer("post-steps"):
+                self.restrain()
 
     def finish(self) -> None:
         if self.hparams.prune_timing == "final" and not self.finished:

@@ -5,7 +5,6 @@ import torch
 
 from memit.editor import MEMITEditor
 from memit.hparams import MEMITRectHyperParams
-from util.rewrite_weights import add_to_columns
 
 
 def rectify(delta: torch.Tensor, weight: torch.Tensor, top_percent: float) -> torch.Tensor:
@@ -30,5 +29,5 @@ class MEMITRectEditor(MEMITEditor):
 
     def _apply(self, layer: int, columns: torch.Tensor, delta: torch.Tensor) -> None:
         current = self.weights[layer][:, columns.to(self.weights[layer].device)]
-        add_to_columns(self.modules[layer], columns, rectify(delta, current, self.hparams.rect_top_percent))
+        super()._apply(layer, columns, rectify(delta, current, self.hparams.rect_top_percent))
 

@@ -44,7 +44,7 @@ class NSEEditor(MEMITEditor):
         """Rounds while residuals sit between alpha and upper_bound; the last round only measures."""
         hp = self.hparams
         for round_ in range(1, hp.max_iterations + 1):
-            residual = self._residual_norms(requests, z)
+            residual = self._residual_norms(requests, z, last=round_ == hp.max_iterations)
             active = (residual > hp.alpha) & (residual < hp.upper_bound)
             report.residual_mean_per_round.append(float(residual.mean()))
             if round_ == 1:

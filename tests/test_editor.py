@@ -54,13 +54,17 @@ def _batch_keys(editor, requests):
 def test_cp_accumulates_every_batch(tiny_llama):
     model, tok = tiny_llama
     editor = _editor(model, tok, stories_hparams(v_num_grad_steps=5))
+    editor.prepare()
+    lambda_c0 = {l: r.double().clone() for l, r in editor.regulariser.items()}
     editor.edit(REQUESTS[:2])
     k1 = _batch_keys(editor, REQUESTS[:2])  # keys under the weights after batch 1
     editor.edit(REQUESTS[2:])
     k2 = _batch_keys(editor, REQUESTS[2:])
     for l in editor.hparams.layers:
-        expected = k1[l].T @ k1[l] + k2[l].T @ k2[l]
-        assert torch.allclose(editor.cp[l].double(), expected, rtol=1e-4, atol=1e-4)
+        expected = lambda_c0[l] + k1[l].T @ k1[l] + k2[l].T @ k2[l]  # the one matrix: lambda C0 + Cp
+        scale = float(expected.abs().max())
+        assert torch.allclose(editor.regulariser[l].double(), expected, rtol=1e-4, atol=1e-6 * scale)
+        assert not torch.allclose(lambda_c0[l], expected, rtol=1e-4, atol=1e-6 * scale)  # Cp does show
     assert (editor.num_batches, editor.num_edits) == (2, 4)
 
 
@@ -80,7 +84,7 @@ def test_saved_state_resumes_identically(tiny_llama, tiny_llama_path, tmp_path):
     resumed.edit(REQUESTS[2:])
     for l, w in _weights(editor).items():
         assert torch.allclose(w, weight_d_by_f(resumed.modules[l]), atol=1e-6)
-        assert torch.allclose(editor.cp[l], resumed.cp[l], atol=1e-5)
+        assert torch.allclose(editor.regulariser[l], resumed.regulariser[l], rtol=1e-6)
 
 
 def test_load_rejects_other_layers(tiny_llama, tmp_path):
@@ -181,6 +185,6 @@ def test_state_dict_is_a_snapshot(tiny_llama):
     editor = _editor(model, tok, stories_hparams(v_num_grad_steps=3))
     editor.edit(REQUESTS[:1])
     state = editor.state_dict()
-    saved_cp = {l: c.clone() for l, c in state["cp"].items()}
+    saved_reg = {l: c.clone() for l, c in state["regulariser"].items()}
     editor.edit(REQUESTS[1:2])
-    assert all(torch.equal(state["cp"][l], saved_cp[l]) for l in saved_cp)  # later edits do not leak in
+    assert all(torch.equal(state["regulariser"][l], saved_reg[l]) for l in saved_reg)  # later edits do not leak in

@@ -55,17 +55,38 @@ def _memit_hparams(cls=MEMITHyperParams, **extra):
 
 def test_memit_seq_regulariser_includes_cp_and_memit_does_not(tiny_llama):
     _, tok = tiny_llama
-    f = 96
-    c0, cp = _spd(f).float(), _spd(f, 5.0).float()
+    f, n = 96, 5
+    c0, k = _spd(f).float(), _randn(n, f).float()
     regs = {}
     for cls in (MEMITEditor, MEMITSeqEditor):
         editor = cls(tiny_model("llama"), tok, _memit_hparams(), progress=False)
-        editor.cov = {0: c0, 1: c0}
-        if editor.cp:
-            editor.cp[0] = cp.clone()
-        regs[cls] = editor._regulariser(0, torch.arange(f))
+        editor._use_second_moments({0: c0, 1: c0})
+        editor._final_keys = {editor.hparams.rewrite_module(l): k for l in (0, 1)}
+        editor._after_batch([])  # MEMIT_seq: Cp += K K^T from the keys the last residual pass read
+        regs[cls] = editor._restricted(editor.regulariser[0], torch.arange(f))
     assert torch.allclose(regs[MEMITEditor], 3.0 * c0.double())
-    assert torch.allclose(regs[MEMITSeqEditor], 3.0 * c0.double() + cp.double())
+    assert torch.allclose(regs[MEMITSeqEditor], 3.0 * c0.double() + k.double().T @ k.double(), rtol=1e-5, atol=1e-5)
+
+
+def test_one_pass_gives_the_last_residuals_and_the_keys_cp_takes(tiny_llama, tmp_path, monkeypatch):
+    """MEMIT_seq on 2 layers reads: residuals, keys per layer, then ONE pass for the final residuals
+    and the accumulated keys (before: a fifth pass for the keys). Every phase is timed."""
+    import memit.editor as engine
+    from helpers import REQUESTS
+
+    _, tok = tiny_llama
+    calls = []
+    real = engine.compute_keys_and_outputs
+    monkeypatch.setattr(engine, "compute_keys_and_outputs", lambda *a, **kw: calls.append(a[4]) or real(*a, **kw))
+    editor = MEMITSeqEditor(tiny_model("llama"), tok, _memit_hparams(), stats_dir=tmp_path, progress=False)
+    editor.prepare()
+    before = {l: r.clone() for l, r in editor.regulariser.items()}
+    report = editor.edit(REQUESTS[:2])
+    names = [editor.hparams.rewrite_module(l) for l in (0, 1)]
+    assert calls == [[], names[:1], names[1:], names]
+    assert all(not torch.equal(before[l], editor.regulariser[l]) for l in (0, 1))  # Cp did accumulate
+    assert {"values", "residual reads", "key reads", "solves", "key accumulation"} <= report.phase_seconds.keys()
+    assert all(s >= 0 for s in report.phase_seconds.values())
 
 
 # -- AlphaEdit ---------------------------------------------------------------------------------------

@@ -116,7 +116,7 @@ def test_continuing_a_saved_model_equals_an_unbroken_run(tmp_path, stats_dir):
     a, c = _state(run_a), _state(run_c)
     assert (c["num_batches"], c["num_edits"]) == (a["num_batches"], a["num_edits"]) == (2, 4)
     assert c["context_templates"] == a["context_templates"]
-    for part in ("original", "current", "cp"):
+    for part in ("original", "current", "regulariser"):
         assert a[part].keys() == c[part].keys()
         for layer in a[part]:
             assert torch.equal(c[part][layer], a[part][layer]), (part, layer)

@@ -18,7 +18,7 @@ import logging
 import time
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Hashable, Iterator, Sequence
 
@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from util.atomic_files import save_torch_atomic
+from util.phase_timer import PhaseTimer
 from util.requests import normalize_request
 from util.value_cache import ValueCache
 
@@ -41,6 +42,8 @@ class EditReport:
     n_requests: int
     total_edits: int
     seconds: float = 0.0
+    # Wall seconds per phase ("values", "key reads", "solves", ...), accelerators synchronised.
+    phase_seconds: dict[str, float] = field(default_factory=dict)
 
     def log_line(self) -> str:
         return f"batch {self.batch_index}: {self.n_requests} edits ({self.total_edits} total) in {self.seconds:.1f}s"
@@ -81,6 +84,7 @@ class Editor(ABC):
         self.num_edits = 0
         self.finished = False
         self.last_report: EditReport | None = None
+        self.timer = PhaseTimer.for_model(model)  # a fresh one per batch; methods time their phases with it
 
     # -- what a method provides ------------------------------------------------------------
     @abstractmethod
@@ -148,9 +152,12 @@ class Editor(ABC):
         if self.finished:
             raise RuntimeError("this editor has finished (finish() was called); start a new one to edit more")
         report = self.report_class(self.num_batches, len(requests), self.num_edits + len(requests))
+        self.timer = PhaseTimer.for_model(self.model)
         if not self._is_prepared():
-            self.prepare()
+            with self.timer("preparation"):
+                self.prepare()
         self._edit(requests, report)
+        report.phase_seconds = self.timer.as_dict()
         self.num_batches += 1
         self.num_edits += len(requests)
         report.seconds = time.time() - start
