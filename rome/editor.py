@@ -73,10 +73,12 @@ class ROMEEditor(Editor):
     def _edit(self, requests: list[dict], report: ROMEReport) -> None:
         losses = []
         for request in requests:  # one after the other: each sees the previous requests' updates
-            v_star, loss = self._value(request)
+            with self.timer("values"):
+                v_star, loss = self._value(request)
             if loss is not None:
                 losses.append(loss)
-            report.update_norms.append(self._write(request, v_star))
+            with self.timer("solves"):  # k* read, u = C0^-1 k*, the rank-one write
+                report.update_norms.append(self._write(request, v_star))
         report.value_loss_mean = sum(losses) / len(losses) if losses else math.nan
 
     def _value(self, request: dict) -> tuple[torch.Tensor, float | None]:

@@ -57,7 +57,7 @@ class FTEditor(Editor):
         masters = {k: w.detach().float().clone() for k, w in self.weights.items()}
         optimizer = torch.optim.Adam(masters.values(), lr=hp.lr, weight_decay=self._weight_decay(len(requests)))
         chunks = [requests[s : s + hp.batch_size] for s in range(0, len(requests), hp.batch_size)]
-        with frozen(self.model):
+        with frozen(self.model), self.timer("training"):
             for w in self.weights.values():
                 w.requires_grad_(True)
             for epoch in range(hp.num_steps):
