@@ -29,7 +29,7 @@ from bench.flops import count_value_flops, device_peak_flops  # noqa: E402
 from experiments.algorithms import get_algorithm  # noqa: E402
 from util.requests import normalize_request  # noqa: E402
 
-DEFAULT_DATA = ROOT / "data" / "samples" / "counterfact_head.json"
+DEFAULT_DATA = ROOT / "assets" / "counterfact_test2191_first200.json"
 
 
 def parse_overrides(pairs: list[str]) -> dict:

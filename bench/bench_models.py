@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-BPE_CORPUS = ROOT / "data" / "samples" / "corpus"  # WikiText sample shipped with the repository
+BPE_CORPUS = ROOT / "assets" / "corpus"  # the WikiText sample shipped with the repository
 BPE_VOCAB = 32000
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments.run_files import STATE_FILE, read_json
+from util.editor import move_state
 
 EDIT_INFO = "editing.json"
 NO_STATE = "none"  # --load_editor_state=none: start from DIR's weights as a fresh model
@@ -50,7 +51,7 @@ def save_edited_model(model, tok, editor, out_dir: str | Path, info: dict[str, A
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
         if state_file is not None:
-            os.replace(state_file, tmp / STATE_FILE)
+            move_state(state_file, tmp / STATE_FILE)
         else:
             editor.save(tmp / STATE_FILE)
         payload = {**info, "num_batches": editor.num_batches, "num_edits": editor.num_edits, "saved": time.ctime()}

@@ -188,3 +188,24 @@ def test_state_dict_is_a_snapshot(tiny_llama):
     saved_reg = {l: c.clone() for l, c in state["regulariser"].items()}
     editor.edit(REQUESTS[1:2])
     assert all(torch.equal(state["regulariser"][l], saved_reg[l]) for l in saved_reg)  # later edits do not leak in
+
+
+def test_original_weights_are_written_once_beside_the_state(tiny_llama, tmp_path):
+    """The state file is rewritten every batch; theta0 goes to its own file only the first time."""
+    from util.editor import originals_path
+
+    model, tok = tiny_llama
+    editor = _editor(model, tok, stories_hparams(v_num_grad_steps=2))
+    editor.edit(REQUESTS[:1])
+    editor.save(tmp_path / "state.pt")
+    originals = originals_path(tmp_path / "state.pt")
+    first = originals.stat().st_mtime_ns
+    editor.edit(REQUESTS[1:2])
+    editor.save(tmp_path / "state.pt")
+    assert originals.stat().st_mtime_ns == first
+    assert "original" not in torch.load(tmp_path / "state.pt", weights_only=True)
+    saved = torch.load(originals, weights_only=True)
+    assert all(torch.equal(saved[k], w) for k, w in editor.original.items())
+    originals.unlink()
+    with pytest.raises(FileNotFoundError, match="original weights"):
+        _editor(model, tok, stories_hparams(v_num_grad_steps=2)).load(tmp_path / "state.pt")

@@ -14,6 +14,7 @@ from experiments.algorithms import get_algorithm
 from experiments.evaluate import main as evaluate
 from experiments.run_files import STATE_FILE
 from experiments.saved_model import EDIT_INFO, save_dir_problem, save_edited_model
+from util.editor import originals_path
 from util.model_loading import load_model_and_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,7 +79,8 @@ def stats_dir(tmp_path_factory):
 
 
 def _state(run: Path) -> dict:
-    return torch.load(run / STATE_FILE, weights_only=True)
+    state = torch.load(run / STATE_FILE, weights_only=True)
+    return {**state, "original": torch.load(originals_path(run / STATE_FILE), weights_only=True)}
 
 
 def _posts(run: Path) -> dict[str, dict]:

@@ -15,6 +15,7 @@ and loads them atomically, so every method resumes the same way.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
@@ -31,7 +32,7 @@ from util.requests import normalize_request
 from util.value_cache import ValueCache
 
 log = logging.getLogger(__name__)
-STATE_VERSION = 2
+STATE_VERSION = 3  # 3: originals in their own file, lambda C0 + Cp as one matrix
 
 
 @dataclass
@@ -77,6 +78,7 @@ class Editor(ABC):
         self.context_templates = context_templates
         self.value_cache = value_cache
         self.weights = self._edited_weights()
+        _refuse_offloaded(model, self.weights)
         # --conserve_memory keeps the copy of the original weights in host memory.
         keep_on = torch.device("cpu") if originals_on_cpu else None
         self.original = {k: w.detach().to(keep_on, copy=True) for k, w in self.weights.items()}
@@ -85,6 +87,7 @@ class Editor(ABC):
         self.finished = False
         self.last_report: EditReport | None = None
         self.timer = PhaseTimer.for_model(model)  # a fresh one per batch; methods time their phases with it
+        self._originals_saved_to: Path | None = None
 
     # -- what a method provides ------------------------------------------------------------
     @abstractmethod
@@ -206,8 +209,51 @@ class Editor(ABC):
         self._load_extra_state(state)
 
     def save(self, path: str | Path) -> None:
-        """Atomic: a crash while saving leaves the previous file intact."""
-        save_torch_atomic(self.state_dict(), path)
+        """Atomic: a crash while saving leaves the previous file intact.
+
+        The original weights go to :func:`originals_path` beside it, written once per file name
+        rather than every batch (on an 8B model they are hundreds of MB that never change).
+        """
+        path = Path(path)
+        state = self.state_dict()
+        originals, target = state.pop("original"), originals_path(path)
+        if self._originals_saved_to != target or not target.is_file():
+            save_torch_atomic(originals, target)
+            self._originals_saved_to = target
+        save_torch_atomic(state, path)
 
     def load(self, path: str | Path) -> None:
-        self.load_state_dict(torch.load(path, weights_only=True))
+        path = Path(path)
+        state = torch.load(path, weights_only=True)
+        if state.get("version") == STATE_VERSION:  # older versions fail in load_state_dict, saying why
+            originals = originals_path(path)
+            if not originals.is_file():
+                raise FileNotFoundError(f"{path} needs the original weights in {originals} (written once per run "
+                                        "beside it), which is missing; copy or move both files together")
+            state["original"] = torch.load(originals, weights_only=True)
+            self._originals_saved_to = originals
+        self.load_state_dict(state)
+
+
+def _refuse_offloaded(model: nn.Module, weights: dict[Hashable, torch.Tensor]) -> None:
+    """A device map that offloads a module leaves its weight on 'meta' (the real one is loaded per
+    forward); an edit there would write nowhere."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    offloaded = [names.get(id(w if w._base is None else w._base), str(k)) for k, w in weights.items()
+                 if w.device.type == "meta"]
+    if offloaded:
+        raise ValueError(f"edited weights {offloaded} are offloaded by the device map (on 'meta'); give their "
+                         "layers a GPU or 'cpu' in the device map, or use fewer/larger devices (--device_map)")
+
+
+def originals_path(state_path: str | Path) -> Path:
+    """Where :meth:`Editor.save` keeps the original weights of the state file ``state_path``."""
+    state_path = Path(state_path)
+    return state_path.with_name(f"{state_path.stem}.original{state_path.suffix}")
+
+
+def move_state(src: str | Path, dst: str | Path) -> None:
+    """Move a saved editor state and its original weights (originals first: a state file is never
+    without them)."""
+    os.replace(originals_path(src), originals_path(dst))
+    os.replace(src, dst)

@@ -33,12 +33,16 @@ def read_at_fact_tokens(
         seqs = [encode(tok, fill_prompt(prompts[i], subjects[i])) for i in chunk]
         index = [fact_token_index(tok, prompts[i], subjects[i], fact_token) for i in chunk]
         ids, mask = pad(seqs, pad_token_id(tok))
-        rows = torch.arange(len(seqs), device=device)
-        cols = padded_positions(index, mask).to(device)
+        rows, cols = torch.arange(len(seqs)), padded_positions(index, mask)
         with capture(model, input_of=input_of, output_of=output_of) as seen:
             forward_until(model, stop_after, input_ids=ids.to(device), attention_mask=mask.to(device))
-        for name in input_of:
-            ins[name].append(seen.inputs[name][rows, cols])
+        for name in input_of:  # each module's tensors stay on its device (models split by a device map)
+            ins[name].append(_at(seen.inputs[name], rows, cols))
         for name in output_of:
-            outs[name].append(seen.outputs[name][rows, cols])
+            outs[name].append(_at(seen.outputs[name], rows, cols))
     return {n: torch.cat(v) for n, v in ins.items()}, {n: torch.cat(v) for n, v in outs.items()}
+
+
+def _at(hidden: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """``hidden[rows, cols]`` on the hidden state's own device."""
+    return hidden[rows.to(hidden.device), cols.to(hidden.device)]
