@@ -164,7 +164,8 @@ class MEMITEditor(Editor):
             k = keys[hp.rewrite_module(layer)].T  # (f, n)
             with self.timer("solves"):
                 columns = self._columns(layer, k)
-                residual = (z.to(h.device) - h).T / (m - j)  # (d, n): spread what is left over the remaining layers
+                # (d, n): what is left, spread over the remaining layers; solved where the layer lives
+                residual = ((z.to(h.device) - h).T / (m - j)).to(k.device)
                 delta = self._solve(layer, k[columns], residual, columns)  # (d, |columns|)
                 self._apply(layer, columns, delta)
             changed[layer] = int(columns.numel())
