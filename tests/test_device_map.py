@@ -49,7 +49,7 @@ def test_offloaded_weights_are_refused_by_name(tiny_llama):
     write nowhere, so the editor says which module and what to do."""
     _, tok = tiny_llama
     model = tiny_model("llama")
-    hp = stories_hparams(layers=[0, 1])
+    hp = stories_hparams(layers=[0, 1], v_loss_layer=2)
     mlp = model.model.layers[1].mlp
     mlp.down_proj.weight = torch.nn.Parameter(torch.empty_like(mlp.down_proj.weight, device="meta"))
     with pytest.raises(ValueError, match=r"model\.layers\.1\.mlp\.down_proj.*offloaded"):
