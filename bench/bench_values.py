@@ -1,6 +1,6 @@
 """Batched vs one-request-at-a-time value optimisation (wall time on this machine).
 
-    python bench/bench_values.py [--model ../shared/models/tinystories-260k-llama] [--n 16]
+    python bench/bench_values.py [--model assets/tinystories-260k-llama] [--n 16]
 
 Both paths compute the same z (tests/test_values.py pins that); this measures what batching buys.
 """
@@ -27,11 +27,11 @@ TEMPLATES = [["{}"], ["The day was warm. {}", "Therefore it was. {}", "Because o
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="../shared/models/tinystories-260k-llama")
+    ap.add_argument("--model", default="assets/tinystories-260k-llama")
     ap.add_argument("--hparams", default="hparams/NSE/tinystories-260k.json")
     ap.add_argument("--n", type=int, default=16)
     ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--data", default="../shared/data/counterfact_test2191.json")
+    ap.add_argument("--data", default="assets/counterfact_test2191_first200.json")
     args = ap.parse_args()
     model, tok = load_model_and_tokenizer(args.model)
     hp = dataclasses.replace(NSEHyperParams.from_json(args.hparams), v_num_grad_steps=args.steps).resolved_for(model).value_spec(model)

@@ -45,7 +45,7 @@ def main() -> None:
     ap.add_argument("--cases", type=int, default=16)
     ap.add_argument("--offset", type=int, default=100)
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--data", default="../shared/data/counterfact_test2191.json")
+    ap.add_argument("--data", default="assets/counterfact_test2191_first200.json")
     args = ap.parse_args()
     torch.manual_seed(0)
     model, tok = load_smollm2()

@@ -1,4 +1,4 @@
-"""Shared fixtures: the ../shared folder beside the checkout and the tiny real Llama."""
+"""Shared fixtures: the data and tiny real Llama shipped in assets/, and no network."""
 from __future__ import annotations
 
 import os
@@ -12,19 +12,12 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-SHARED = ROOT.parent / "shared"
-TINY_LLAMA = SHARED / "models" / "tinystories-260k-llama"
 
 
 @pytest.fixture(scope="session")
-def shared_dir() -> Path:
-    if not SHARED.is_dir():
-        pytest.fail(f"tests need the shared material at {SHARED} (clone the repo beside ../shared)")
-    return SHARED
+def tiny_llama_path() -> Path:
+    from helpers import TINY_LLAMA
 
-
-@pytest.fixture(scope="session")
-def tiny_llama_path(shared_dir: Path) -> Path:
     return TINY_LLAMA
 
 

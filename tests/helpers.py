@@ -20,7 +20,14 @@ from nse import NSEHyperParams
 from util.tokens import encode, encode_target
 
 ROOT = Path(__file__).resolve().parents[1]
-CORPUS = str(ROOT.parent / "shared" / "data" / "corpus")
+# Real data shipped with the checkout (assets/SOURCES.md): the tests need nothing beside it.
+ASSETS = ROOT / "assets"
+TINY_LLAMA = ASSETS / "tinystories-260k-llama"
+COUNTERFACT = ASSETS / "counterfact_test2191_first200.json"
+ZSRE = ASSETS / "zsre_mend_eval_head.json"
+KNOWNS = ASSETS / "known_1000.json"
+CORPUS = str(ASSETS / "corpus")
+TASKS_DIR = ROOT / "experiments" / "downstream" / "data"  # the general-capability task files
 VOCAB = 512  # the stories260K tokenizer's vocabulary, reused for every tiny model
 
 

@@ -6,13 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import CORPUS, COUNTERFACT, TASKS_DIR, TINY_LLAMA
 
 import summarize
 from experiments.evaluate import main as evaluate
 from experiments.metrics.summary import summarize_cases
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
 TF_KEYS = ("rewrite_prompts_probs", "paraphrase_prompts_probs", "neighborhood_prompts_probs",
            "rewrite_prompts_correct", "paraphrase_prompts_correct", "neighborhood_prompts_correct")
 
@@ -27,10 +27,10 @@ def small_hparams(folder: Path) -> Path:
 
 def _args(results: Path, stats: Path, **extra) -> list[str]:
     base = {
-        "alg_name": "NSE", "model_name": str(SHARED / "models/tinystories-260k-llama"),
+        "alg_name": "NSE", "model_name": str(TINY_LLAMA),
         "hparams_fname": str(small_hparams(stats)), "ds_name": "mcf",
-        "ds_file": str(SHARED / "data/counterfact_test2191.json"), "dataset_size_limit": "6", "num_edits": "2",
-        "mom2_dataset": str(SHARED / "data/corpus"), "glue_dir": str(SHARED / "data/glue"),
+        "ds_file": str(COUNTERFACT), "dataset_size_limit": "6", "num_edits": "2",
+        "mom2_dataset": CORPUS, "glue_dir": str(TASKS_DIR),
         "skip_generation_tests": None, "results_dir": str(results), "stats_dir": str(stats),
         "data_dir": str(results / "no_data"),
     }
@@ -66,7 +66,7 @@ def _case_posts(run: Path) -> dict[str, dict]:
 
 
 def _record_ids(n: int) -> list[int]:
-    records = json.loads((SHARED / "data/counterfact_test2191.json").read_text())
+    records = json.loads(COUNTERFACT.read_text())
     return [r["case_id"] for r in records[:n]]
 
 

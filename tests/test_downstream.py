@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from helpers import TASKS_DIR
 from torch import nn
 
 from experiments.downstream import (
@@ -151,9 +152,9 @@ def test_long_prompts_are_truncated_to_the_model_context(tmp_path):
 
 
 @pytest.mark.parametrize("name", list(TASKS))
-def test_real_task_files_parse_with_declared_labels(shared_dir, name):
+def test_real_task_files_parse_with_declared_labels(name):
     task = TASKS[name]
-    records = load_records(task, shared_dir / "data" / "glue")  # raises on a label outside the set
+    records = load_records(task, TASKS_DIR)  # raises on a label outside the set
     golds = {task.gold_index(r) for r in records}
     assert golds == set(range(len(task.labels))), "every declared class should occur"
     assert all(task.prompt(r).endswith(ANSWER_CUE) for r in records)
@@ -169,10 +170,10 @@ def test_default_tasks_are_in_the_table():
     assert set(DEFAULT_TASKS) <= set(TASKS)
 
 
-def test_label_words_continue_the_prompt_as_joint_tokenization_would(shared_dir, tiny_llama):
+def test_label_words_continue_the_prompt_as_joint_tokenization_would(tiny_llama):
     _, tok = tiny_llama
     for task in TASKS.values():
-        record = load_records(task, shared_dir / "data" / "glue")[0]
+        record = load_records(task, TASKS_DIR)[0]
         prompt = task.prompt(record)
         for word in task.label_words:
             assert encode(tok, prompt) + continuation_ids(tok, word) == encode(tok, prompt + word), (task.name, word)
@@ -182,9 +183,9 @@ def test_label_words_continue_the_prompt_as_joint_tokenization_would(shared_dir,
 # The tiny real model, end to end
 
 
-def test_tiny_model_all_tasks_in_range_and_result_file(shared_dir, tiny_llama, tmp_path):
+def test_tiny_model_all_tasks_in_range_and_result_file(tiny_llama, tmp_path):
     model, tok = tiny_llama
-    result = run_downstream_eval(model, tok, shared_dir / "data" / "glue", tasks=tuple(TASKS), n_per_task=8,
+    result = run_downstream_eval(model, tok, TASKS_DIR, tasks=tuple(TASKS), n_per_task=8,
                                  batch_size=16, progress=False)
     assert set(result) == set(TASKS)
     for name, metrics in result.items():

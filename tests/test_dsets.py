@@ -1,4 +1,4 @@
-"""Dataset loaders: real records from ../shared/data, the zsRE conversion, and bad-input errors."""
+"""Dataset loaders: real records shipped in assets/, the zsRE conversion, and bad-input errors."""
 from __future__ import annotations
 
 import json
@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import COUNTERFACT, KNOWNS, ZSRE
 
 import dsets
 from dsets import (
@@ -118,9 +119,9 @@ def test_failed_download_leaves_no_partial_file(tmp_path):
 # --- CounterFact ---------------------------------------------------------------------------
 
 
-def test_counterfact_real_records(shared_dir):
-    ds = CounterFactDataset(shared_dir / "data" / "counterfact_test2191.json")
-    assert len(ds) == 2191
+def test_counterfact_real_records():
+    ds = CounterFactDataset(COUNTERFACT)
+    assert len(ds) == 200 and ds[-1]["case_id"] == 2213  # the first 200 of counterfact_test2191.json
     first = ds[0]
     assert first["case_id"] == 13
     assert first["requested_rewrite"]["prompt"] == "{}, developed by"
@@ -129,7 +130,7 @@ def test_counterfact_real_records(shared_dir):
     assert first["requested_rewrite"]["target_true"] == {"str": "Ferrari", "id": "Q27586"}
     assert len(first["paraphrase_prompts"]) == 2 and len(first["neighborhood_prompts"]) == 10
     assert [r["case_id"] for r in ds[:3]] == [13, 18, 37]
-    assert len(CounterFactDataset(shared_dir / "data" / "counterfact_test2191.json", size=7)) == 7
+    assert len(CounterFactDataset(COUNTERFACT, size=7)) == 7
 
 
 def test_counterfact_from_data_folder_single_and_multi(tmp_path, offline):
@@ -182,18 +183,18 @@ def test_explicit_json_path_is_never_downloaded(tmp_path, offline):
 # --- zsRE ----------------------------------------------------------------------------------
 
 
-def test_zsre_real_records_load(shared_dir, tiny_tok):
-    ds = ZsreDataset(shared_dir / "data" / "zsre_mend_eval_head.json", tiny_tok)
+def test_zsre_real_records_load(tiny_tok):
+    ds = ZsreDataset(ZSRE, tiny_tok)
     assert len(ds) == 452
     assert [r["case_id"] for r in ds[:3]] == [0, 1, 2]
     last = ds[451]
     assert last["requested_rewrite"]["subject"] == "Timmy Martin"
     assert last["requested_rewrite"]["prompt"].count("{}") == 1
-    assert len(ZsreDataset(shared_dir / "data" / "zsre_mend_eval_head.json", tiny_tok, size=4)) == 4
+    assert len(ZsreDataset(ZSRE, tiny_tok, size=4)) == 4
 
 
-def test_zsre_conversion_field_by_field(shared_dir, tiny_tok):
-    case = ZsreDataset(shared_dir / "data" / "zsre_mend_eval_head.json", tiny_tok, size=1)[0]
+def test_zsre_conversion_field_by_field(tiny_tok):
+    case = ZsreDataset(ZSRE, tiny_tok, size=1)[0]
     assert case["case_id"] == 0
     assert case["requested_rewrite"] == {
         "prompt": "What university did {} attend?",
@@ -265,11 +266,11 @@ def test_zsre_folder_and_registry(tmp_path, tiny_tok, offline):
 # --- knowns, snippets, TF-IDF ----------------------------------------------------------------
 
 
-def test_knowns_real_file(shared_dir, tmp_path):
-    ds = KnownsDataset(shared_dir / "data" / "known_1000.json")
+def test_knowns_real_file(tmp_path):
+    ds = KnownsDataset(KNOWNS)
     assert len(ds) == 1209
     assert ds[0]["subject"] == "Vinson Massif" and ds[0]["prompt"] == "Vinson Massif is located in the continent of"
-    shutil.copy(shared_dir / "data" / "known_1000.json", tmp_path / "known_1000.json")
+    shutil.copy(KNOWNS, tmp_path / "known_1000.json")
     assert len(KnownsDataset(tmp_path, size=10)) == 10
 
 

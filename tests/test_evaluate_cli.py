@@ -5,20 +5,21 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import COUNTERFACT, TINY_LLAMA, ZSRE
 
 from experiments.evaluate import main as evaluate
 from experiments.summarize_runs import summarize_run
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
 
 
 def _args(results: Path, stats: Path, **extra) -> list[str]:
     base = {
-        "alg_name": "NSE", "model_name": str(SHARED / "models/tinystories-260k-llama"),
+        "alg_name": "NSE", "model_name": str(TINY_LLAMA),
         "hparams_fname": "tinystories-260k.json", "ds_name": "mcf",
-        "ds_file": str(SHARED / "data/counterfact_test2191.json"), "dataset_size_limit": "20", "num_edits": "5",
-        "mom2_dataset": str(SHARED / "data/corpus"),  # the task files: the shipped ones, as in README
+        "ds_file": str(COUNTERFACT), "dataset_size_limit": "20", "num_edits": "5",
+        # No --mom2_dataset or --glue_dir: the hparams name the shipped corpus and the shipped task
+        # files are the default, as in the README's offline example.
         "downstream_eval_steps": "2", "downstream_n_per_task": "4", "generation_test_interval": "10",
         "results_dir": str(results), "stats_dir": str(stats), "data_dir": str(results / "no_data"),
     }
@@ -96,7 +97,7 @@ def test_killed_run_continues_to_the_same_results(unbroken, tmp_path, stats_dir)
 
 
 def test_zsre_run(tmp_path, stats_dir):
-    args = _args(tmp_path, stats_dir, ds_name="zsre", ds_file=str(SHARED / "data/zsre_mend_eval_head.json"),
+    args = _args(tmp_path, stats_dir, ds_name="zsre", ds_file=str(ZSRE),
                  dataset_size_limit="4", num_edits="2", downstream_eval_steps="0")
     assert evaluate(args) == 0
     case = json.loads(next((tmp_path / "NSE" / "run_000").glob("2_edits-case_*.json")).read_text())
@@ -134,7 +135,7 @@ def test_dataset_not_json(tmp_path, capsys, stats_dir):
 
 
 def test_prompt_without_braces(tmp_path, capsys, stats_dir):
-    records = json.loads((SHARED / "data/counterfact_test2191.json").read_text())[:3]
+    records = json.loads(COUNTERFACT.read_text())[:3]
     records[1]["requested_rewrite"]["prompt"] = "The mother tongue of Danielle Darrieux is"
     bad = tmp_path / "cf.json"
     bad.write_text(json.dumps(records))

@@ -1,4 +1,5 @@
 """Each method's math on small matrices (and, where it needs an editor, a tiny model)."""
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -20,7 +21,11 @@ from util.closed_form import solve_update
 from util.hparams import HyperParamsError
 
 ROOT = Path(__file__).resolve().parents[1]
-ORIGINALS = sorted((ROOT.parent / "shared" / "data" / "original_hparams").glob("*/*.json"))
+# The original project's hyperparameter files (jianghoucheng/NSE @ 9ef65736, hparams/) by the sha256
+# of the upstream bytes: `cd hparams && sha256sum -c ORIGINALS.sha256` checks them too.
+MANIFEST = (ROOT / "hparams/ORIGINALS.sha256").read_text().splitlines()
+ORIGINALS = {name: digest for digest, name in map(str.split, MANIFEST)}
+OURS = {"SmolLM2-135M.json", "tinystories-260k.json"}  # this project's own file in each method folder
 G = torch.Generator().manual_seed(0)
 
 
@@ -210,18 +215,24 @@ def test_original_neuron_rule_matches_the_official_formula():
 
 
 # -- hyperparameter files -----------------------------------------------------------------------------
-@pytest.mark.parametrize("path", ORIGINALS, ids=[f"{p.parent.name}/{p.name}" for p in ORIGINALS])
-def test_every_original_file_loads_verbatim(path, caplog):
-    algs = [a for a in ALGORITHMS.values() if a.hparams_dir == path.parent.name]
-    assert algs, f"no method reads {path.parent.name}"
-    shipped = ROOT / "hparams" / path.parent.name / path.name
-    assert json.loads(shipped.read_text()) == json.loads(path.read_text())  # shipped verbatim
+@pytest.mark.parametrize("name", sorted(ORIGINALS))
+def test_every_original_file_loads_verbatim(name, caplog):
+    shipped = ROOT / "hparams" / name
+    algs = [a for a in ALGORITHMS.values() if a.hparams_dir == shipped.parent.name]
+    assert algs, f"no method reads {shipped.parent.name}"
+    assert hashlib.sha256(shipped.read_bytes()).hexdigest() == ORIGINALS[name]  # shipped verbatim
+    original = json.loads(shipped.read_text())
     with caplog.at_level(logging.INFO, logger="util.hparams"):
         for alg in algs:
             hp = alg.hparams_class.from_json(shipped)
-            assert hp.layers == json.loads(path.read_text())["layers"]
-    if "model_name" in json.loads(path.read_text()):
+            assert hp.layers == original["layers"]
+    if "model_name" in original:
         assert "ignores key(s)" in caplog.text and "model_name" in caplog.text
+
+
+def test_every_hparams_file_is_an_original_or_ours():
+    names = {p.relative_to(ROOT / "hparams").as_posix() for p in (ROOT / "hparams").glob("*/*.json")}
+    assert len(ORIGINALS) == 24 and {n for n in names if n.split("/")[1] not in OURS} == set(ORIGINALS)
 
 
 @pytest.mark.parametrize("method", sorted(ALGORITHMS))

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from helpers import ZSRE_POSTS, cf_post
+from helpers import COUNTERFACT, ZSRE_POSTS, cf_post
 
 from dsets import AttributeSnippets, vectorizer_from_stats
 from experiments.metrics import (
@@ -229,7 +229,7 @@ def test_collapsed_text_has_lower_entropy():
 
 def test_generation_greedy_batch_matches_known_output(tiny_llama):
     model, tok = tiny_llama
-    # Greedy continuations of stories260K recorded in ../shared/data/SOURCES.md.
+    # Greedy continuations of stories260K recorded in assets/SOURCES.md.
     known = {
         "Once upon a time": "Once upon a time, there was a little girl named Lily. She loved to play outside in "
                             "the park. One day, she saw a big, red ball.",
@@ -302,11 +302,11 @@ def test_tfidf_similarity_hand_computed():
 # --- the full CounterFact case on a real model -----------------------------------------------------
 
 
-def test_counterfact_case_with_generation_on_tiny_llama(tiny_llama, shared_dir):
+def test_counterfact_case_with_generation_on_tiny_llama(tiny_llama):
     from dsets import CounterFactDataset, fit_tfidf
 
     model, tok = tiny_llama
-    record = CounterFactDataset(shared_dir / "data" / "counterfact_test2191.json", size=1)[0]
+    record = CounterFactDataset(COUNTERFACT, size=1)[0]
     snips = AttributeSnippets.from_records([
         {"relation_id": "P176", "target_id": "Q2283",
          "samples": [{"name": "Windows 10", "text": "Windows 10 is an operating system made by Microsoft."}]},

@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from helpers import CORPUS, ROOT, target_nll
+from helpers import CORPUS, COUNTERFACT, ROOT, target_nll
 
 from nse import NSEEditor, NSEHyperParams
 from util.tokens import encode
@@ -16,7 +16,7 @@ from util.tokens import encode
 DARRIEUX = {"case_id": 0, "prompt": "The mother tongue of {} is", "subject": "Danielle Darrieux",
             "target_new": {"str": "English"}, "target_true": {"str": "French"}}
 NEIGHBOUR = "The mother tongue of Léon Blum is"
-MORE_CASE_IDS = (13, 18)  # Ferrari F40 -> Microsoft, Porsche 911 -> Honda (counterfact_test2191.json)
+MORE_CASE_IDS = (13, 18)  # Ferrari F40 -> Microsoft, Porsche 911 -> Honda (assets/counterfact_test2191_first200.json)
 
 
 @pytest.fixture(scope="module")
@@ -35,14 +35,14 @@ def _greedy(model, tok, prompt: str, n: int = 2) -> str:
     return tok.decode(out[0, ids.shape[1]:])
 
 
-def _requests(shared_dir) -> list[dict]:
-    records = {r["case_id"]: r for r in json.loads((shared_dir / "data/counterfact_test2191.json").read_text())}
+def _requests() -> list[dict]:
+    records = {r["case_id"]: r for r in json.loads(COUNTERFACT.read_text())}
     return [DARRIEUX] + [{"case_id": c, **records[c]["requested_rewrite"]} for c in MORE_CASE_IDS]
 
 
-def test_smollm2_learns_new_facts_and_keeps_a_neighbour(smollm2, shared_dir, tmp_path):
+def test_smollm2_learns_new_facts_and_keeps_a_neighbour(smollm2, tmp_path):
     model, tok = smollm2
-    requests = _requests(shared_dir)
+    requests = _requests()
     prompts = [r["prompt"].replace("{}", r["subject"]) for r in requests]
     assert _greedy(model, tok, prompts[0]).startswith(" French")  # the model knows Darrieux's language
     for prompt, r in zip(prompts, requests):  # and none of the new targets is its answer yet

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import REQUESTS, stories_hparams
+from helpers import CORPUS, COUNTERFACT, REQUESTS, TINY_LLAMA, stories_hparams
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from experiments.algorithms import get_algorithm
@@ -18,8 +18,7 @@ from util.editor import originals_path
 from util.model_loading import load_model_and_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
-TINY = SHARED / "models/tinystories-260k-llama"
+TINY = TINY_LLAMA
 TEXT = "Once upon a time, Lily liked to eat apples, and her favourite colour was red."
 
 
@@ -65,8 +64,8 @@ def small_hparams(folder: Path) -> Path:
 def _args(results: Path, stats: Path, **extra) -> list[str]:
     base = {
         "alg_name": "NSE", "model_name": str(TINY), "hparams_fname": str(small_hparams(stats)), "ds_name": "mcf",
-        "ds_file": str(SHARED / "data/counterfact_test2191.json"), "dataset_size_limit": "4", "num_edits": "2",
-        "mom2_dataset": str(SHARED / "data/corpus"), "skip_generation_tests": None, "results_dir": str(results),
+        "ds_file": str(COUNTERFACT), "dataset_size_limit": "4", "num_edits": "2",
+        "mom2_dataset": CORPUS, "skip_generation_tests": None, "results_dir": str(results),
         "stats_dir": str(stats), "data_dir": str(results / "no_data"),
     }
     base.update(extra)

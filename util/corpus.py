@@ -29,7 +29,7 @@ def local_path(spec: str) -> Path | None:
     """The local file/folder ``spec`` names, or None for a hub name.
 
     Relative paths are tried from the current folder, then from the repository root (the shipped
-    hparams name ``../shared/data/corpus`` that way). Anything that looks like a path but exists
+    hparams name ``assets/corpus`` that way, so they work from any folder). Anything that looks like a path but exists
     nowhere is an error, not a hub lookup with a misleading message.
     """
     path = Path(spec).expanduser()
@@ -109,5 +109,5 @@ def _read_hub(spec: str, n_samples: int) -> list[str]:
         raise CorpusUnavailable(
             f"could not load the statistics corpus {spec!r} from the Hugging Face hub "
             f"({type(err).__name__}: {err}). Offline, point mom2_dataset (hparams) or --mom2_dataset "
-            "at a local .txt/.jsonl/.json file or a folder of them, e.g. ../shared/data/corpus/"
+            "at a local .txt/.jsonl/.json file or a folder of them, e.g. assets/corpus (shipped: WikiText)"
         ) from None
