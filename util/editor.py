@@ -15,6 +15,7 @@ and loads them atomically, so every method resumes the same way.
 from __future__ import annotations
 
 import logging
+import pickle
 import time
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
@@ -31,6 +32,29 @@ from util.value_cache import ValueCache
 
 log = logging.getLogger(__name__)
 STATE_VERSION = 2
+
+
+class EditorStateError(ValueError):
+    """An editor state file that cannot be read or does not fit this editor; the message names it."""
+
+
+def read_state(path: str | Path, mmap: bool = False) -> dict[str, Any]:
+    """The state dict saved in ``path``; a damaged or truncated file is an :class:`EditorStateError`.
+
+    Saves are atomic, so such a file was damaged after it was written (a copy cut short, a bad disk).
+    """
+    try:
+        state = torch.load(path, weights_only=True, mmap=mmap)
+    except FileNotFoundError:
+        raise EditorStateError(f"editor state {path} does not exist") from None
+    # torch's zip reader reports a cut file as RuntimeError; an older pickle format as EOF/Unpickling
+    except (RuntimeError, EOFError, pickle.UnpicklingError, OSError) as err:
+        raise EditorStateError(f"editor state {path} is damaged or truncated ({type(err).__name__}: "
+                               f"{str(err).splitlines()[0][:200] if str(err) else ''}); restore it from a copy, "
+                               "or start afresh without it (a new run, or --load_editor_state=none)") from None
+    if not isinstance(state, dict) or "num_edits" not in state:
+        raise EditorStateError(f"{path} is not an editor state (no 'num_edits'); is it the right file?")
+    return state
 
 
 @dataclass
@@ -203,4 +227,8 @@ class Editor(ABC):
         save_torch_atomic(self.state_dict(), path)
 
     def load(self, path: str | Path) -> None:
-        self.load_state_dict(torch.load(path, weights_only=True))
+        state = read_state(path)
+        try:
+            self.load_state_dict(state)
+        except (ValueError, KeyError) as err:  # another method, model, dtype or code version
+            raise EditorStateError(f"editor state {path} does not fit this run: {err}") from None
