@@ -28,6 +28,11 @@ def default_device() -> str:
     return "cpu"
 
 
+def check_dtype(dtype: str) -> None:
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"--dtype={dtype!r} is not one of {', '.join(DTYPES)}")
+
+
 def check_device(name: str | None) -> str:
     """``name`` (or the default device) if it exists here; otherwise a ModelLoadError saying what does."""
     if name is None:
@@ -93,8 +98,7 @@ def load_model_and_tokenizer(name: str, device: str | None = None, dtype: str = 
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if dtype not in DTYPES:
-        raise ModelLoadError(f"--dtype={dtype!r} is not one of {sorted(DTYPES)}")
+    check_dtype(dtype)
     device = check_device(device)
     check_model_source(name)
     path = Path(name).expanduser()
