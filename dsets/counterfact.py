@@ -13,6 +13,7 @@ from typing import Any
 from dsets.records import (
     DatasetFormatError,
     RecordList,
+    check_kind,
     check_size,
     locate,
     read_json_list,
@@ -73,6 +74,7 @@ class CounterFactDataset(RecordList):
         check_size(size)
         path = locate(data_dir, MCF_FILE if multi else CF_FILE)
         records = read_json_list(path, "CounterFact")[:size]
+        check_kind(records, path, "CounterFact")
         seen: set[Any] = set()
         for index, record in enumerate(records):
             validate_counterfact_record(record, path, index)

@@ -51,6 +51,32 @@ def read_json_list(path: Path, what: str) -> list[Any]:
     return data
 
 
+# The key that tells each kind of edit dataset apart, and the --ds_name values that read it.
+KINDS = {"CounterFact": ("requested_rewrite", "mcf or cf"), "zsRE": ("src", "zsre")}
+
+
+def record_kind(record: Any) -> str | None:
+    """Which kind of edit dataset a raw record belongs to (a KINDS key), or None."""
+    if isinstance(record, dict):
+        for kind, (key, _) in KINDS.items():
+            if key in record:
+                return kind
+    return None
+
+
+def check_kind(data: list[Any], path: Path, expected: str) -> None:
+    """A file of another kind (zsRE given as CounterFact, a task file...) is refused by its first record."""
+    if not data or record_kind(data[0]) == expected:
+        return
+    found = record_kind(data[0])
+    if found:
+        raise DatasetFormatError(f"{path} holds {found} records, not {expected}; read it with "
+                                 f"--ds_name={KINDS[found][1]}, or pass a {expected} file")
+    keys = ", ".join(map(str, data[0])) if isinstance(data[0], dict) else type(data[0]).__name__
+    raise DatasetFormatError(f"{path} does not hold {expected} records (its first record: {keys[:120]}; a {expected} "
+                             f"record has '{KINDS[expected][0]}'); is it the right file?")
+
+
 def check_size(size: int | None) -> None:
     if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
         raise ValueError(f"size must be None (all records) or a non-negative int, got {size!r}")

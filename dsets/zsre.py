@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from dsets.records import (
     DatasetFormatError,
     RecordList,
+    check_kind,
     check_size,
     locate,
     read_json_list,
@@ -94,4 +95,5 @@ class ZsreDataset(RecordList):
         check_size(size)
         path = locate(data_dir, ZSRE_FILE)
         raw = read_json_list(path, "zsRE")[:size]
+        check_kind(raw, path, "zsRE")
         super().__init__([zsre_record_to_case(r, i, tok) for i, r in enumerate(raw)], path)

@@ -12,18 +12,34 @@ import logging
 import sys
 from pathlib import Path
 
+from tqdm.contrib.logging import logging_redirect_tqdm
+
 from dsets import DataFileMissing, DatasetFormatError
 from experiments.algorithms import ALGORITHMS
+from experiments.context_fit import ContextLengthError
 from experiments.downstream import SHIPPED_GLUE_DIR
 from experiments.metrics.fluency import DEPARTURES
+from experiments.run_files import RunFolderError
 from experiments.runner import RunConfig, RunError, run_experiment
+from util.atomic_files import WriteError, is_write_failure, write_error
 from util.corpus import CorpusUnavailable
+from util.editor import EditorStateError
 from util.hparams import HyperParamsError
 from util.model_loading import ModelLoadError
 from util.requests import RequestError
 
+# Errors whose message already says what is wrong and what to do: the CLI prints the message alone.
 USER_ERRORS = (RunError, HyperParamsError, DatasetFormatError, DataFileMissing, ModelLoadError, CorpusUnavailable,
-               RequestError, FileNotFoundError)
+               RequestError, FileNotFoundError, RunFolderError, EditorStateError, ContextLengthError, WriteError)
+
+
+def user_message(err: BaseException) -> str | None:
+    """The one-line message for an error the user can fix, or None for a bug (which keeps its traceback)."""
+    if isinstance(err, USER_ERRORS):
+        return " ".join(str(err).split())
+    if is_write_failure(err):  # a write outside util.atomic_files (a log, a folder) on a full or read-only disk
+        return str(write_error(getattr(err, "filename", None) or "a file", err))
+    return None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,9 +110,13 @@ def main(argv: list[str] | None = None) -> int:
         "glue": Path(cfg.glue_dir) if cfg.glue_dir else SHIPPED_GLUE_DIR,
     }
     try:
-        run_dir = run_experiment(cfg, paths)
-    except USER_ERRORS as err:  # a traceback would bury the message that says what to fix
-        print(f"error: {err}", file=sys.stderr)
+        with logging_redirect_tqdm():  # log lines print above the progress bars, not through them
+            run_dir = run_experiment(cfg, paths)
+    except Exception as err:  # a traceback would bury the message that says what to fix
+        message = user_message(err)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
         return 2
     print(f"results in {run_dir}")
     return 0

@@ -1,8 +1,12 @@
-"""Run folders: their names and the files in them."""
+"""Run folders: their names, the files in them, and the lock a working process holds on one."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +14,12 @@ RUN_PATTERN = re.compile(r"^run_(\d{3,})$")
 COMPLETE_MARKER = "run_complete.json"
 STATE_FILE = "editor_state.pt"
 EDIT_REPORTS = "edit_reports.json"
+LOCK_FILE = "run.lock"
+TEMP_PATTERN = re.compile(r"^\..+\.tmp$")  # util.atomic_files' and saved_model's temporaries
+
+
+class RunFolderError(ValueError):
+    """A run folder that cannot be used now (another process works in it); the message says why."""
 
 
 def read_json(path: str | Path) -> Any:
@@ -33,3 +43,70 @@ def new_run_dir(alg_dir: Path) -> Path:
 
 def case_file(run_dir: Path, num_edits: int, case_id) -> Path:
     return run_dir / f"{num_edits}_edits-case_{case_id}.json"
+
+
+def _holder_alive(holder: dict[str, Any]) -> bool:
+    """Whether the process that wrote a lock still runs; one on another machine is taken to run."""
+    if holder.get("host") != socket.gethostname():
+        return True
+    try:
+        os.kill(int(holder["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by another user
+    return True
+
+
+def _read_holder(lock: Path) -> dict[str, Any] | None:
+    try:
+        holder = json.loads(lock.read_text())
+    except FileNotFoundError:
+        return {}  # released between our attempt and this read: try again
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None  # written by a process killed at that moment
+    return holder if isinstance(holder, dict) and "pid" in holder else None
+
+
+def take_run_lock(run_dir: Path) -> str | None:
+    """Lock ``run_dir`` for this process (``run.lock``: pid, host, time). Another live process's lock is
+    a :class:`RunFolderError`; a dead one's is taken over. Returns a note on a lock taken over, or None."""
+    lock = run_dir / LOCK_FILE
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.ctime()}
+    note = None
+    for _ in range(3):  # a lock released or taken over by another process meanwhile: look again
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = _read_holder(lock)
+            if holder and _holder_alive(holder):
+                raise RunFolderError(
+                    f"{run_dir} is in use by process {holder['pid']} on {holder.get('host')} (since "
+                    f"{holder.get('since')}); wait for it to end or stop it. If no such process runs, "
+                    f"delete {lock}") from None
+            if holder != {}:
+                note = f"took over {lock} from process {(holder or {}).get('pid', '?')}, which no longer runs"
+                lock.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as out:
+            json.dump(me, out)
+        return note
+    raise RunFolderError(f"could not lock {run_dir}: other processes keep taking it; is the run started twice?")
+
+
+def release_run_lock(run_dir: Path) -> None:
+    """Remove ``run.lock`` if this process holds it."""
+    lock = run_dir / LOCK_FILE
+    holder = _read_holder(lock) if lock.exists() else None
+    if holder and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
+        lock.unlink(missing_ok=True)
+
+
+def remove_stale_temporaries(folder: Path, prefix: str = "", below: bool = True) -> list[Path]:
+    """Delete the temporary files (and folders) a killed save left in ``folder`` (and below, with
+    ``below``) whose name starts with ``.<prefix>``. Call only while holding the run's lock."""
+    found = (folder.rglob if below else folder.glob)(f".{prefix}*") if folder.is_dir() else []
+    stale = [p for p in found if TEMP_PATTERN.match(p.name)]
+    for path in sorted(stale, reverse=True):  # deepest first
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+    return stale

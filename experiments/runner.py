@@ -7,10 +7,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import platform
 import shutil
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -26,6 +27,7 @@ from dsets import (
     load_tfidf_vectorizer,
 )
 from experiments.algorithms import get_algorithm
+from experiments.context_fit import check_records_fit
 from experiments.curves import maybe_write_curve_point
 from experiments.downstream import run_downstream_eval, write_downstream_result
 from experiments.downstream.tasks import check_glue_dir
@@ -37,10 +39,14 @@ from experiments.metrics.fluency import MetricOptions, metric_settings
 from experiments.run_files import (
     COMPLETE_MARKER,
     EDIT_REPORTS,
+    LOCK_FILE,
     STATE_FILE,
     case_file,
     new_run_dir,
     read_json,
+    release_run_lock,
+    remove_stale_temporaries,
+    take_run_lock,
 )
 from experiments.saved_model import (
     edit_info,
@@ -49,7 +55,8 @@ from experiments.saved_model import (
     save_edited_model,
 )
 from util.atomic_files import write_json_atomic as atomic_write_json
-from util.model_loading import load_model_and_tokenizer
+from util.editor import read_state
+from util.model_loading import check_device, check_dtype, check_model_source, load_model_and_tokenizer
 from util.requests import normalize_request
 from util.second_moment import model_fingerprint
 from util.tokens import fact_token_index
@@ -111,7 +118,53 @@ def resolve_hparams_path(hparams_dir: str, fname: str, hparams_root: Path) -> Pa
                    f"(available: {', '.join(available) or 'none'})")
 
 
-def _check_settings(cfg: RunConfig) -> None:
+# Numeric flags: (name, smallest allowed value, what the values below mean to the user). None is always allowed.
+_NUMBER_RULES = (
+    ("dataset_size_limit", 1, "leave it out to edit every record"),
+    ("num_edits", 1, "edits per batch"),
+    ("downstream_eval_steps", 0, "0 turns the general-capability tasks off"),
+    ("downstream_n_per_task", 1, "examples per task"),
+    ("values_batch_size", 1, "leave it out for the whole batch"),
+    ("stop_after_batches", 0, "batches to edit before stopping"),
+    ("dataset_offset", 0, "records to skip"),
+    ("curve_every", 0, "0 turns curves off"),
+    ("seed", 0, "a seed for the random generators"),
+)
+
+
+def _check_numbers(cfg: RunConfig) -> None:
+    for name, low, meaning in _NUMBER_RULES:
+        value = getattr(cfg, name)
+        if value is not None and value < low:
+            raise RunError(f"--{name} must be >= {low} ({meaning}), got {value}")
+    if cfg.generation_test_interval == 0 or cfg.generation_test_interval < -1:
+        raise RunError(f"--generation_test_interval must be >= 1 (every N-th case) or -1 (none), "
+                       f"got {cfg.generation_test_interval}")
+
+
+def _check_results_dir(results: Path) -> None:
+    """The results folder is a folder (or can be made one) that this process can write to."""
+    existing = next(p for p in (results, *results.parents) if p.exists())
+    if not existing.is_dir():
+        raise RunError(f"--results_dir={results}: {existing} is a file, not a folder; pass a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise RunError(f"--results_dir={results}: {existing} is not writable (by this user, or a read-only "
+                       "file system); pass a writable folder")
+
+
+def _check_ds_file(cfg: RunConfig) -> None:
+    if cfg.ds_file is None:
+        return
+    path = Path(cfg.ds_file).expanduser()
+    if path.is_dir():
+        raise RunError(f"--ds_file={cfg.ds_file} is a folder; pass a dataset JSON file, or pass the folder as "
+                       "--data_dir (it must hold the canonical file names)")
+    if not path.is_file():
+        raise RunError(f"--ds_file={cfg.ds_file} does not exist; check the path")
+
+
+def _check_settings(cfg: RunConfig, paths: dict[str, Path]) -> None:
+    """Every setting that can be checked without the model: a bad one fails before any work."""
     from dsets import DS_NAMES
 
     try:
@@ -120,8 +173,7 @@ def _check_settings(cfg: RunConfig) -> None:
         raise RunError(str(err)) from None
     if cfg.ds_name not in DS_NAMES:
         raise RunError(f"unknown --ds_name={cfg.ds_name!r}; choose one of {', '.join(DS_NAMES)}")
-    if cfg.num_edits < 1:
-        raise RunError(f"--num_edits must be >= 1, got {cfg.num_edits}")
+    _check_numbers(cfg)
     if cfg.ds_name == "cf" and cfg.num_edits > 1:
         raise RunError("--ds_name=cf allows only --num_edits=1 (CounterFact repeats subjects across records); "
                        "use --ds_name=mcf for batches of edits")
@@ -129,12 +181,11 @@ def _check_settings(cfg: RunConfig) -> None:
         MetricOptions.from_names(cfg.metric_departures)
     except ValueError as err:
         raise RunError(f"--metric_departures: {err}") from None
-    if cfg.downstream_eval_steps < 0:
-        raise RunError(f"--downstream_eval_steps must be >= 0 (0 turns it off), got {cfg.downstream_eval_steps}")
-    if cfg.curve_every < 0:
-        raise RunError(f"--curve_every must be >= 0 (0 turns it off), got {cfg.curve_every}")
-    if cfg.dataset_offset < 0:
-        raise RunError(f"--dataset_offset must be >= 0, got {cfg.dataset_offset}")
+    check_dtype(cfg.dtype)
+    check_device(cfg.device)
+    check_model_source(cfg.model_name)
+    _check_ds_file(cfg)
+    _check_results_dir(paths["results"])
     if cfg.save_model and (problem := save_dir_problem(cfg.save_model)):
         raise RunError(problem)
     state = editor_state_path(cfg.model_name, cfg.load_editor_state)  # a missing file fails now
@@ -151,7 +202,7 @@ def _versions() -> dict[str, str]:
 def run_experiment(cfg: RunConfig, paths: dict[str, Path]) -> Path:
     """Run (or continue) one experiment; returns its run folder. ``paths``: results, data, stats,
     hparams, glue folders (already resolved against globals.yml and the CLI)."""
-    _check_settings(cfg)
+    _check_settings(cfg, paths)
     alg = get_algorithm(cfg.alg_name)
     hparams_path = resolve_hparams_path(alg.hparams_dir, cfg.hparams_fname, paths["hparams"])
     hparams = alg.hparams_class.from_json(hparams_path)
@@ -161,38 +212,86 @@ def run_experiment(cfg: RunConfig, paths: dict[str, Path]) -> Path:
         log.warning("--mom2_dataset ignored: %s uses no covariance statistics", cfg.alg_name)
     if cfg.downstream_eval_steps:
         check_glue_dir(paths["glue"])
-    resume_dir = _resume_dir(cfg, paths["results"])
-    model, tok = load_model_and_tokenizer(cfg.model_name, cfg.device, cfg.dtype)
+    with ExitStack() as held:
+        resume_dir = _resume_dir(cfg, paths["results"], hparams)
+        notes = _lock(resume_dir, held, cfg) if resume_dir else []  # before the model: a second process stops now
+        model, tok = load_model_and_tokenizer(cfg.model_name, cfg.device, cfg.dtype)
+        records = _load_records(cfg, paths, tok)
+        requests = [_request_of(r, tok) for r in records]  # validates every record before any edit
+        run_dir = resume_dir or new_run_dir(paths["results"] / cfg.alg_name)
+        notes += [] if resume_dir else _lock(run_dir, held, cfg)
+        try:
+            with _log_file(run_dir):
+                for note in notes:
+                    log.warning(note)
+                return _run(cfg, paths, alg, hparams, model, tok, records, requests, run_dir, fresh=resume_dir is None)
+        except BaseException:
+            if resume_dir is None and _holds_no_results(run_dir):
+                shutil.rmtree(run_dir, ignore_errors=True)  # nothing worth resuming: leave no husk
+            raise
+
+
+def _lock(run_dir: Path, held: ExitStack, cfg: RunConfig) -> list[str]:
+    """Lock ``run_dir`` until ``held`` closes and clean what a killed process left; notes for run.log."""
+    taken_over = take_run_lock(run_dir)
+    held.callback(release_run_lock, run_dir)
+    stale = remove_stale_temporaries(run_dir)
+    if cfg.save_model:  # a killed --save_model leaves its half-written folder beside the target
+        target = Path(cfg.save_model).expanduser()
+        stale += remove_stale_temporaries(target.parent, prefix=target.name, below=False)
+    notes = [taken_over] if taken_over else []
+    if stale:
+        notes.append(f"removed {len(stale)} temporary file(s) a killed save left: {', '.join(p.name for p in stale)}")
+    return notes
+
+
+def _load_records(cfg: RunConfig, paths: dict[str, Path], tok) -> list[dict]:
+    """This run's records: after --dataset_offset, at most --dataset_size_limit; none is an error."""
     size = None if cfg.dataset_size_limit is None else cfg.dataset_offset + cfg.dataset_size_limit
     records = load_edit_dataset(cfg.ds_name, cfg.ds_file or paths["data"], tok=tok, size=size)
-    records = records[cfg.dataset_offset:] if cfg.dataset_offset else records  # --dataset_offset skips the first N
-    requests = [_request_of(r, tok) for r in records]  # validates every record before any edit
-    run_dir = resume_dir or new_run_dir(paths["results"] / cfg.alg_name)
-    try:
-        with _log_file(run_dir):
-            return _run(cfg, paths, alg, hparams, model, tok, records, requests, run_dir, fresh=resume_dir is None)
-    except BaseException:
-        if resume_dir is None and _holds_no_results(run_dir):
-            shutil.rmtree(run_dir, ignore_errors=True)  # nothing worth resuming: leave no husk
-        raise
+    kept = records[cfg.dataset_offset:]
+    if not kept:
+        skipped = f" and --dataset_offset={cfg.dataset_offset} skips them all" if cfg.dataset_offset else ""
+        raise RunError(f"no records to edit: {records.source} holds {len(records)} record(s){skipped}")
+    return list(kept)
 
 
 def _holds_no_results(run_dir: Path) -> bool:
-    """Only the files written at start (config, params, log): scores or state are kept."""
-    return {p.name for p in run_dir.iterdir()} <= {"config.json", "params.json", "run.log"}
+    """Only the files written at start (config, params, log, lock): scores or state are kept."""
+    return {p.name for p in run_dir.iterdir()} <= {"config.json", "params.json", "run.log", LOCK_FILE}
 
 
-def _resume_dir(cfg: RunConfig, results: Path) -> Path | None:
+# Flags a resumed run may change: they change neither what is computed nor how it is scored (the
+# hyperparameter file and corpus are compared by content, params.json). Every other flag must match.
+RESUMABLE_FLAGS = frozenset({"continue_from_run", "stop_after_batches", "device", "conserve_memory", "use_cache",
+                             "stats_dir", "results_dir", "save_model", "hparams_fname", "mom2_dataset"})
+
+
+def _same_setting(saved: Any, now: Any) -> bool:
+    if saved == now:
+        return True
+    if isinstance(saved, str) and isinstance(now, str):  # the same path written differently
+        return Path(saved).expanduser().resolve() == Path(now).expanduser().resolve()
+    return False
+
+
+def _resume_dir(cfg: RunConfig, results: Path, hparams) -> Path | None:
+    """The run folder to continue; refused when a flag that changes the results differs from the run's."""
     if not cfg.continue_from_run:
         return None
     run_dir = results / cfg.alg_name / cfg.continue_from_run
     if not (run_dir / "config.json").is_file():
         raise RunError(f"--continue_from_run={cfg.continue_from_run}: {run_dir} holds no config.json to resume")
     saved = read_json(run_dir / "config.json")["args"]
-    for key in ("alg_name", "model_name", "ds_name", "ds_file", "dataset_size_limit", "dataset_offset", "num_edits",
-                "seed", "dtype"):
-        if saved.get(key, {"dataset_offset": 0}.get(key)) != getattr(cfg, key):
-            raise RunError(f"--continue_from_run: {key}={getattr(cfg, key)!r} differs from the run's {saved.get(key)!r}")
+    defaults = dataclasses.asdict(RunConfig("", "", "", ""))  # a flag added since the run was started
+    differ = [f"{key}={value!r} differs from the run's {saved.get(key, defaults[key])!r}"
+              for key, value in dataclasses.asdict(cfg).items()
+              if key not in RESUMABLE_FLAGS and not _same_setting(saved.get(key, defaults[key]), value)]
+    if differ:
+        raise RunError(f"--continue_from_run={cfg.continue_from_run}: {'; '.join(differ)}. These change what is "
+                       "computed or scored: resume with the run's flags (config.json) or start a new run")
+    if (run_dir / "params.json").is_file() and read_json(run_dir / "params.json") != hparams.to_dict():
+        raise RunError(f"--continue_from_run: the hyperparameters differ from {run_dir / 'params.json'}")
     return run_dir
 
 
@@ -209,16 +308,17 @@ def _run(cfg, paths, alg, hparams, model, tok, records, requests, run_dir: Path,
     if fresh:
         continued, templates = _continued_from(cfg)
         templates = templates or alg.editor_class.make_context_templates(model, tok, hparams, cfg.seed)
+        check_records_fit(model, tok, records, templates, _generation_every(cfg))  # before any edit
         atomic_write_json(run_dir / "params.json", hparams.to_dict())
         metrics = metric_settings(MetricOptions.from_names(cfg.metric_departures))  # tokenizer used, departures
         atomic_write_json(run_dir / "config.json", {"args": dataclasses.asdict(cfg), "versions": _versions(),
                                                    "context_templates": templates, "started": time.ctime(),
                                                    "metrics": metrics, "continued_from": continued})
     else:
-        if read_json(run_dir / "params.json") != hparams.to_dict():
-            raise RunError(f"--continue_from_run: the hyperparameters differ from {run_dir / 'params.json'}")
         config = read_json(run_dir / "config.json")
         templates, continued = config["context_templates"], config.get("continued_from")
+        check_records_fit(model, tok, records, templates, _generation_every(cfg))
+        _record_resume(cfg, run_dir, config)
     editor = _make_editor(cfg, paths, alg, hparams, model, tok, templates)
     # The state before prepare(): C0 is collected on the original weights, which a saved edited model
     # (--model_name=<--save_model folder>) gets back only from its state.
@@ -270,15 +370,29 @@ def _run(cfg, paths, alg, hparams, model, tok, records, requests, run_dir: Path,
     return run_dir
 
 
+def _generation_every(cfg: RunConfig) -> int:
+    """Generation tests on every N-th case (0: none), as _case_metrics runs them."""
+    if cfg.skip_generation_tests or cfg.ds_name == "zsre":
+        return 0
+    return max(cfg.generation_test_interval, 0)
+
+
+def _record_resume(cfg: RunConfig, run_dir: Path, config: dict) -> None:
+    """config.json keeps, per resume, the flags it changed (RESUMABLE_FLAGS only: the others are refused)."""
+    args = config["args"]
+    changed = {k: v for k, v in dataclasses.asdict(cfg).items()
+               if k in RESUMABLE_FLAGS - {"continue_from_run"} and args.get(k) != v}
+    config.setdefault("resumed", []).append({"time": time.ctime(), "changed": changed})
+    atomic_write_json(run_dir / "config.json", config)
+
+
 def _continued_from(cfg) -> tuple[dict | None, list | None]:
     """The saved editor state a fresh run continues from ({editor_state, num_batches, num_edits}, read
     memory-mapped) and its context templates; (None, None) when it starts from unedited weights."""
     path = editor_state_path(cfg.model_name, cfg.load_editor_state)
     if path is None:
         return None, None
-    import torch
-
-    state = torch.load(path, weights_only=True, mmap=True)
+    state = read_state(path, mmap=True)
     info = {"editor_state": str(path.resolve()), "num_batches": int(state["num_batches"]),
             "num_edits": int(state["num_edits"])}
     templates = state.get("context_templates")
@@ -308,9 +422,7 @@ def _stage_editor_state(cfg, editor, run_dir: Path) -> Path | None:
     target = Path(cfg.save_model).expanduser()
     staged = target.with_name(f".{target.name}.{STATE_FILE}")
     if getattr(editor, "finished", False):  # resumed after finish(): a state staged before the kill, if any
-        import torch
-
-        ok = staged.is_file() and torch.load(staged, weights_only=True, mmap=True)["num_edits"] == editor.num_edits
+        ok = staged.is_file() and read_state(staged, mmap=True)["num_edits"] == editor.num_edits
         return staged if ok else None
     editor.save(staged)
     return staged
@@ -361,6 +473,7 @@ def _maybe_downstream(cfg, paths, model, tok, run_dir: Path, batch_index: int, n
     path = run_dir / "downstream" / f"edits_{num_edits:06d}.json"
     if path.is_file():
         return
+    log.info("downstream after %d edits: starting", num_edits)
     result = run_downstream_eval(model, tok, paths["glue"], n_per_task=cfg.downstream_n_per_task, seed=cfg.seed)
     write_downstream_result(path, result, num_edits=num_edits, batch_index=batch_index)
     log.info("downstream after %d edits: %s", num_edits,

@@ -207,5 +207,5 @@ def test_original_weights_are_written_once_beside_the_state(tiny_llama, tmp_path
     saved = torch.load(originals, weights_only=True)
     assert all(torch.equal(saved[k], w) for k, w in editor.original.items())
     originals.unlink()
-    with pytest.raises(FileNotFoundError, match="original weights"):
+    with pytest.raises(ValueError, match="original weights"):
         _editor(model, tok, stories_hparams(v_num_grad_steps=2)).load(tmp_path / "state.pt")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import time
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
@@ -33,6 +34,32 @@ from util.value_cache import ValueCache
 
 log = logging.getLogger(__name__)
 STATE_VERSION = 3  # 3: originals in their own file, lambda C0 + Cp as one matrix
+
+
+class EditorStateError(ValueError):
+    """An editor state file that cannot be read or does not fit this editor; the message names it."""
+
+
+def read_state(path: str | Path, mmap: bool = False) -> dict[str, Any]:
+    """The state dict saved in ``path``; a damaged or truncated file is an :class:`EditorStateError`."""
+    state = _load_saved(path, "editor state", mmap)
+    if not isinstance(state, dict) or "num_edits" not in state:
+        raise EditorStateError(f"{path} is not an editor state (no 'num_edits'); is it the right file?")
+    return state
+
+
+def _load_saved(path: str | Path, what: str, mmap: bool = False) -> Any:
+    """``torch.load`` whose failures name the file. Saves are atomic, so a damaged file was damaged
+    after it was written (a copy cut short, a bad disk)."""
+    try:
+        return torch.load(path, weights_only=True, mmap=mmap)
+    except FileNotFoundError:
+        raise EditorStateError(f"{what} {path} does not exist") from None
+    # torch's zip reader reports a cut file as RuntimeError; an older pickle format as EOF/Unpickling
+    except (RuntimeError, EOFError, pickle.UnpicklingError, OSError) as err:
+        raise EditorStateError(f"{what} {path} is damaged or truncated ({type(err).__name__}: "
+                               f"{str(err).splitlines()[0][:200] if str(err) else ''}); restore it from a copy, "
+                               "or start afresh without it (a new run, or --load_editor_state=none)") from None
 
 
 @dataclass
@@ -224,15 +251,18 @@ class Editor(ABC):
 
     def load(self, path: str | Path) -> None:
         path = Path(path)
-        state = torch.load(path, weights_only=True)
+        state = read_state(path)
         if state.get("version") == STATE_VERSION:  # older versions fail in load_state_dict, saying why
             originals = originals_path(path)
             if not originals.is_file():
-                raise FileNotFoundError(f"{path} needs the original weights in {originals} (written once per run "
-                                        "beside it), which is missing; copy or move both files together")
-            state["original"] = torch.load(originals, weights_only=True)
+                raise EditorStateError(f"{path} needs the original weights in {originals} (written once per run "
+                                       "beside it), which is missing; copy or move both files together")
+            state["original"] = _load_saved(originals, "original weights")
             self._originals_saved_to = originals
-        self.load_state_dict(state)
+        try:
+            self.load_state_dict(state)
+        except (ValueError, KeyError) as err:  # another method, model, dtype or code version
+            raise EditorStateError(f"editor state {path} does not fit this run: {err}") from None
 
 
 def _refuse_offloaded(model: nn.Module, weights: dict[Hashable, torch.Tensor]) -> None:

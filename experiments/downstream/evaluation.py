@@ -1,6 +1,8 @@
 """Run the downstream tasks on a model and record one JSON per evaluation point."""
 from __future__ import annotations
 
+import logging
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -23,6 +25,7 @@ from .tasks import (
 )
 
 TaskMetrics = dict[str, float | int]  # {"accuracy", "f1", "mcc", "n"}
+log = logging.getLogger(__name__)
 
 
 def classification_metrics(gold: Sequence[int], pred: Sequence[int], n_classes: int,
@@ -80,11 +83,18 @@ def run_downstream_eval(model: nn.Module, tok, glue_dir: str | Path, tasks: Sequ
                for name, task in chosen.items()}
     was_training = model.training
     model.eval()  # dropout would make the scores random
+    start = time.time()
+    log.info("general-capability tasks: %d tasks, %d examples", len(chosen), sum(map(len, subsets.values())))
+    results = {}
     try:
-        return {name: evaluate_task(model, tok, chosen[name], subsets[name], batch_size, progress)
-                for name in chosen}
+        for i, name in enumerate(chosen, 1):  # a pass takes minutes on a large model: show each task end
+            results[name] = evaluate_task(model, tok, chosen[name], subsets[name], batch_size, progress)
+            log.info("general-capability task %d/%d %s: accuracy %.3f on %d examples", i, len(chosen), name,
+                     results[name]["accuracy"], results[name]["n"])
     finally:
         model.train(was_training)
+    log.info("general-capability tasks done in %.1fs", time.time() - start)
+    return results
 
 
 def write_downstream_result(path: str | Path, result: dict[str, TaskMetrics], num_edits: int,
