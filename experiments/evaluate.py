@@ -25,7 +25,7 @@ from util.atomic_files import WriteError, is_write_failure, write_error
 from util.corpus import CorpusUnavailable
 from util.editor import EditorStateError
 from util.hparams import HyperParamsError
-from util.model_loading import ModelLoadError
+from util.model_loading import DEVICE_MAPS, ModelLoadError
 from util.requests import RequestError
 
 # Errors whose message already says what is wrong and what to do: the CLI prints the message alone.
@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--conserve_memory", action="store_true", help="keep the rewinding copy of the original weights on the CPU")
     a("--use_cache", action="store_true", help="cache target values z per case on disk and reuse them")
     a("--device", default=None, help="torch device (default: cuda if available, else mps, else cpu)")
+    a("--device_map", default=None, choices=sorted(DEVICE_MAPS),
+      help="spread the model over every GPU (and the CPU) with accelerate instead of one --device; "
+           "edited layers must not be offloaded")
     a("--dtype", default="float32", help="model weights: float32, bfloat16 or float16 (solves stay float64)")
     a("--seed", type=int, default=0, help="seeds context templates and generation tests")
     a("--data_dir", default=None, help="dataset folder (default DATA_DIR in globals.yml)")

@@ -84,6 +84,7 @@ class RunConfig:
     conserve_memory: bool = False
     use_cache: bool = False
     device: str | None = None
+    device_map: str | None = None
     dtype: str = "float32"
     seed: int = 0
     data_dir: str | None = None
@@ -183,6 +184,8 @@ def _check_settings(cfg: RunConfig, paths: dict[str, Path]) -> None:
         raise RunError(f"--metric_departures: {err}") from None
     check_dtype(cfg.dtype)
     check_device(cfg.device)
+    if cfg.device and cfg.device_map:
+        raise RunError(f"--device={cfg.device} and --device_map={cfg.device_map} both place the model; give one")
     check_model_source(cfg.model_name)
     _check_ds_file(cfg)
     _check_results_dir(paths["results"])
@@ -215,7 +218,7 @@ def run_experiment(cfg: RunConfig, paths: dict[str, Path]) -> Path:
     with ExitStack() as held:
         resume_dir = _resume_dir(cfg, paths["results"], hparams)
         notes = _lock(resume_dir, held, cfg) if resume_dir else []  # before the model: a second process stops now
-        model, tok = load_model_and_tokenizer(cfg.model_name, cfg.device, cfg.dtype)
+        model, tok = load_model_and_tokenizer(cfg.model_name, cfg.device, cfg.dtype, cfg.device_map)
         records = _load_records(cfg, paths, tok)
         requests = [_request_of(r, tok) for r in records]  # validates every record before any edit
         run_dir = resume_dir or new_run_dir(paths["results"] / cfg.alg_name)
@@ -263,7 +266,7 @@ def _holds_no_results(run_dir: Path) -> bool:
 
 # Flags a resumed run may change: they change neither what is computed nor how it is scored (the
 # hyperparameter file and corpus are compared by content, params.json). Every other flag must match.
-RESUMABLE_FLAGS = frozenset({"continue_from_run", "stop_after_batches", "device", "conserve_memory", "use_cache",
+RESUMABLE_FLAGS = frozenset({"continue_from_run", "stop_after_batches", "device", "device_map", "conserve_memory", "use_cache",
                              "stats_dir", "results_dir", "save_model", "hparams_fname", "mom2_dataset"})
 
 

@@ -54,3 +54,19 @@ def test_offloaded_weights_are_refused_by_name(tiny_llama):
     mlp.down_proj.weight = torch.nn.Parameter(torch.empty_like(mlp.down_proj.weight, device="meta"))
     with pytest.raises(ValueError, match=r"model\.layers\.1\.mlp\.down_proj.*offloaded"):
         NSEEditor(model, tok, hp, progress=False)
+
+
+def test_device_map_loads_through_accelerate(tiny_llama_path, monkeypatch):
+    """--device_map hands placement to accelerate (on a CPU-only machine everything lands on the CPU)."""
+    from transformers import AutoModelForCausalLM
+
+    from util.model_loading import ModelLoadError, load_model_and_tokenizer
+
+    seen = {}
+    real = AutoModelForCausalLM.from_pretrained
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained",
+                        lambda *a, **kw: seen.update(kw) or real(*a, **kw))
+    model, _ = load_model_and_tokenizer(str(tiny_llama_path), device_map="auto")
+    assert seen["device_map"] == "auto" and next(model.parameters()).device.type in ("cpu", "cuda")
+    with pytest.raises(ModelLoadError, match="--device_map='everywhere' is not one of auto"):
+        load_model_and_tokenizer(str(tiny_llama_path), device_map="everywhere")

@@ -93,8 +93,9 @@ def _load_error(name: str, part: str, err: BaseException) -> ModelLoadError:
                           "or <file>.gguf")
 
 
-def load_model_and_tokenizer(name: str, device: str | None = None, dtype: str = "float32"):
-    """(model in eval mode on ``device``, tokenizer with a pad token)."""
+def load_model_and_tokenizer(name: str, device: str | None = None, dtype: str = "float32",
+                             device_map: str | None = None):
+    """(model in eval mode on ``device``, or spread by accelerate's ``device_map``; tokenizer with a pad token)."""
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -112,6 +113,8 @@ def load_model_and_tokenizer(name: str, device: str | None = None, dtype: str = 
     except (OSError, ValueError) as err:
         raise _load_error(name, "tokenizer", err) from None
     try:
+        if device_map is not None:
+            kwargs["device_map"] = check_device_map(device_map)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype], **kwargs)
     except torch.OutOfMemoryError:
         raise  # not a damaged file
@@ -122,5 +125,15 @@ def load_model_and_tokenizer(name: str, device: str | None = None, dtype: str = 
         tok.pad_token = tok.eos_token  # padding is always masked; Llama-style tokenizers have none
     if isinstance(getattr(tok, "deprecation_warnings", None), dict):
         tok.deprecation_warnings[_LENGTH_WARNING] = True  # marks it as shown: see _LENGTH_WARNING
-    model = model.to(device).eval()
-    return model, tok
+    if device_map is None:
+        model = model.to(device)
+    return model.eval(), tok
+
+
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")  # accelerate's placement strategies
+
+
+def check_device_map(device_map: str) -> str:
+    if device_map not in DEVICE_MAPS:
+        raise ModelLoadError(f"--device_map={device_map!r} is not one of {', '.join(DEVICE_MAPS)}")
+    return device_map
