@@ -32,7 +32,7 @@ class AlphaEditEditor(MEMITEditor):
         if self.projectors is None:
             hp = self.hparams
             names = [hp.rewrite_module(l) for l in hp.layers]
-            paths = stats_cache_paths(self.model, names, hp.mom2_dataset, hp.mom2_n_samples, hp.mom2_max_length,
+            paths = stats_cache_paths(self.model, self.tok, names, hp.mom2_dataset, hp.mom2_n_samples, hp.mom2_max_length,
                                       getattr(torch, hp.mom2_dtype), self.stats_dir)
             self.projectors = {
                 l: cached_projector(self.cov[l], hp.nullspace_threshold, paths[hp.rewrite_module(l)]).to(
