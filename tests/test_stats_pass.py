@@ -258,3 +258,19 @@ def test_two_gloo_processes_give_the_one_process_c0(model, tok, tmp_path):
             assert shards[name]["count"] == single[name].count
             # float64 sums of identical float32 keys in another order: round-off ~1e-16 relative
             torch.testing.assert_close(shards[name]["total"], single[name].total, rtol=1e-10, atol=0)
+
+
+# -- the precompute entry point ----------------------------------------------------------------------------------
+def test_precomputed_c0_is_what_editors_read(tmp_path, monkeypatch):
+    from experiments.precompute_stats import main
+    from util.model_loading import load_model_and_tokenizer
+
+    corpus = write_corpus(tmp_path / "corpus")
+    paths = main(["--alg_name=MEMIT", f"--model_name={STORIES}", "--hparams_fname=tinystories-260k.json",
+                  f"--stats_dir={tmp_path / 'stats'}", f"--mom2_dataset={corpus}"])
+    assert len(paths) == 3 and all(p.is_file() and p.with_suffix(".json").is_file() for p in paths.values())
+    forbid_pass(monkeypatch)
+    model, tok = load_model_and_tokenizer(str(STORIES), device="cpu")
+    name = sorted(paths)[1]  # one layer of MEMIT's three, as ROME would ask for it (hparams: n=1000, length 256)
+    c = cached_second_moments(model, tok, [name], str(corpus), 1000, 256, torch.float32, tmp_path / "stats")[name]
+    assert c.shape == (172, 172) and c.device == model.model.layers[1].mlp.down_proj.weight.device
