@@ -57,12 +57,18 @@ def model_label(model: nn.Module) -> str:
     return safe_name(Path(path).name if path else model.config.model_type)
 
 
-def _sha256_tensor(h, name: str, tensor: torch.Tensor) -> None:
+def _tensor_digest(name: str, tensor: torch.Tensor) -> str:
     t = tensor.detach()
-    h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
-    if t.is_meta:  # offloaded to disk by accelerate: nothing to read here
-        return
-    h.update(t.contiguous().reshape(-1).view(torch.uint8).cpu().numpy().tobytes())
+    h = hashlib.sha256(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+    if not t.is_meta:  # offloaded to disk by accelerate: only name, dtype and shape to go by
+        h.update(t.contiguous().reshape(-1).view(torch.uint8).cpu().numpy())
+    return h.hexdigest()
+
+
+def tensor_digests(model: nn.Module, skip: tuple[str, ...] = ()) -> dict[str, str]:
+    """SHA-256 of each parameter and buffer (whole tensor) whose name does not start with ``skip``."""
+    tensors = list(model.named_parameters()) + list(model.named_buffers())
+    return {name: _tensor_digest(name, t) for name, t in tensors if not name.startswith(skip)}
 
 
 def _later_layers_prefixes(model: nn.Module, module_name: str) -> list[str]:
@@ -77,14 +83,15 @@ def _later_layers_prefixes(model: nn.Module, module_name: str) -> list[str]:
     return []
 
 
-def weights_digest(model: nn.Module, module_name: str) -> str:
-    """SHA-256 of the parameters and buffers the module's input can depend on (see module doc)."""
+def weights_digest(model: nn.Module, module_name: str, digests: dict[str, str] | None = None) -> str:
+    """SHA-256 of the parameters and buffers the module's input can depend on (see module doc).
+    ``digests``: :func:`tensor_digests` computed once for several modules."""
     later = tuple(_later_layers_prefixes(model, module_name))
+    digests = digests if digests is not None else tensor_digests(model, later)
     h = hashlib.sha256(model.config.model_type.encode())
-    tensors = list(model.named_parameters()) + list(model.named_buffers())
-    for name, tensor in tensors:
+    for name, digest in digests.items():
         if not name.startswith(later):  # startswith(()) is False: all kept
-            _sha256_tensor(h, name, tensor)
+            h.update(f"{name}={digest};".encode())
     return h.hexdigest()
 
 
@@ -121,11 +128,13 @@ def stats_cache_entries(
         return {n: None for n in module_names}
     cache_dir = Path(cache_dir)
     tokenizer = tokenizer_digest(tok)
+    after_all = set.intersection(*(set(_later_layers_prefixes(model, n)) for n in module_names))
+    digests = tensor_digests(model, tuple(sorted(after_all)))  # each tensor hashed once for all modules
     length = effective_max_length(model, max_length)
     dtype_name = str(dtype).removeprefix("torch.")
     entries = {}
     for name in module_names:
-        key = {"format": FORMAT, "module": name, "weights_sha256": weights_digest(model, name),
+        key = {"format": FORMAT, "module": name, "weights_sha256": weights_digest(model, name, digests),
                "tokenizer_sha256": tokenizer, "corpus": corpus.key, "max_length": length, "mom2_dtype": dtype_name}
         digest = digest_of(key)
         stem = f"{safe_name(name)}_{safe_name(corpus.label)}-{corpus.n_samples}x{length}-{dtype_name}-{digest}"
