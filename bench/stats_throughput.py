@@ -6,7 +6,7 @@ Times ``collect_second_moments`` alone (model loading, corpus reading excluded) 
 layers of the model's hparams file, prints a table and writes JSON to bench/results/. With
 ``--nproc N`` it spawns N gloo worker processes (torch.distributed); each takes its share of the
 texts and the sums are all-reduced, so the tokens/s reported is for the whole group. Each process
-gets ``cpu_count // N`` threads. Timings on a shared machine are contended: repeat when idle.
+gets ``cpu_count // N`` threads (``--threads``). Timings on a shared machine are contended: repeat when idle.
 """
 from __future__ import annotations
 
@@ -57,16 +57,31 @@ def time_pass(model, tok, names, texts, args) -> tuple[float, int]:
         if torch.distributed.is_initialized():
             torch.distributed.barrier()
         start = time.perf_counter()
+        extra = {"batch_tokens": args.batch_tokens} if args.batch_tokens else {}  # the old code had none
         stats = collect_second_moments(model, tok, names, texts, args.max_length, getattr(torch, args.mom2_dtype),
-                                       progress=False)
+                                       progress=False, **extra)
         seconds = time.perf_counter() - start
         tokens = stats[names[0]].count
         best = (seconds, tokens) if best is None or seconds < best[0] else best
     return best
 
 
+def time_key(model, tok, names, args) -> float | None:
+    """Seconds to compute the cache key (weights, tokenizer, corpus digests); None for the old code."""
+    try:
+        from util.second_moment import stats_cache_paths
+        from util.stats_cache import FORMAT  # noqa: F401  (absent before content keys)
+    except ImportError:
+        return None
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        stats_cache_paths(model, tok, names, args.corpus, args.n_texts, args.max_length,
+                          getattr(torch, args.mom2_dtype), tmp)
+    return round(time.perf_counter() - start, 3)
+
+
 def worker(rank: int, world: int, store: str, args, result_file: str) -> None:
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    torch.set_num_threads(threads(args))
     torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     try:
         model, tok = load(args.model)
@@ -79,13 +94,18 @@ def worker(rank: int, world: int, store: str, args, result_file: str) -> None:
         torch.distributed.destroy_process_group()
 
 
+def threads(args) -> int:
+    return args.threads or max(1, (os.cpu_count() or 1) // args.nproc)
+
+
 def run(args) -> dict:
     if args.nproc == 1:
+        torch.set_num_threads(threads(args))
         model, tok = load(args.model)
         names = module_names(model, args)
         texts = load_corpus_texts(args.corpus, args.n_texts)
         seconds, tokens = time_pass(model, tok, names, texts, args)
-        return {"seconds": seconds, "tokens": tokens, "modules": names}
+        return {"seconds": seconds, "tokens": tokens, "modules": names, "key_seconds": time_key(model, tok, names, args)}
     import torch.multiprocessing as mp
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -103,6 +123,8 @@ def main() -> None:
     ap.add_argument("--max_length", type=int, default=256)
     ap.add_argument("--mom2_dtype", default="float32")
     ap.add_argument("--nproc", type=int, default=1, help="gloo worker processes (1: this process)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads per process (0: cpu_count // nproc)")
+    ap.add_argument("--batch_tokens", type=int, default=0, help="padded tokens per batch (0: the code's default)")
     ap.add_argument("--repeat", type=int, default=2, help="passes timed; the fastest is reported")
     ap.add_argument("--label", default="", help="free text stored with the result (e.g. 'before')")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "stats_throughput.json"),
@@ -111,9 +133,10 @@ def main() -> None:
     result = run(args)
     row = {"label": args.label, "model": args.model if args.model == "smollm2" else Path(args.model).name,
            "modules": len(result["modules"]), "n_texts": args.n_texts, "max_length": args.max_length,
-           "mom2_dtype": args.mom2_dtype, "nproc": args.nproc, "threads_per_proc": max(1, (os.cpu_count() or 1) // args.nproc),
+           "mom2_dtype": args.mom2_dtype, "nproc": args.nproc, "threads_per_proc": threads(args),
+           "batch_tokens": args.batch_tokens or "default",
            "tokens": result["tokens"], "seconds": round(result["seconds"], 3),
-           "tokens_per_s": round(result["tokens"] / result["seconds"], 1),
+           "tokens_per_s": round(result["tokens"] / result["seconds"], 1), "cache_key_s": result.get("key_seconds"),
            "load_1min": round(os.getloadavg()[0], 2), "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     print(" | ".join(f"{k}={v}" for k, v in row.items()))
     out = Path(args.out)

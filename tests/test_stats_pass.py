@@ -274,3 +274,15 @@ def test_precomputed_c0_is_what_editors_read(tmp_path, monkeypatch):
     name = sorted(paths)[1]  # one layer of MEMIT's three, as ROME would ask for it (hparams: n=1000, length 256)
     c = cached_second_moments(model, tok, [name], str(corpus), 1000, 256, torch.float32, tmp_path / "stats")[name]
     assert c.shape == (172, 172) and c.device == model.model.layers[1].mlp.down_proj.weight.device
+
+
+def test_pass_stops_before_the_last_read_module(model, tok, tmp_path):
+    ran = []
+    handles = [model.get_submodule(n).register_forward_hook(lambda m, a, o, n=n: ran.append(n)) for n in NAMES]
+    handles.append(model.model.norm.register_forward_hook(lambda m, a, o: ran.append("norm")))
+    try:
+        stats = collect_second_moments(model, tok, NAMES, ["a short text", "another one"], 16, progress=False)
+    finally:
+        for h in handles:
+            h.remove()
+    assert set(ran) == {NAMES[0]} and stats[NAMES[1]].count > 0  # its input was read, it did not run

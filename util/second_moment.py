@@ -1,7 +1,7 @@
 """Uncentred second moments ``C0 = E[k k^T]`` of rewrite-module inputs over a corpus.
 
-All requested modules are collected in one pass, stopping the forward after the last of them
-(no later layers, no LM head). The model runs in its own dtype; the sums accumulate in the
+All requested modules are collected in one pass, stopping the forward before the last of them
+runs (its input is all that is read: no later layers, no LM head). The model runs in its own dtype; the sums accumulate in the
 statistics dtype on the device of the module they belong to. Sums and counts are kept apart so
 shards add up: under ``torch.distributed`` (world size > 1) each rank takes ``texts[rank::world]``
 of every chunk and the sums are all-reduced. Every ``checkpoint_every`` texts the partial sums
@@ -124,7 +124,7 @@ def collect_second_moments(
     last = _last_in_model_order(model, module_names)
     max_length = effective_max_length(model, max_length)
     done = _resume(checkpoint, stats, len(texts), rank, world) if checkpoint is not None else 0
-    chunk = checkpoint_every or len(texts)  # with or without a checkpoint file: the same batches
+    chunk = checkpoint_every or max(len(texts), 1)  # with or without a checkpoint file: the same batches
     meter = _Progress(len(texts), done, world, enabled=rank == 0, bar=progress)
     for start in range(done, len(texts), chunk):
         end = min(start + chunk, len(texts))
@@ -153,7 +153,8 @@ def _accumulate(model: nn.Module, stats: dict[str, SecondMomentStats], names: Se
                 ids: torch.Tensor, mask: torch.Tensor) -> None:
     device = next(model.parameters()).device  # where the embeddings take their input
     with torch.inference_mode(), capture(model, input_of=names) as seen:
-        forward_until(model, last, input_ids=ids.to(device), attention_mask=mask.to(device))
+        # only the last module's input is needed: stop before it runs
+        forward_until(model, last, stop_before=True, input_ids=ids.to(device), attention_mask=mask.to(device))
     real = mask.bool()
     for name in names:
         keys = seen.inputs[name]
