@@ -1,11 +1,14 @@
 """AlphaEdit's null-space projector ``P = U U^T`` over the eigenvectors of C0 with small eigenvalues."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
 
 from util.atomic_files import save_torch_atomic
+
+log = logging.getLogger(__name__)
 
 
 def null_space_projector(cov: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -24,7 +27,13 @@ def cached_projector(cov: torch.Tensor, threshold: float, c0_path: Path | None) 
     Returned on C0's device."""
     path = c0_path.with_name(f"{c0_path.stem}_nullspace{threshold:g}.pt") if c0_path is not None else None
     if path is not None and path.is_file():
-        return torch.load(path, weights_only=True).to(cov.device)
+        try:
+            saved = torch.load(path, weights_only=True, map_location="cpu")
+            if saved.shape == cov.shape:
+                return saved.to(cov.device)
+            log.warning("projector file %s is %s, C0 is %s; recomputing it", path, tuple(saved.shape), tuple(cov.shape))
+        except Exception as err:  # truncated or foreign file: recompute and overwrite, never fail forever
+            log.warning("projector file %s is unreadable (%s: %s); recomputing it", path, type(err).__name__, err)
     projector = null_space_projector(cov, threshold)
     if path is not None:
         save_torch_atomic(projector, path)

@@ -55,12 +55,12 @@ def test_cache_is_written_then_reused(tiny_llama, tmp_path, monkeypatch):
     args = (model, tok, LAYERS, CORPUS, 10, 32, torch.float32, tmp_path)
     first = cached_second_moments(*args, progress=False)
     assert len(list(tmp_path.rglob("*.pt"))) == 2
-    import util.corpus
+    import util.second_moment
 
-    def no_corpus(*a, **k):
+    def no_pass(*a, **k):  # the corpus is read (its content is part of the key), the model is not run
         raise AssertionError("the cache should have been used")
 
-    monkeypatch.setattr(util.corpus, "load_corpus_texts", no_corpus)
+    monkeypatch.setattr(util.second_moment, "collect_second_moments", no_pass)
     second = cached_second_moments(*args, progress=False)
     for name in LAYERS:
         assert torch.equal(first[name], second[name])
@@ -111,10 +111,15 @@ def test_cache_file_of_a_module_does_not_depend_on_the_other_layers(tmp_path):
 
     from util.second_moment import stats_cache_paths
 
+    from transformers import AutoTokenizer
+
+    from helpers import ROOT
+
+    tok = AutoTokenizer.from_pretrained(ROOT.parent / "shared" / "models" / "tinystories-260k-llama")
     model = tiny_model("llama")
     names = [f"model.layers.{l}.mlp.down_proj" for l in range(3)]
-    together = stats_cache_paths(model, names, "wikitext", 10, 32, torch.float32, tmp_path)
-    alone = stats_cache_paths(model, names[1:2], "wikitext", 10, 32, torch.float32, tmp_path)
+    together = stats_cache_paths(model, tok, names, "wikitext", 10, 32, torch.float32, tmp_path)
+    alone = stats_cache_paths(model, tok, names[1:2], "wikitext", 10, 32, torch.float32, tmp_path)
     assert alone[names[1]] == together[names[1]] and len(set(together.values())) == 3
     other = tiny_model("llama", seed=1)  # other weights: another file
-    assert stats_cache_paths(other, names[1:2], "wikitext", 10, 32, torch.float32, tmp_path)[names[1]] != alone[names[1]]
+    assert stats_cache_paths(other, tok, names[1:2], "wikitext", 10, 32, torch.float32, tmp_path)[names[1]] != alone[names[1]]

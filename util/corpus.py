@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 # Hub names of the original project and the (dataset, config) they stand for. The original's
@@ -44,11 +45,59 @@ def local_path(spec: str) -> Path | None:
 def load_corpus_texts(spec: str, n_samples: int) -> list[str]:
     """At most ``n_samples`` non-empty texts from ``spec`` (a path or a hub dataset name)."""
     path = local_path(spec)
-    texts = _read_local(path) if path is not None else _read_hub(spec, n_samples)
+    texts = _read_local(path, n_samples) if path is not None else _read_hub(spec, n_samples)
     texts = [t for t in texts if t.strip()][:n_samples]
     if not texts:
         raise CorpusUnavailable(f"statistics corpus {spec!r} holds no text")
     return texts
+
+
+@dataclass
+class CorpusRef:
+    """A statistics corpus as the cache sees it.
+
+    ``key``: what the statistics depend on. A local corpus is read now (a bad line fails before
+    any model work) and keyed by the digest of the texts actually used, so neither the spelling of
+    its path nor files beyond the first ``n_samples`` texts matter. A hub corpus is keyed by the
+    dataset and config it resolves to plus ``n_samples``, so a cached run needs no network (the
+    hub's content at a name is trusted not to change). ``about``: where it came from (not keyed).
+    """
+
+    spec: str
+    n_samples: int
+    key: dict
+    about: dict
+    texts: list[str] | None = None
+
+    def load(self) -> list[str]:
+        if self.texts is None:
+            self.texts = load_corpus_texts(self.spec, self.n_samples)
+        return self.texts
+
+    @property
+    def label(self) -> str:
+        """A short readable name for file names."""
+        return self.about["label"]
+
+
+def resolve_corpus(spec: str, n_samples: int) -> CorpusRef:
+    path = local_path(spec)
+    if path is None:
+        name, config = hub_dataset(spec)
+        key = {"hub_dataset": name, "config": config, "n_samples": n_samples}
+        return CorpusRef(spec, n_samples, key, {"spec": spec, "label": corpus_id(spec)})
+    texts = load_corpus_texts(spec, n_samples)
+    key = {"texts_sha256": texts_digest(texts), "n_texts": len(texts)}
+    return CorpusRef(spec, n_samples, key, {"spec": spec, "path": str(path), "label": path.stem}, texts)
+
+
+def texts_digest(texts: list[str]) -> str:
+    """SHA-256 over the texts, each prefixed by its length (so boundaries count)."""
+    h = hashlib.sha256()
+    for text in texts:
+        data = text.encode("utf-8")
+        h.update(len(data).to_bytes(8, "little") + data)
+    return h.hexdigest()
 
 
 def corpus_id(spec: str) -> str:
@@ -67,35 +116,63 @@ def hub_dataset(spec: str) -> tuple[str, str | None]:
     return HUB_CORPORA.get(spec, (spec, None))
 
 
-def _read_local(path: Path) -> list[str]:
+class CorpusFormatError(CorpusUnavailable):
+    """A corpus file that cannot be parsed; the message names the file and the line."""
+
+
+def _read_local(path: Path, n_samples: int) -> list[str]:
+    """Texts from the file or the folder's files (sorted), stopping once ``n_samples`` non-empty
+    texts are in hand: later files are not read (nor checked)."""
     files = sorted(p for p in path.rglob("*") if p.suffix in TEXT_SUFFIXES) if path.is_dir() else [path]
     if not files:
         raise CorpusUnavailable(f"folder {path} has no {'/'.join(TEXT_SUFFIXES)} files for statistics")
     texts: list[str] = []
     for file in files:
         texts.extend(_read_file(file))
+        if sum(1 for t in texts if t.strip()) >= n_samples:
+            break
     return texts
 
 
 def _read_file(file: Path) -> list[str]:
-    raw = file.read_text(encoding="utf-8")
+    raw = _decode(file)
     if file.suffix == ".jsonl":
-        return [_text_of(json.loads(line), file) for line in raw.splitlines() if line.strip()]
+        return [_jsonl_text(line, file, number) for number, line in enumerate(raw.splitlines(), 1) if line.strip()]
     if file.suffix == ".json":
-        data = json.loads(raw)
+        try:
+            data = json.loads(raw)
+        except json.JSONDecodeError as err:
+            raise CorpusFormatError(f"{file}:{err.lineno}: not valid JSON ({err.msg}, column {err.colno})") from None
         if not isinstance(data, list):
-            raise CorpusUnavailable(f"{file}: expected a JSON list of strings or {{'text': ...}} objects")
-        return [_text_of(item, file) for item in data]
+            raise CorpusFormatError(f"{file}: expected a JSON list of strings or {{'text': ...}} objects")
+        return [_text_of(item, f"{file}: item {i}") for i, item in enumerate(data)]
     # Plain text: paragraphs are separated by blank lines (WikiText's hold a single space).
     return [p.strip() for p in re.split(r"\n\s*\n", raw) if p.strip()]
 
 
-def _text_of(item, file: Path) -> str:
+def _decode(file: Path) -> str:
+    data = file.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise CorpusFormatError(f"{file}:{line}: not UTF-8 text (byte {err.start}: {err.reason})") from None
+
+
+def _jsonl_text(line: str, file: Path, number: int) -> str:
+    try:
+        item = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise CorpusFormatError(f"{file}:{number}: not a JSON object ({err.msg}): {line[:80]!r}") from None
+    return _text_of(item, f"{file}:{number}")
+
+
+def _text_of(item, where: str) -> str:
     if isinstance(item, str):
         return item
     if isinstance(item, dict) and isinstance(item.get("text"), str):
         return item["text"]
-    raise CorpusUnavailable(f"{file}: each item must be a string or an object with a 'text' field, got {item!r:.80}")
+    raise CorpusFormatError(f"{where}: each item must be a string or an object with a 'text' field, got {item!r:.80}")
 
 
 def _read_hub(spec: str, n_samples: int) -> list[str]:

@@ -84,8 +84,9 @@ def edit_output(model: nn.Module, name: str, fn: Callable[[torch.Tensor], torch.
         handle.remove()
 
 
-def forward_until(model: nn.Module, stop_after: str | None, **inputs):
-    """Run the model, stopping right after module ``stop_after`` (None: full forward).
+def forward_until(model: nn.Module, stop_after: str | None, stop_before: bool = False, **inputs):
+    """Run the model, stopping right after module ``stop_after`` (None: full forward), or right
+    before it runs with ``stop_before`` (when only its input is wanted).
 
     Returns the model output, or None when the pass was stopped early. Hooks registered
     before this call on ``stop_after`` still run (hooks fire in registration order).
@@ -94,10 +95,11 @@ def forward_until(model: nn.Module, stop_after: str | None, **inputs):
     if stop_after is None:
         return model(**inputs)
 
-    def stop(_module, _args, _output):
+    def stop(*_):
         raise _StopForward
 
-    handle = get_module(model, stop_after).register_forward_hook(stop)
+    module = get_module(model, stop_after)
+    handle = module.register_forward_pre_hook(stop) if stop_before else module.register_forward_hook(stop)
     try:
         return model(**inputs)
     except _StopForward:

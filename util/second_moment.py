@@ -1,25 +1,40 @@
 """Uncentred second moments ``C0 = E[k k^T]`` of rewrite-module inputs over a corpus.
 
-All requested modules are collected in one pass, stopping the forward after the last of them.
-Sums and counts are kept separately so shards from several processes can be added.
+All requested modules are collected in one pass, stopping the forward before the last of them
+runs (its input is all that is read: no later layers, no LM head). The model runs in its own dtype; the sums accumulate in the
+statistics dtype on the device of the module they belong to. Sums and counts are kept apart so
+shards add up: under ``torch.distributed`` (world size > 1) each rank takes ``texts[rank::world]``
+of every chunk and the sums are all-reduced. Every ``checkpoint_every`` texts the partial sums
+are saved (atomically, by rank 0), so a killed pass resumes where it stopped.
+
+Precompute on several processes/GPUs before editing:
+``torchrun --nproc_per_node=N -m experiments.precompute_stats --alg_name=MEMIT --model_name=... --hparams_fname=...``
 """
 from __future__ import annotations
 
 import hashlib
-import re
+import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
-from util.architectures import get_module, model_device
-from util.atomic_files import save_torch_atomic
+from util.architectures import get_module
+from util.atomic_files import save_torch_atomic, write_json_atomic
 from util.hooks import capture, forward_until
 from util.rewrite_weights import weight_d_by_f
+from util.stats_cache import CacheEntry, effective_max_length, partial_path, stats_cache_entries
 from util.tokens import pad, pad_token_id
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CHECKPOINT_EVERY = 10_000  # texts; a checkpoint writes (f x f) sums per module
+DEFAULT_BATCH_TOKENS = 4096  # padded tokens per forward batch
 
 
 @dataclass
@@ -34,8 +49,8 @@ class SecondMomentStats:
         return cls(torch.zeros(dim, dim, dtype=dtype, device=device))
 
     def add(self, keys: torch.Tensor) -> None:
-        """keys: (N, f), one row per token."""
-        k = keys.to(self.total.dtype)
+        """keys: (N, f), one row per token; one matmul, in the statistics dtype, on its device."""
+        k = keys.to(self.total.device, self.total.dtype)
         self.total.addmm_(k.T, k)
         self.count += k.shape[0]
 
@@ -56,6 +71,33 @@ class SecondMomentStats:
         return cls(state["total"], int(state["count"]))
 
 
+# -- distributed ----------------------------------------------------------------------------------
+def rank_and_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _all_reduce_stats(stats: dict[str, SecondMomentStats]) -> None:
+    """Sum every rank's sums and counts into each rank's (gloo reduces CPU tensors only)."""
+    on_cpu = dist.get_backend() == "gloo"
+    for s in stats.values():
+        total = s.total.cpu() if on_cpu else s.total
+        dist.all_reduce(total)
+        if total is not s.total:
+            s.total.copy_(total)
+        count = torch.tensor([s.count], dtype=torch.float64, device=total.device)
+        dist.all_reduce(count)
+        s.count = int(count.item())
+
+
+def _broadcast_int(value: int) -> int:
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return int(box[0])
+
+
+# -- the pass -----------------------------------------------------------------------------------
 @torch.no_grad()
 def collect_second_moments(
     model: nn.Module,
@@ -65,38 +107,76 @@ def collect_second_moments(
     max_length: int,
     dtype: torch.dtype = torch.float32,
     progress: bool = True,
+    *,
+    batch_tokens: int = DEFAULT_BATCH_TOKENS,
+    checkpoint: Path | None = None,
+    checkpoint_every: int | None = DEFAULT_CHECKPOINT_EVERY,
 ) -> dict[str, SecondMomentStats]:
-    """One pass over ``texts``; returns stats for every module in ``module_names`` (model order)."""
-    device = model_device(model)
-    stats = {
-        name: SecondMomentStats.empty(weight_d_by_f(get_module(model, name)).shape[1], dtype, device)
-        for name in module_names
-    }
+    """One pass over ``texts``; stats for every module (on its device), summed over all ranks.
+
+    ``checkpoint``: file for partial sums (saved every ``checkpoint_every`` texts, resumed from
+    when present; the caller deletes it once the result is stored). Chunk boundaries stay at
+    multiples of ``checkpoint_every``, so a resumed pass batches exactly as an unbroken one.
+    """
+    rank, world = rank_and_world()
+    stats = {name: SecondMomentStats.empty(_key_dim(model, name), dtype, _module_device(model, name))
+             for name in module_names}
     last = _last_in_model_order(model, module_names)
-    context = getattr(model.config.get_text_config(), "max_position_embeddings", None)
-    max_length = min(max_length, context) if context else max_length  # longer texts overrun positions
-    encoded = [tok(t, add_special_tokens=True, truncation=True, max_length=max_length)["input_ids"] for t in texts]
-    batches = list(_token_budget_batches(encoded, budget=3 * max_length))
-    for batch in tqdm(batches, desc="covariance statistics", disable=not progress, unit="batch"):
-        ids, mask = pad(batch, pad_token_id(tok))
-        ids, mask = ids.to(device), mask.to(device)
-        with capture(model, input_of=module_names) as seen:
-            forward_until(model, last, input_ids=ids, attention_mask=mask)
-        real = mask.bool()
-        for name in module_names:
-            stats[name].add(seen.inputs[name][real])  # every non-padding token
+    max_length = effective_max_length(model, max_length)
+    done = _resume(checkpoint, stats, len(texts), rank, world) if checkpoint is not None else 0
+    chunk = checkpoint_every or max(len(texts), 1)  # with or without a checkpoint file: the same batches
+    meter = _Progress(len(texts), done, world, enabled=rank == 0, bar=progress)
+    for start in range(done, len(texts), chunk):
+        end = min(start + chunk, len(texts))
+        mine = list(texts[start:end])[rank::world]
+        for n_texts, ids, mask in _batches(tok, mine, max_length, batch_tokens):
+            _accumulate(model, stats, module_names, last, ids, mask)
+            meter.advance(n_texts, int(mask.sum()))
+        if checkpoint is not None and end < len(texts):
+            _save_checkpoint(checkpoint, stats, end, len(texts), rank, world)
+    if world > 1:
+        _all_reduce_stats(stats)
+    meter.close(stats[module_names[0]].count)
     return stats
 
 
-def _token_budget_batches(encoded: list[list[int]], budget: int):
+def _key_dim(model: nn.Module, name: str) -> int:
+    return weight_d_by_f(get_module(model, name)).shape[1]
+
+
+def _module_device(model: nn.Module, name: str) -> torch.device:
+    """C0 lives where its module's weight does (a model split over devices has several)."""
+    return weight_d_by_f(get_module(model, name)).device
+
+
+def _accumulate(model: nn.Module, stats: dict[str, SecondMomentStats], names: Sequence[str], last: str,
+                ids: torch.Tensor, mask: torch.Tensor) -> None:
+    device = next(model.parameters()).device  # where the embeddings take their input
+    with torch.inference_mode(), capture(model, input_of=names) as seen:
+        # only the last module's input is needed: stop before it runs
+        forward_until(model, last, stop_before=True, input_ids=ids.to(device), attention_mask=mask.to(device))
+    real = mask.bool()
+    for name in names:
+        keys = seen.inputs[name]
+        stats[name].add(keys[real.to(keys.device)])  # every non-padding token
+
+
+def _batches(tok, texts: list[str], max_length: int, batch_tokens: int):
+    """(number of texts, ids, mask) batches of at most ``batch_tokens`` padded tokens; texts are
+    sorted by length first, so little of a batch is padding."""
+    if not texts:
+        return
+    encoded = tok(texts, add_special_tokens=True, truncation=True, max_length=max_length)["input_ids"]
+    encoded = sorted((ids for ids in encoded if ids), key=len, reverse=True)
+    pad_id = pad_token_id(tok)
     batch: list[list[int]] = []
-    for ids in encoded:
-        if batch and (len(batch) + 1) * max(len(ids), max(map(len, batch))) > budget:
-            yield batch
+    for ids in encoded:  # longest first: the first row of a batch sets its width
+        if batch and (len(batch) + 1) * len(batch[0]) > batch_tokens:
+            yield (len(batch), *pad(batch, pad_id))
             batch = []
         batch.append(ids)
     if batch:
-        yield batch
+        yield (len(batch), *pad(batch, pad_id))
 
 
 def _last_in_model_order(model: nn.Module, names: Sequence[str]) -> str:
@@ -104,22 +184,82 @@ def _last_in_model_order(model: nn.Module, names: Sequence[str]) -> str:
     return max(names, key=lambda n: order[n])
 
 
-def model_fingerprint(model: nn.Module, module_names: Sequence[str]) -> str:
-    """Identifies the weights the statistics describe (name alone can hide a fine-tune)."""
-    h = hashlib.sha1(str(getattr(model.config, "_name_or_path", "")).encode())
-    for name in module_names:
-        w = weight_d_by_f(get_module(model, name))
-        h.update(name.encode() + str(tuple(w.shape)).encode())
-        h.update(w.detach().flatten()[:4096].float().cpu().numpy().tobytes())
-    return h.hexdigest()[:12]
+# -- checkpoints ------------------------------------------------------------------------------------
+def _save_checkpoint(path: Path, stats: dict[str, SecondMomentStats], done: int, n_texts: int,
+                     rank: int, world: int) -> None:
+    """Rank 0 saves the sums over all ranks; the other ranks restart theirs from zero."""
+    if world > 1:
+        _all_reduce_stats(stats)
+        if rank != 0:
+            for s in stats.values():
+                s.total.zero_()
+                s.count = 0
+    if rank == 0:
+        state = {"texts_done": done, "n_texts": n_texts, "stats": {n: s.state_dict() for n, s in stats.items()}}
+        save_torch_atomic(state, path)
+        log.info("statistics checkpoint: %d/%d texts in %s", done, n_texts, path)
 
 
-def _safe(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "model"
+def _resume(path: Path, stats: dict[str, SecondMomentStats], n_texts: int, rank: int, world: int) -> int:
+    """Texts already summed in the checkpoint (loaded into rank 0's stats), or 0."""
+    done = _load_checkpoint(path, stats, n_texts) if rank == 0 else 0
+    return _broadcast_int(done) if world > 1 else done
 
 
+def _load_checkpoint(path: Path, stats: dict[str, SecondMomentStats], n_texts: int) -> int:
+    if not path.is_file():
+        return 0
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+        saved = {n: SecondMomentStats.from_state_dict(state["stats"][n]) for n in stats}
+        if state["n_texts"] != n_texts or any(saved[n].total.shape != stats[n].total.shape for n in stats):
+            raise ValueError(f"it was taken over {state['n_texts']} texts or other modules")
+    except Exception as err:  # truncated file, other pass: start over rather than fail forever
+        log.warning("statistics checkpoint %s is unusable (%s: %s); starting the pass from the first text",
+                    path, type(err).__name__, err)
+        return 0
+    for name, s in stats.items():
+        s.merge(saved[name])
+    log.info("resuming the statistics pass from %s: %d/%d texts already summed", path, state["texts_done"], n_texts)
+    return int(state["texts_done"])
+
+
+class _Progress:
+    """A tqdm bar plus a log line every ~5% of the texts (rank 0 only; counts are its own
+    tokens, texts are estimated for all ranks)."""
+
+    def __init__(self, n_texts: int, done: int, world: int, enabled: bool, bar: bool) -> None:
+        self.n, self.done, self.world, self.enabled = n_texts, done, world, enabled
+        self.start_done, self.tokens, self.t0 = done, 0, time.perf_counter()
+        self.every = max(1, n_texts // 20)
+        self.next_log = done + self.every
+        self.bar = tqdm(total=n_texts, initial=done, desc="C0 statistics", unit="text",
+                        disable=not (enabled and bar))
+        if enabled:
+            log.info("statistics pass: %d texts (%d already summed), %d process(es)", n_texts, done, world)
+
+    def advance(self, n_texts: int, tokens: int) -> None:
+        self.done = min(self.n, self.done + n_texts * self.world)
+        self.tokens += tokens
+        self.bar.update(n_texts * self.world)
+        if self.enabled and self.done >= self.next_log:
+            self.next_log = self.done + self.every
+            rate = self.tokens / max(time.perf_counter() - self.t0, 1e-9)
+            left = (self.n - self.done) / max(self.done - self.start_done, 1) * (time.perf_counter() - self.t0)
+            log.info("statistics pass: %d/%d texts (%.0f%%), %.0f tokens/s per process, ~%.0f s left",
+                     self.done, self.n, 100 * self.done / self.n, rate, left)
+
+    def close(self, total_tokens: int) -> None:
+        self.bar.close()
+        if self.enabled:
+            seconds = time.perf_counter() - self.t0
+            log.info("statistics pass done: %d tokens in all, %.1f s for this run's part", total_tokens, seconds)
+
+
+# -- the cache ------------------------------------------------------------------------------------------
 def stats_cache_paths(
     model: nn.Module,
+    tok,
     module_names: Sequence[str],
     corpus: str,
     n_samples: int,
@@ -128,17 +268,13 @@ def stats_cache_paths(
     cache_dir: str | Path | None,
 ) -> dict[str, Path | None]:
     """Where C0 of each module is cached (None without a cache folder). Derived statistics (e.g.
-    AlphaEdit's projectors) are stored next to these files. Each file is keyed by its own module's
-    weights, so methods editing different layer sets (ROME's one, MEMIT's five) share it."""
-    from util.corpus import corpus_id
+    AlphaEdit's projectors) are stored next to these files. Each file is keyed by its own module
+    (see util/stats_cache.py), so methods editing different layer sets share it."""
+    from util.corpus import resolve_corpus
 
-    if cache_dir is None:
-        return {n: None for n in module_names}
-    model_name = _safe(str(getattr(model.config, "_name_or_path", "") or model.config.model_type))
-    folder = Path(cache_dir) / model_name / _safe(corpus_id(corpus))
-    dtype_name = str(dtype).removeprefix("torch.")
-    return {n: folder / f"{_safe(n)}-{model_fingerprint(model, [n])}_{dtype_name}_{n_samples}_{max_length}.pt"
-            for n in module_names}
+    ref = resolve_corpus(corpus, n_samples)
+    entries = stats_cache_entries(model, tok, module_names, ref, max_length, dtype, cache_dir)
+    return {n: e.path if e is not None else None for n, e in entries.items()}
 
 
 def cached_second_moments(
@@ -151,22 +287,72 @@ def cached_second_moments(
     dtype: torch.dtype,
     cache_dir: str | Path | None,
     progress: bool = True,
+    *,
+    batch_tokens: int = DEFAULT_BATCH_TOKENS,
+    checkpoint_every: int | None = DEFAULT_CHECKPOINT_EVERY,
 ) -> dict[str, torch.Tensor]:
-    """``C0`` per module, from the disk cache when present; only missing modules are collected."""
-    from util.corpus import load_corpus_texts
+    """``C0`` per module, on the module's device: from the disk cache when a readable file with the
+    same key is there; the missing modules are collected in one pass (a local corpus is read,
+    and checked, before the model is run)."""
+    from util.corpus import resolve_corpus
 
-    path_of = stats_cache_paths(model, module_names, corpus, n_samples, max_length, dtype, cache_dir)
+    ref = resolve_corpus(corpus, n_samples)
+    entries = stats_cache_entries(model, tok, module_names, ref, max_length, dtype, cache_dir)
     result: dict[str, torch.Tensor] = {}
-    device = model_device(model)
-    for name, path in path_of.items():
-        if path is not None and path.is_file():
-            result[name] = SecondMomentStats.from_state_dict(torch.load(path, weights_only=True)).mom2().to(device)
+    for name, entry in entries.items():
+        loaded = _load_cached(entry, _key_dim(model, name)) if entry is not None else None
+        if loaded is not None:
+            result[name] = loaded.mom2().to(_module_device(model, name))
     missing = [n for n in module_names if n not in result]
-    if missing:
-        texts = load_corpus_texts(corpus, n_samples)
-        stats = collect_second_moments(model, tok, missing, texts, max_length, dtype, progress)
-        for name, s in stats.items():
-            if path_of[name] is not None:
-                save_torch_atomic(s.state_dict(), path_of[name])
-            result[name] = s.mom2()
+    if not missing:
+        return result
+    paths = [entries[n] for n in missing if entries[n] is not None]
+    checkpoint = partial_path(paths) if paths else None
+    log.info("collecting C0 for %s over %s (%d samples, max length %d, %s)%s", ", ".join(missing), corpus,
+             n_samples, max_length, str(dtype).removeprefix("torch."), f"; cache {paths[0].path.parent}" if paths else "")
+    start = time.perf_counter()
+    stats = collect_second_moments(model, tok, missing, ref.load(), max_length, dtype, progress,
+                                   batch_tokens=batch_tokens, checkpoint=checkpoint, checkpoint_every=checkpoint_every)
+    if rank_and_world()[0] == 0 and paths:
+        for name in missing:
+            _store(entries[name], stats[name], ref, model, time.perf_counter() - start)
+        checkpoint.unlink(missing_ok=True)
+    for name in missing:
+        result[name] = stats[name].mom2()
     return result
+
+
+def _load_cached(entry: CacheEntry, dim: int) -> SecondMomentStats | None:
+    """The cached sums, or None when absent or unreadable (a truncated file is named, then
+    recomputed and overwritten, never an error forever)."""
+    if not entry.path.is_file():
+        return None
+    try:
+        s = SecondMomentStats.from_state_dict(torch.load(entry.path, weights_only=True, map_location="cpu"))
+        if tuple(s.total.shape) != (dim, dim) or s.count <= 0:
+            raise ValueError(f"holds a {tuple(s.total.shape)} sum over {s.count} tokens, expected ({dim}, {dim})")
+    except Exception as err:
+        log.warning("statistics cache file %s is unreadable (%s: %s); recomputing it", entry.path,
+                    type(err).__name__, str(err)[:200])
+        return None
+    return s
+
+
+def _store(entry: CacheEntry, stats: SecondMomentStats, ref, model: nn.Module, seconds: float) -> None:
+    save_torch_atomic(stats.state_dict(), entry.path)
+    meta = {"key": entry.key, "corpus_source": ref.about, "n_samples": ref.n_samples,
+            "model_name_or_path": str(getattr(model.config, "_name_or_path", "")), "tokens": stats.count,
+            "processes": rank_and_world()[1], "seconds": round(seconds, 1),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    write_json_atomic(entry.meta_path, meta)
+    log.info("C0 of %s (%d tokens) written to %s", entry.key["module"], stats.count, entry.path)
+
+
+def model_fingerprint(model: nn.Module, module_names: Sequence[str]) -> str:
+    """A short id of the model and the named modules' weights (the value cache's model key)."""
+    h = hashlib.sha1(str(getattr(model.config, "_name_or_path", "")).encode())
+    for name in module_names:
+        w = weight_d_by_f(get_module(model, name))
+        h.update(name.encode() + str(tuple(w.shape)).encode())
+        h.update(w.detach().flatten()[:4096].float().cpu().numpy().tobytes())
+    return h.hexdigest()[:12]
