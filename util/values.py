@@ -248,7 +248,8 @@ def _optimise(model: nn.Module, tok, requests: Sequence[dict], spec: ValueSpec, 
     with frozen(model), bar:
         forward = _value_forward(model, spec, b)
         for it in range(spec.num_steps):
-            target_hidden, kl_hidden = forward(delta)
+            with torch.set_grad_enabled(it < spec.num_steps - 1):  # the last evaluation takes no step
+                target_hidden, kl_hidden = forward(delta)
             h0 = forward.h0
             target_lp = log_probs(target_hidden).gather(1, b.tgt_id[:, None]).squeeze(1)
             nll = torch.zeros(n, device=device).index_add(0, b.tgt_req, -target_lp * b.tgt_weight)
