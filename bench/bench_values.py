@@ -29,7 +29,8 @@ TEMPLATES = [["{}"], ["The day was warm. {}", "Therefore it was. {}", "Because o
                       "You know. {}"]]
 # The original code's settings transplanted to SmolLM2 (docs/MODELS.md): layers 3-7, loss at the
 # last layer, 20 steps at lr 0.1, lambda 15000.
-ORIGINAL_STYLE = dict(layers=[3, 4, 5, 6, 7], v_num_grad_steps=20, v_lr=0.1, v_loss_layer=29, mom2_update_weight=15000.0)
+ORIGINAL_STYLE = dict(layers=[3, 4, 5, 6, 7], v_num_grad_steps=20, v_lr=0.1, v_loss_layer=29,
+                      mom2_update_weight=15000.0)
 
 
 def main() -> None:

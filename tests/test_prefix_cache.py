@@ -9,7 +9,7 @@ from helpers import REQUESTS, tiny_hparams, tiny_model
 
 import util.prefix_cache as prefix_cache
 from util.architectures import MODULE_LAYOUTS, get_module
-from util.hooks import edit_output, forward_until, capture
+from util.hooks import capture, edit_output, forward_until
 from util.requests import normalize_request
 from util.tokens import pad
 from util.values import compute_values
@@ -43,7 +43,7 @@ def _spec(model, site: str, **overrides):
 def _assert_same_z(fast, full):
     rel = (fast.z - full.z).norm(dim=1) / full.z.norm(dim=1)
     assert float(rel.max()) < REL_TOL, rel
-    assert torch.equal(fast.h0, full.h0)  # read from the same kind of pass, same shapes
+    assert torch.allclose(fast.h0, full.h0, rtol=1e-6, atol=1e-6)  # one whole-model pass each, before delta
     assert fast.updates == full.updates
     assert fast.losses == pytest.approx(full.losses, rel=1e-3, abs=1e-5)
 
