@@ -44,6 +44,10 @@ def main() -> None:
     ap.add_argument("--paths", action="store_true", help="suffix-only vs whole-model steps (else batching)")
     ap.add_argument("--batch", action="store_true", help="with --paths: also time one NSE batch, C0 given")
     ap.add_argument("--repeat", type=int, default=1, help="timings: the best of this many runs")
+    ap.add_argument("--suffix_only", action="store_true",
+                    help="with --paths: time only the suffix-only path (the whole-model one takes minutes)")
+    ap.add_argument("--step_trials", type=int, default=0,
+                    help="with --paths: also the best of this many single steps per path (robust to a shared CPU)")
     args = ap.parse_args()
     model, tok, hp = _load(args)
     records = json.load(open(args.data))[: args.n]
@@ -53,9 +57,12 @@ def main() -> None:
            "torch_threads": torch.get_num_threads(), "load_before": _load_average()}
     if args.paths:
         templates = _templates(model, tok, args.smollm2)
-        out.update(_compare_paths(model, tok, reqs, hp, templates, args.repeat))
+        if args.step_trials:
+            out.update(_step_times(model, tok, reqs, hp.value_spec(model), templates, args.step_trials))
+            print(json.dumps(out), flush=True)  # partial results first: the full runs take long on a busy CPU
+        out.update(_compare_paths(model, tok, reqs, hp, templates, args.repeat, with_full=not args.suffix_only))
         if args.batch:
-            out.update(_nse_batch(model, tok, reqs, hp, templates, args.repeat))
+            out.update(_nse_batch(model, tok, reqs, hp, templates, args.repeat, args.suffix_only))
     else:
         out.update(_compare_batching(model, tok, reqs, hp.value_spec(model)))
     out["load_after"] = _load_average()
@@ -105,23 +112,50 @@ def _compare_batching(model, tok, reqs, spec) -> dict:
             "speedup": round(t_single / t_batched, 2), "max_abs_z_diff": float((batched.z - singles).abs().max())}
 
 
-def _compare_paths(model, tok, reqs, hp, templates, repeat: int) -> dict:
+def _compare_paths(model, tok, reqs, hp, templates, repeat: int, with_full: bool = True) -> dict:
     spec = hp.value_spec(model)
-    full_spec = dataclasses.replace(spec, suffix_only=False)
-    t_full, full = _timed(lambda: compute_values(model, tok, reqs, full_spec, templates), repeat)
     t_fast, fast = _timed(lambda: compute_values(model, tok, reqs, spec, templates), repeat)
     flops = _value_flops(model, tok, reqs, spec, templates, fast.updates)
-    peak = _matmul_flops_per_s()
-    rel = ((fast.z - full.z).norm(dim=1) / full.z.norm(dim=1)).max()
-    return {
-        "values_full_s": round(t_full, 2), "values_suffix_only_s": round(t_fast, 2),
-        "speedup": round(t_full / t_fast, 2), "updates_full": full.updates, "updates_suffix_only": fast.updates,
-        "max_rel_z_diff": float(rel), "max_abs_z_diff": float((fast.z - full.z).abs().max()),
-        "gflop_full": round(flops["full"] / 1e9, 1), "gflop_suffix_only": round(flops["suffix_only"] / 1e9, 1),
-        "gflop_per_s_full": round(flops["full"] / t_full / 1e9, 1),
-        "gflop_per_s_suffix_only": round(flops["suffix_only"] / t_fast / 1e9, 1),
-        "matmul_peak_gflop_per_s": round(peak / 1e9, 1), "tokens": flops["tokens"],
-    }
+    out = {"values_suffix_only_s": round(t_fast, 2), "updates_suffix_only": fast.updates,
+           "gflop_suffix_only": round(flops["suffix_only"] / 1e9, 1),
+           "gflop_per_s_suffix_only": round(flops["suffix_only"] / t_fast / 1e9, 1),
+           "gflop_full": round(flops["full"] / 1e9, 1), "tokens": flops["tokens"]}
+    if with_full:
+        full_spec = dataclasses.replace(spec, suffix_only=False)
+        t_full, full = _timed(lambda: compute_values(model, tok, reqs, full_spec, templates), repeat)
+        rel = ((fast.z - full.z).norm(dim=1) / full.z.norm(dim=1)).max()
+        out.update({"values_full_s": round(t_full, 2), "speedup": round(t_full / t_fast, 2),
+                    "updates_full": full.updates, "max_rel_z_diff": float(rel),
+                    "max_abs_z_diff": float((fast.z - full.z).abs().max()),
+                    "gflop_per_s_full": round(flops["full"] / t_full / 1e9, 1)})
+    out["matmul_peak_gflop_per_s"] = round(_matmul_flops_per_s() / 1e9, 1)
+    return out
+
+
+def _step_times(model, tok, reqs, spec, templates, trials: int) -> dict:
+    """Seconds of one optimisation step (forward to the losses' hidden states, the LM head, backward)
+    per path, the best of ``trials`` alternating tries: a short try often runs while the CPU is free."""
+    from util.values import _build_batch, _Batch, _FullForward, _SuffixOnlyForward, frozen
+    from util.prefix_cache import split_layer_name
+
+    b = _build_batch(tok, reqs, templates, spec.fact_token)
+    b = _Batch(**{k: v.to(next(model.parameters()).device) for k, v in vars(b).items()})
+    head = model.get_output_embeddings().weight
+    delta = torch.zeros(len(reqs), model.config.hidden_size, requires_grad=True)
+    best = {"full": float("inf"), "suffix_only": float("inf"), "cache_pass": float("inf")}
+    with frozen(model):
+        paths = {"full": _FullForward(model, spec, b)}
+        for _ in range(trials):
+            t0 = time.perf_counter()
+            paths["suffix_only"] = _SuffixOnlyForward(model, spec, b, split_layer_name(spec.final_layer)[0])
+            best["cache_pass"] = min(best["cache_pass"], time.perf_counter() - t0)
+            for name, forward in paths.items():
+                t0 = time.perf_counter()
+                target, kl = forward(delta)
+                loss = torch.log_softmax(torch.cat([target, kl]) @ head.T, -1).mean()
+                loss.backward()
+                best[name] = min(best[name], time.perf_counter() - t0)
+    return {f"step_best_{k}_s": round(v, 3) for k, v in best.items()}
 
 
 def _value_flops(model, tok, reqs, spec, templates, updates: list[int]) -> dict:
@@ -169,14 +203,15 @@ def _matmul_flops_per_s(n: int = 2048, repeat: int = 5) -> float:
     return 2 * n**3 / seconds
 
 
-def _nse_batch(model, tok, reqs, hp, templates, repeat: int) -> dict:
+def _nse_batch(model, tok, reqs, hp, templates, repeat: int, suffix_only_alone: bool = False) -> dict:
     """One NSE batch with C0 given (a prepared editor), whole-model steps vs suffix-only; the
     value phase timed inside it."""
     from experiments.algorithms import ALGORITHMS
 
     out = {}
     cov = None
-    for label, suffix_only in (("full", False), ("suffix_only", True)):
+    paths = (("suffix_only", True),) if suffix_only_alone else (("full", False), ("suffix_only", True))
+    for label, suffix_only in paths:
         times = []
         for _ in range(repeat):
             editor = ALGORITHMS["NSE"].make_editor(model, tok, hp, context_templates=templates, progress=False)
@@ -204,8 +239,9 @@ def _nse_batch(model, tok, reqs, hp, templates, repeat: int) -> dict:
         batch_s, values_s = min(times)
         out[f"batch_{label}_s"], out[f"batch_{label}_values_s"] = round(batch_s, 2), round(values_s, 2)
         out[f"_update_{label}"] = update
-    full, fast = out.pop("_update_full"), out.pop("_update_suffix_only")
-    out["update_max_rel_diff"] = max(float((fast[n] - full[n]).norm() / full[n].norm()) for n in full)
+    fast, full = out.pop("_update_suffix_only"), out.pop("_update_full", None)
+    if full is not None:
+        out["update_max_rel_diff"] = max(float((fast[n] - full[n]).norm() / full[n].norm()) for n in full)
     return out
 
 

@@ -2,7 +2,8 @@
 
 Each request i gets its own delta_i (added at its fact tokens in every one of its prompts);
 losses are per request and summed, so one forward/backward per step serves the whole batch
-with the same math as one request at a time.
+with the same math as one request at a time. Each step runs only what delta changes: the positions
+from the fact token on, through the layers above the site (:mod:`util.prefix_cache`).
 """
 from __future__ import annotations
 
@@ -149,7 +150,7 @@ def _build_batch(tok, requests: Sequence[dict], templates: list[list[str]], fact
 
 
 class _FullForward:
-    """Today's path: the whole model on every row and position, delta added by a hook."""
+    """The whole model on every row and position each step, delta added by a hook (the reference path)."""
 
     def __init__(self, model: nn.Module, spec: ValueSpec, b: _Batch) -> None:
         self.model, self.spec, self.b = model, spec, b
@@ -198,7 +199,7 @@ class _SuffixOnlyForward:
                 out[self.final_index][b.kl_rows, 0])
 
 
-def _value_forward(model: nn.Module, spec: ValueSpec, b: _Batch):
+def _value_forward(model: nn.Module, spec: ValueSpec, b: _Batch) -> _FullForward | _SuffixOnlyForward:
     """The suffix-only forward where it applies (and is asked for), else the full one."""
     reason = _suffix_only_unsupported(model, spec, b)
     if reason is None:
