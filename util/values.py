@@ -2,7 +2,8 @@
 
 Each request i gets its own delta_i (added at its fact tokens in every one of its prompts);
 losses are per request and summed, so one forward/backward per step serves the whole batch
-with the same math as one request at a time.
+with the same math as one request at a time. Each step runs only what delta changes: the positions
+from the fact token on, through the layers above the site (:mod:`util.prefix_cache`).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from tqdm.auto import tqdm
 from util.architectures import get_module, model_device
 from util.context_templates import apply_template, flat_templates
 from util.hooks import capture, edit_output, forward_until
+from util.prefix_cache import SuffixForward, layer_of, split_layer_name, unsupported_reason
 from util.requests import fill_prompt
 from util.tokens import encode, encode_target, fact_token_index, pad, pad_token_id
 
@@ -44,6 +46,9 @@ class ValueSpec:
     weight_decay: float
     clamp_norm_factor: float
     kl_factor: float
+    # Each step runs only the positions from the fact token on, through the layers above the site
+    # (util.prefix_cache); False, or a model it does not support, runs the whole model every step.
+    suffix_only: bool = True
 
 
 @dataclass
@@ -144,6 +149,81 @@ def _build_batch(tok, requests: Sequence[dict], templates: list[list[str]], fact
                   t(tgt_req), torch.tensor(tgt_w, dtype=torch.float32))
 
 
+class _FullForward:
+    """The whole model on every row and position each step, delta added by a hook (the reference path)."""
+
+    def __init__(self, model: nn.Module, spec: ValueSpec, b: _Batch) -> None:
+        self.model, self.spec, self.b = model, spec, b
+        self.rows = torch.arange(b.ids.shape[0], device=b.ids.device)
+        self._h0: list[torch.Tensor] = []
+
+    @property
+    def h0(self) -> torch.Tensor:
+        return self._h0[0]
+
+    def __call__(self, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b, spec = self.b, self.spec
+
+        def add_delta(out: torch.Tensor) -> torch.Tensor:  # out: (R, T, d)
+            if not self._h0:
+                self._h0.append(out[b.plain_rows, b.fact_pos[b.plain_rows]].detach().float())
+            return out.index_put((self.rows, b.fact_pos), delta[b.row_req].to(out.dtype), accumulate=True)
+
+        read = [spec.loss_layer, spec.final_layer]
+        with edit_output(self.model, spec.site, add_delta), capture(self.model, output_of=read, detach=False) as seen:
+            forward_until(self.model, spec.final_layer, input_ids=b.ids, attention_mask=b.mask)
+        return (seen.outputs[spec.loss_layer][b.tgt_row, b.tgt_pos],
+                seen.outputs[spec.final_layer][b.kl_rows, b.fact_pos[b.kl_rows]])
+
+
+class _SuffixOnlyForward:
+    """Same outputs as :class:`_FullForward`, computing only what delta changes (util.prefix_cache)."""
+
+    def __init__(self, model: nn.Module, spec: ValueSpec, b: _Batch, layers_path: str) -> None:
+        self.b = b
+        first = layer_of(spec.site, layers_path)
+        self.loss_index = split_layer_name(spec.loss_layer)[1]
+        self.final_index = split_layer_name(spec.final_layer)[1]
+        # The last position any loss reads in each row (its fact token for the KL rows).
+        end = b.fact_pos.clone().scatter_reduce(0, b.tgt_row, b.tgt_pos, reduce="amax")
+        self.run = SuffixForward(model, layers_path, first, self.final_index, b.ids, b.mask, b.fact_pos, end,
+                                 capture_output_of=(spec.site,))
+        self.h0 = self.run.captured[spec.site][b.plain_rows, b.fact_pos[b.plain_rows]].float()
+
+    def __call__(self, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b = self.b
+        # delta at the site's output reaches the site layer's output unchanged: every block in the
+        # module table adds its MLP output to the residual stream last (tests pin this for ROME).
+        out = self.run(delta[b.row_req], read=(self.loss_index, self.final_index))
+        return (out[self.loss_index][b.tgt_row, b.tgt_pos - b.fact_pos[b.tgt_row]],
+                out[self.final_index][b.kl_rows, 0])
+
+
+def _value_forward(model: nn.Module, spec: ValueSpec, b: _Batch) -> _FullForward | _SuffixOnlyForward:
+    """The suffix-only forward where it applies (and is asked for), else the full one."""
+    reason = _suffix_only_unsupported(model, spec, b)
+    if reason is None:
+        return _SuffixOnlyForward(model, spec, b, split_layer_name(spec.final_layer)[0])
+    if spec.suffix_only:
+        log.info("value optimisation runs the whole model each step: %s", reason)
+    return _FullForward(model, spec, b)
+
+
+def _suffix_only_unsupported(model: nn.Module, spec: ValueSpec, b: _Batch) -> str | None:
+    if not spec.suffix_only:
+        return "suffix_only=False"
+    final = split_layer_name(spec.final_layer)
+    loss = split_layer_name(spec.loss_layer)
+    if final is None or loss is None or loss[0] != final[0]:
+        return f"cannot read layer indices from {spec.loss_layer!r} and {spec.final_layer!r}"
+    first = layer_of(spec.site, final[0])
+    if first is None or not first <= loss[1] <= final[1]:
+        return f"site {spec.site!r} is not in or below the loss layer of {final[0]}"
+    if bool((b.tgt_pos < b.fact_pos[b.tgt_row]).any()):
+        return "a target is scored before its fact token"
+    return unsupported_reason(model, final[0], b.ids.shape[1])
+
+
 def _optimise(model: nn.Module, tok, requests: Sequence[dict], spec: ValueSpec, templates: list[list[str]],
               progress: bool = False) -> ValueResult:
     device = model_device(model)
@@ -154,13 +234,6 @@ def _optimise(model: nn.Module, tok, requests: Sequence[dict], spec: ValueSpec, 
     d = model.config.get_text_config().hidden_size
     delta = torch.zeros(n, d, dtype=torch.float32, device=device, requires_grad=True)
     optimizer = torch.optim.Adam([delta], lr=spec.lr)
-    rows = torch.arange(b.ids.shape[0], device=device)
-    seen_h0: list[torch.Tensor] = []
-
-    def add_delta(out: torch.Tensor) -> torch.Tensor:  # out: (R, T, d)
-        if not seen_h0:
-            seen_h0.append(out[b.plain_rows, b.fact_pos[b.plain_rows]].detach().float())
-        return out.index_put((rows, b.fact_pos), delta[b.row_req].to(out.dtype), accumulate=True)
 
     def log_probs(hidden: torch.Tensor) -> torch.Tensor:  # (N, d) -> (N, vocab)
         # The head's weight, not the module: GPT-2 files name the tied embedding transformer.wte.
@@ -174,17 +247,15 @@ def _optimise(model: nn.Module, tok, requests: Sequence[dict], spec: ValueSpec, 
     bar = tqdm(total=spec.num_steps, desc=f"values ({n} requests)", unit="step", disable=not progress,
                leave=False)
     with frozen(model), bar:
+        forward = _value_forward(model, spec, b)
         for it in range(spec.num_steps):
-            read = [spec.loss_layer, spec.final_layer]
-            with edit_output(model, spec.site, add_delta), capture(model, output_of=read, detach=False) as seen:
-                forward_until(model, spec.final_layer, input_ids=b.ids, attention_mask=b.mask)
-            hidden = seen.outputs[spec.loss_layer]
-            h0 = seen_h0[0]
-            target_lp = log_probs(hidden[b.tgt_row, b.tgt_pos]).gather(1, b.tgt_id[:, None]).squeeze(1)
+            with torch.set_grad_enabled(it < spec.num_steps - 1):  # the last evaluation takes no step
+                target_hidden, kl_hidden = forward(delta)
+            h0 = forward.h0
+            target_lp = log_probs(target_hidden).gather(1, b.tgt_id[:, None]).squeeze(1)
             nll = torch.zeros(n, device=device).index_add(0, b.tgt_req, -target_lp * b.tgt_weight)
             # The KL term reads the model's final logits (as the original does), whatever v_loss_layer is.
-            final = seen.outputs[spec.final_layer]
-            kl_lp = log_probs(final[b.kl_rows, b.fact_pos[b.kl_rows]])
+            kl_lp = log_probs(kl_hidden)
             if kl_init is None:
                 kl_init = kl_lp.detach()
             kl = spec.kl_factor * (kl_lp.exp() * (kl_lp - kl_init)).sum(-1)  # KL(P_delta || P_0)
@@ -207,5 +278,5 @@ def _optimise(model: nn.Module, tok, requests: Sequence[dict], spec: ValueSpec, 
                 scale = (max_norm / delta.norm(dim=1).clamp_min(1e-12)).clamp(max=1.0)
                 delta.mul_(scale[:, None])
             updates += (~stopped).long().cpu()
-    h0 = seen_h0[0]
+    h0 = forward.h0
     return ValueResult(z=(h0 + delta.detach()), h0=h0, losses=losses.tolist(), updates=updates.tolist())

@@ -1,0 +1,150 @@
+"""Re-run only what an offset at one layer and one position can change.
+
+An offset added to the output of decoder layer L at position f changes nothing below layer L and,
+attention being causal, nothing before position f at any layer. :class:`SuffixForward` runs the
+batch once through the model, keeps layer L's output and the keys/values every layer above L
+computed for all positions, and then, per call, runs only positions ``f..end`` of each row through
+layers L+1.. with the row's offset added at ``f``, attending to the cached keys/values of
+positions ``< f``. It calls the model's own decoder layers, so each architecture's attention,
+rotary embedding and grouped-query layout is its own; only the mask, the position ids and a
+read-only cache are built here.
+"""
+from __future__ import annotations
+
+import inspect
+
+import torch
+from torch import nn
+from transformers import DynamicCache
+
+from util.architectures import MODULE_LAYOUTS, get_module
+from util.hooks import capture, first_tensor, forward_until
+
+ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa")  # both take an additive float mask of our shape
+
+
+def split_layer_name(name: str) -> tuple[str, int] | None:
+    """``"model.layers.7"`` -> ``("model.layers", 7)``; None when the name does not end in an index."""
+    parent, _, index = name.rpartition(".")
+    return (parent, int(index)) if parent and index.isdigit() else None
+
+
+def layer_of(site: str, layers_path: str) -> int | None:
+    """Index of the decoder layer that is ``site`` or contains it (``model.layers.7.mlp`` -> 7)."""
+    prefix = layers_path + "."
+    if not site.startswith(prefix):
+        return None
+    head = site[len(prefix):].split(".", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+def unsupported_reason(model: nn.Module, layers_path: str, seq_len: int) -> str | None:
+    """Why :class:`SuffixForward` cannot run this model (None: it can)."""
+    config = model.config.get_text_config()
+    if getattr(config, "model_type", None) not in MODULE_LAYOUTS:
+        return f"model_type {getattr(config, 'model_type', None)!r} is not in the module table"
+    implementation = getattr(config, "_attn_implementation", None)
+    if implementation not in ATTENTION_IMPLEMENTATIONS:
+        return f"attention implementation {implementation!r} (supported: {ATTENTION_IMPLEMENTATIONS})"
+    window = getattr(config, "sliding_window", None)
+    if window is not None and seq_len >= window:  # our mask has no window
+        return f"sliding window {window} <= sequence length {seq_len}"
+    if model.training:  # dropout would draw different masks than the full pass
+        return "model is in training mode"
+    layers = get_module(model, layers_path)
+    if not isinstance(layers, nn.ModuleList) or _cache_argument(layers[0]) is None:
+        return f"{layers_path} is not a list of decoder layers taking a key/value cache"
+    return None
+
+
+def _cache_argument(layer: nn.Module) -> str | None:
+    """The name under which a decoder layer takes its cache (GPT-J and GPT-NeoX: ``layer_past``)."""
+    params = inspect.signature(layer.forward).parameters
+    for name in ("past_key_values", "layer_past"):
+        if name in params:
+            return name
+    return None
+
+
+class _PrefixKeysValues:
+    """A read-only cache: each attention's ``update`` returns the cached keys/values of every
+    position followed by the new ones, and stores nothing (every call starts from the prefix)."""
+
+    def __init__(self, keys: dict[int, torch.Tensor], values: dict[int, torch.Tensor]) -> None:
+        self.keys, self.values = keys, values
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
+        return (torch.cat([self.keys[layer_idx], key_states], dim=-2),
+                torch.cat([self.values[layer_idx], value_states], dim=-2))
+
+
+class SuffixForward:
+    """Layers ``first+1 .. last`` of ``layers_path`` on positions ``start[r] .. end[r]`` of each row.
+
+    ``ids``/``mask`` are right-padded rows; ``start`` (R,) is where the offset goes, ``end`` (R,)
+    the last position any reader needs (``start <= end`` < row length). ``captured`` holds the
+    outputs of ``capture_output_of`` from the one full pass (e.g. the site where the offset goes).
+    """
+
+    def __init__(self, model: nn.Module, layers_path: str, first: int, last: int, ids: torch.Tensor,
+                 mask: torch.Tensor, start: torch.Tensor, end: torch.Tensor,
+                 capture_output_of: tuple[str, ...] = ()) -> None:
+        self.layers = get_module(model, layers_path)
+        self.first, self.last = first, last
+        self.cache_argument = _cache_argument(self.layers[0])
+        self.rotary = getattr(model.base_model, "rotary_emb", None)  # Llama-style: computed once per model
+        self.start = start
+        layer_name = f"{layers_path}.{first}"
+        with torch.no_grad():
+            cache = DynamicCache()  # no config: no sliding-window truncation of what we keep
+            with capture(model, output_of=(layer_name, *capture_output_of)) as seen:
+                forward_until(model, f"{layers_path}.{last}", input_ids=ids, attention_mask=mask,
+                              past_key_values=cache, use_cache=True)
+            self.captured = seen.outputs
+            self.prefix = _PrefixKeysValues(
+                {i: cache.layers[i].keys for i in range(first + 1, last + 1)},
+                {i: cache.layers[i].values for i in range(first + 1, last + 1)},
+            )
+        self._plan(seen.outputs[layer_name], mask, start, end)
+
+    def _plan(self, base: torch.Tensor, mask: torch.Tensor, start: torch.Tensor, end: torch.Tensor) -> None:
+        rows, width = base.shape[0], base.shape[1]
+        length = end - start + 1
+        steps = torch.arange(int(length.max()), device=base.device)
+        # Slots past a row's end repeat its last position: computed, never read (clamping keeps
+        # absolute position tables such as GPT-J's in range).
+        self.positions = torch.minimum(start[:, None] + steps, end[:, None])  # (R, S)
+        self.base = base[torch.arange(rows, device=base.device)[:, None], self.positions]  # (R, S, d)
+        self.mask = self._attention_mask(start, width, steps, base.dtype)
+        self.length = length
+
+    @staticmethod
+    def _attention_mask(start: torch.Tensor, width: int, steps: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """(R, 1, S, width + S) additive: cached keys before the row's start, then causal over the suffix."""
+        cached = torch.arange(width, device=start.device)[None, None, :] < start[:, None, None]  # (R, 1, width)
+        causal = steps[None, :, None] >= steps[None, None, :]  # (1, S, S)
+        allowed = torch.cat([cached.expand(-1, len(steps), -1), causal.expand(len(start), -1, -1)], dim=-1)
+        blocked = torch.zeros(allowed.shape, dtype=dtype, device=start.device)
+        blocked.masked_fill_(~allowed, torch.finfo(dtype).min)
+        return blocked[:, None]
+
+    @property
+    def tokens(self) -> int:
+        """Positions each call runs through each layer (padding slots included)."""
+        return self.positions.numel()
+
+    def __call__(self, offset: torch.Tensor, read: tuple[int, ...]) -> dict[int, torch.Tensor]:
+        """Outputs (R, S, d) of the layers in ``read`` with ``offset`` (R, d) added to layer
+        ``first``'s output at each row's start; suffix slot ``j`` is position ``start + j``."""
+        hidden = self.base.index_put(
+            (torch.arange(len(offset), device=offset.device), torch.zeros_like(self.start)),
+            offset.to(self.base.dtype), accumulate=True)
+        out = {self.first: hidden} if self.first in read else {}
+        kwargs = {"attention_mask": self.mask, "position_ids": self.positions, self.cache_argument: self.prefix}
+        if self.rotary is not None:
+            kwargs["position_embeddings"] = self.rotary(hidden, position_ids=self.positions)
+        for i in range(self.first + 1, max(read) + 1):
+            hidden = first_tensor(self.layers[i](hidden, **kwargs))
+            if i in read:
+                out[i] = hidden
+        return out
