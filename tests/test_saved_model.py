@@ -3,6 +3,7 @@ gives what an unbroken run gives."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -138,8 +139,8 @@ def test_continuation_errors(tmp_path, capsys, stats_dir):
     assert "holds no saved edited model" in capsys.readouterr().err
     assert evaluate(_args(tmp_path, stats_dir, load_editor_state=str(tmp_path / "nope.pt"))) == 2
     assert "nope.pt does not exist" in capsys.readouterr().err
-    other = tmp_path / "memit_model"
-    other.mkdir()
+    other = tmp_path / "memit_model"  # a real model folder that another method edited
+    shutil.copytree(TINY, other)
     (other / STATE_FILE).write_bytes(b"")
     (other / EDIT_INFO).write_text(json.dumps({"alg_name": "MEMIT"}))
     assert evaluate(_args(tmp_path, stats_dir, model_name=str(other))) == 2
