@@ -17,7 +17,8 @@ from util.architectures import get_module, model_device
 from util.closed_form import float64_device, solve_update
 from util.context_templates import generate_context_templates
 from util.editor import EditReport, Editor
-from util.keys import compute_keys_and_outputs
+from util.keys import KeyReader, compute_keys_and_outputs
+from util.prefix_cache import split_layer_name
 from util.rewrite_weights import add_to_columns, weight_d_by_f
 from util.second_moment import cached_second_moments
 from util.tokens import fact_token_index
@@ -133,6 +134,14 @@ class MEMITEditor(Editor):
             output_module=z_name, stop_after=z_name, batch_size=self.batch_size,
         )
 
+    def _key_reader(self, requests: list[dict]) -> KeyReader:
+        """Keys and z-layer outputs of these requests over the batch's layer-by-layer updates: a
+        read after layer l changed runs only the layers from l up (util.layer_replay)."""
+        hp = self.hparams
+        layers = split_layer_name(hp.layer_module(hp.layers[0]))
+        return KeyReader(self.model, self.tok, requests, self.context_templates, hp.fact_token, self.batch_size,
+                         layers_path=layers[0] if layers else None, resumable=hp.layers)
+
     def _residual_norms(self, requests: list[dict], z: torch.Tensor, last: bool = False) -> torch.Tensor:
         """``||z_i - h_i||`` at the last edited layer, plain prompt, current weights.  (n,)
 
@@ -157,10 +166,11 @@ class MEMITEditor(Editor):
         """Each layer takes its share of what is left of ``z - h``; returns columns changed per layer."""
         hp = self.hparams
         m = len(hp.layers)
-        changed = {}
+        z_name = hp.layer_module(hp.layers[-1])
+        reader, changed, start_at = self._key_reader(requests), {}, None
         for j, layer in enumerate(hp.layers):
             with self.timer("key reads"):
-                keys, h = self._keys_and_z_layer_output(requests, [layer], self.context_templates)
+                keys, h = reader.read([hp.rewrite_module(layer)], z_name, stop_after=z_name, start_at=start_at)
             k = keys[hp.rewrite_module(layer)].T  # (f, n)
             with self.timer("solves"):
                 columns = self._columns(layer, k)
@@ -169,6 +179,7 @@ class MEMITEditor(Editor):
                 delta = self._solve(layer, k[columns], residual, columns)  # (d, |columns|)
                 self._apply(layer, columns, delta)
             changed[layer] = int(columns.numel())
+            start_at = layer  # nothing below this layer changed since the read
         return changed
 
     def _columns(self, layer: int, keys: torch.Tensor) -> torch.Tensor:

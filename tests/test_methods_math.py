@@ -76,13 +76,14 @@ def test_memit_seq_regulariser_includes_cp_and_memit_does_not(tiny_llama):
 def test_one_pass_gives_the_last_residuals_and_the_keys_cp_takes(tiny_llama, tmp_path, monkeypatch):
     """MEMIT_seq on 2 layers reads: residuals, keys per layer, then ONE pass for the final residuals
     and the accumulated keys (before: a fifth pass for the keys). Every phase is timed."""
-    import memit.editor as engine
     from helpers import REQUESTS
+
+    from util.keys import KeyReader
 
     _, tok = tiny_llama
     calls = []
-    real = engine.compute_keys_and_outputs
-    monkeypatch.setattr(engine, "compute_keys_and_outputs", lambda *a, **kw: calls.append(a[4]) or real(*a, **kw))
+    real = KeyReader.read
+    monkeypatch.setattr(KeyReader, "read", lambda self, *a, **kw: calls.append(list(a[0])) or real(self, *a, **kw))
     editor = MEMITSeqEditor(tiny_model("llama"), tok, _memit_hparams(), stats_dir=tmp_path, progress=False)
     editor.prepare()
     before = {l: r.clone() for l, r in editor.regulariser.items()}

@@ -84,25 +84,33 @@ def edit_output(model: nn.Module, name: str, fn: Callable[[torch.Tensor], torch.
         handle.remove()
 
 
+@contextmanager
+def stopping_after(model: nn.Module, name: str, before: bool = False) -> Iterator[None]:
+    """End whatever forward runs inside the block right after module ``name`` (or right before
+    it runs, with ``before``); the block then ends normally. Hooks registered earlier on ``name``
+    still run (hooks fire in registration order)."""
+    def stop(*_):
+        raise _StopForward
+
+    module = get_module(model, name)
+    handle = module.register_forward_pre_hook(stop) if before else module.register_forward_hook(stop)
+    try:
+        yield
+    except _StopForward:
+        pass
+    finally:
+        handle.remove()
+
+
 def forward_until(model: nn.Module, stop_after: str | None, stop_before: bool = False, **inputs):
     """Run the model, stopping right after module ``stop_after`` (None: full forward), or right
     before it runs with ``stop_before`` (when only its input is wanted).
 
-    Returns the model output, or None when the pass was stopped early. Hooks registered
-    before this call on ``stop_after`` still run (hooks fire in registration order).
+    Returns the model output, or None when the pass was stopped early.
     """
     inputs.setdefault("use_cache", False)  # none of these passes reuses keys/values
     if stop_after is None:
         return model(**inputs)
-
-    def stop(*_):
-        raise _StopForward
-
-    module = get_module(model, stop_after)
-    handle = module.register_forward_pre_hook(stop) if stop_before else module.register_forward_hook(stop)
-    try:
+    with stopping_after(model, stop_after, before=stop_before):
         return model(**inputs)
-    except _StopForward:
-        return None
-    finally:
-        handle.remove()
+    return None
