@@ -12,6 +12,7 @@ from util.architectures import MODULE_LAYOUTS, get_module
 from util.hooks import capture, edit_output, forward_until
 from util.requests import normalize_request
 from util.tokens import pad
+import util.values as values
 from util.values import compute_values
 
 TEMPLATES = [["{}"], ["Once upon a time. {}", "The sun was up and the birds sang. {}"]]
@@ -23,9 +24,11 @@ EXTRA = [
      "target_true": {"str": "her"}},
 ]
 ARCHITECTURES = sorted(MODULE_LAYOUTS)
-# Measured (float32, 10 steps): max over requests of |z_fast - z_full| / |z_full| is 4e-7 .. 2e-5
-# across the table (GPT-2's small MLP-output z the largest); Adam amplifies round-off a little.
-REL_TOL = 1e-4
+# Measured (float32, 10 steps): max over requests of |z_fast - z_full| / |z_full| is 2e-7 .. 2.2e-4
+# across the table. The largest is Qwen2 at the MLP-output site, a request whose loss does not go
+# down (15.3 -> 15.2): Adam amplifies round-off step after step there (2.5e-6 after 5 steps); a
+# wrong mask or position gives errors of order 1.
+REL_TOL = 1e-3
 
 
 def _requests():
@@ -62,12 +65,25 @@ def test_suffix_only_z_equals_whole_model_z(arch, site, tok):
 
 @pytest.mark.parametrize("loss_layer,layers", [(1, [0, 1]), (2, [0, 2])])
 def test_loss_layer_below_the_last_or_at_the_site(loss_layer, layers, tok):
-    """The NLL reads v_loss_layer, the KL the last layer; either may be the site's own layer."""
+    """The NLL reads v_loss_layer, the KL the last layer; either may be the site's own layer.
+
+    Compared as outputs and gradients at a random delta, not as z: where the loss reads the site's
+    own layer, most targets do not depend on delta, so the first gradient is the KL term's at its
+    minimum, round-off alone, and Adam's first step (lr * sign) turns round-off into z."""
     model = tiny_model("llama")
     spec = _spec(model, "block_output", v_loss_layer=loss_layer, layers=layers)
-    fast = compute_values(model, tok, _requests(), spec, TEMPLATES)
-    full = compute_values(model, tok, _requests(), dataclasses.replace(spec, suffix_only=False), TEMPLATES)
-    _assert_same_z(fast, full)
+    b = values._build_batch(tok, _requests(), TEMPLATES, spec.fact_token)
+    delta = torch.randn(len(_requests()), model.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    got = []
+    for forward in (values._SuffixOnlyForward(model, spec, b, "model.layers"), values._FullForward(model, spec, b)):
+        d = delta.clone().requires_grad_(True)
+        target_hidden, kl_hidden = forward(d)
+        weights = torch.Generator().manual_seed(1)
+        loss = (target_hidden * torch.randn(target_hidden.shape, generator=weights)).sum()
+        (loss + (kl_hidden * torch.randn(kl_hidden.shape, generator=weights)).sum()).backward()
+        got.append((target_hidden.detach(), kl_hidden.detach(), d.grad))
+    for fast, full in zip(*got):
+        assert torch.allclose(fast, full, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("arch,attention", [("llama", "eager"), ("llama", "sdpa"), ("gpt2", "eager"),
@@ -130,3 +146,9 @@ def tok(tiny_llama_path):
     t = AutoTokenizer.from_pretrained(tiny_llama_path)
     t.pad_token = t.pad_token or t.eos_token
     return t
+
+
+def test_short_suffixes_fill_the_padding_of_long_ones():
+    assert prefix_cache.pack_rows([4, 4, 1, 1, 5], capacity=5) == [[4], [0, 2], [1, 3]]
+    assert prefix_cache.pack_rows([1] * 6, capacity=6, max_segments=4) == [[0, 1, 2, 3], [4, 5]]
+    assert prefix_cache.pack_rows([3], capacity=3) == [[0]]

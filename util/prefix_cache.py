@@ -78,12 +78,32 @@ class _PrefixKeysValues:
                 torch.cat([self.values[layer_idx], value_states], dim=-2))
 
 
+def pack_rows(lengths: list[int], capacity: int, max_segments: int = 4) -> list[list[int]]:
+    """Rows of these lengths into bins of at most ``capacity`` slots and ``max_segments`` rows,
+    first fit, longest first (short rows, such as the one-position KL rows, fill the gaps)."""
+    bins: list[list[int]] = []
+    room: list[int] = []
+    for r in sorted(range(len(lengths)), key=lambda r: -lengths[r]):
+        b = next((b for b in range(len(bins)) if lengths[r] <= room[b] and len(bins[b]) < max_segments), None)
+        if b is None:
+            bins.append([])
+            room.append(capacity)
+            b = len(bins) - 1
+        bins[b].append(r)
+        room[b] -= lengths[r]
+    return bins
+
+
 class SuffixForward:
     """Layers ``first+1 .. last`` of ``layers_path`` on positions ``start[r] .. end[r]`` of each row.
 
     ``ids``/``mask`` are right-padded rows; ``start`` (R,) is where the offset goes, ``end`` (R,)
     the last position any reader needs (``start <= end`` < row length). ``captured`` holds the
     outputs of ``capture_output_of`` from the one full pass (e.g. the site where the offset goes).
+
+    The suffixes are packed: one batch row (a bin) holds the suffixes of one or more prompt rows,
+    each attending to its own row's cached keys/values and causally to itself, so short suffixes
+    (the KL prompts') fill the padding of longer ones.
     """
 
     def __init__(self, model: nn.Module, layers_path: str, first: int, last: int, ids: torch.Tensor,
@@ -93,7 +113,6 @@ class SuffixForward:
         self.first, self.last = first, last
         self.cache_argument = _cache_argument(self.layers[0])
         self.rotary = getattr(model.base_model, "rotary_emb", None)  # Llama-style: computed once per model
-        self.start = start
         layer_name = f"{layers_path}.{first}"
         with torch.no_grad():
             cache = DynamicCache()  # no config: no sliding-window truncation of what we keep
@@ -101,32 +120,70 @@ class SuffixForward:
                 forward_until(model, f"{layers_path}.{last}", input_ids=ids, attention_mask=mask,
                               past_key_values=cache, use_cache=True)
             self.captured = seen.outputs
+            self._plan(seen.outputs[layer_name], start, end)
             self.prefix = _PrefixKeysValues(
-                {i: cache.layers[i].keys for i in range(first + 1, last + 1)},
-                {i: cache.layers[i].values for i in range(first + 1, last + 1)},
+                {i: self._per_bin(cache.layers[i].keys) for i in range(first + 1, last + 1)},
+                {i: self._per_bin(cache.layers[i].values) for i in range(first + 1, last + 1)},
             )
-        self._plan(seen.outputs[layer_name], mask, start, end)
 
-    def _plan(self, base: torch.Tensor, mask: torch.Tensor, start: torch.Tensor, end: torch.Tensor) -> None:
+    def _plan(self, base: torch.Tensor, start: torch.Tensor, end: torch.Tensor) -> None:
+        """Bins of suffixes: which row and position each slot computes, where each row's suffix
+        slot ``j`` lands, and the mask."""
         rows, width = base.shape[0], base.shape[1]
-        length = end - start + 1
-        steps = torch.arange(int(length.max()), device=base.device)
-        # Slots past a row's end repeat its last position: computed, never read (clamping keeps
-        # absolute position tables such as GPT-J's in range).
-        self.positions = torch.minimum(start[:, None] + steps, end[:, None])  # (R, S)
-        self.base = base[torch.arange(rows, device=base.device)[:, None], self.positions]  # (R, S, d)
-        self.mask = self._attention_mask(start, width, steps, base.dtype)
-        self.length = length
+        length = (end - start + 1).tolist()
+        steps = max(length)
+        bins = pack_rows(length, capacity=steps)
+        segments = max(len(b) for b in bins)
+        starts = start.tolist()
+        slot_row, slot_pos, slot_segment = [], [], []  # per bin, per slot
+        self.where = torch.zeros(rows, steps, 2, dtype=torch.long)  # row, suffix slot j -> (bin, slot)
+        for b, members in enumerate(bins):
+            row_of, pos_of, seg_of = [members[0]] * steps, [0] * steps, list(range(segments, segments + steps))
+            offset = 0
+            for g, r in enumerate(members):
+                for j in range(length[r]):
+                    row_of[offset + j], pos_of[offset + j], seg_of[offset + j] = r, starts[r] + j, g
+                # Slots past a row's end read its last one: computed, never used.
+                for j in range(steps):
+                    self.where[r, j] = torch.tensor([b, offset + min(j, length[r] - 1)])
+                offset += length[r]
+            slot_row.append(row_of)
+            slot_pos.append(pos_of)
+            slot_segment.append(seg_of)
+        device = base.device
+        t = lambda x: torch.tensor(x, dtype=torch.long, device=device)  # noqa: E731
+        self.bins = t([members + [members[0]] * (segments - len(members)) for members in bins])  # (B, G)
+        self.positions = t(slot_pos)  # (B, S)
+        self.base = base[t(slot_row), self.positions]  # (B, S, d)
+        self.where = self.where.to(device)
+        self.entry = self.where[:, 0]  # (R, 2): the slot of each row's start, where its offset goes
+        self.mask = self._attention_mask(t(slot_segment), start[self.bins], [len(m) for m in bins], width, base.dtype)
 
     @staticmethod
-    def _attention_mask(start: torch.Tensor, width: int, steps: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """(R, 1, S, width + S) additive: cached keys before the row's start, then causal over the suffix."""
-        cached = torch.arange(width, device=start.device)[None, None, :] < start[:, None, None]  # (R, 1, width)
-        causal = steps[None, :, None] >= steps[None, None, :]  # (1, S, S)
-        allowed = torch.cat([cached.expand(-1, len(steps), -1), causal.expand(len(start), -1, -1)], dim=-1)
-        blocked = torch.zeros(allowed.shape, dtype=dtype, device=start.device)
+    def _attention_mask(segment: torch.Tensor, row_start: torch.Tensor, used: list[int], width: int,
+                        dtype: torch.dtype) -> torch.Tensor:
+        """(B, 1, S, G * width + S) additive: a slot of segment g sees the cached positions before
+        its row's start in block g, and the slots of its own segment up to itself (a padding slot
+        has a segment of its own, so it sees only itself)."""
+        n_bins, steps = segment.shape
+        groups = row_start.shape[1]
+        g = torch.arange(groups, device=segment.device)
+        in_use = g[None, :] < torch.tensor(used, device=segment.device)[:, None]  # (B, G)
+        before = torch.arange(width, device=segment.device)[None, None, :] < row_start[:, :, None]  # (B, G, W)
+        cached_ok = (in_use[:, :, None] & before).reshape(n_bins, 1, groups * width)
+        cached = (segment[:, :, None] == g.repeat_interleave(width)[None, None, :]) & cached_ok  # (B, S, G*W)
+        order = torch.arange(steps, device=segment.device)
+        causal = (order[:, None] >= order[None, :])[None] & (segment[:, :, None] == segment[:, None, :])
+        allowed = torch.cat([cached, causal], dim=-1)
+        blocked = torch.zeros(allowed.shape, dtype=dtype, device=segment.device)
         blocked.masked_fill_(~allowed, torch.finfo(dtype).min)
         return blocked[:, None]
+
+    def _per_bin(self, kept: torch.Tensor) -> torch.Tensor:
+        """(R, H, W, D) cached keys or values -> (B, H, G * W, D): each bin's rows side by side."""
+        per_bin = kept[self.bins]  # (B, G, H, W, D)
+        n_bins, groups, heads, width, dim = per_bin.shape
+        return per_bin.permute(0, 2, 1, 3, 4).reshape(n_bins, heads, groups * width, dim)
 
     @property
     def tokens(self) -> int:
@@ -136,9 +193,8 @@ class SuffixForward:
     def __call__(self, offset: torch.Tensor, read: tuple[int, ...]) -> dict[int, torch.Tensor]:
         """Outputs (R, S, d) of the layers in ``read`` with ``offset`` (R, d) added to layer
         ``first``'s output at each row's start; suffix slot ``j`` is position ``start + j``."""
-        hidden = self.base.index_put(
-            (torch.arange(len(offset), device=offset.device), torch.zeros_like(self.start)),
-            offset.to(self.base.dtype), accumulate=True)
+        hidden = self.base.index_put((self.entry[:, 0], self.entry[:, 1]), offset.to(self.base.dtype),
+                                     accumulate=True)
         out = {self.first: hidden} if self.first in read else {}
         kwargs = {"attention_mask": self.mask, "position_ids": self.positions, self.cache_argument: self.prefix}
         if self.rotary is not None:
@@ -147,4 +203,4 @@ class SuffixForward:
             hidden = first_tensor(self.layers[i](hidden, **kwargs))
             if i in read:
                 out[i] = hidden
-        return out
+        return {i: h[self.where[..., 0], self.where[..., 1]] for i, h in out.items()}
