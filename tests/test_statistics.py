@@ -115,7 +115,7 @@ def test_cache_file_of_a_module_does_not_depend_on_the_other_layers(tmp_path):
 
     from helpers import ROOT
 
-    tok = AutoTokenizer.from_pretrained(ROOT.parent / "shared" / "models" / "tinystories-260k-llama")
+    tok = AutoTokenizer.from_pretrained(ROOT / "assets" / "tinystories-260k-llama")
     model = tiny_model("llama")
     names = [f"model.layers.{l}.mlp.down_proj" for l in range(3)]
     together = stats_cache_paths(model, tok, names, "wikitext", 10, 32, torch.float32, tmp_path)

@@ -14,7 +14,7 @@ from helpers import ROOT, tiny_model
 from util.corpus import CorpusFormatError, load_corpus_texts
 from util.second_moment import cached_second_moments, collect_second_moments, stats_cache_paths
 
-STORIES = ROOT.parent / "shared" / "models" / "tinystories-260k-llama"
+STORIES = ROOT / "assets" / "tinystories-260k-llama"
 NAMES = ["model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj"]
 WORDS = "the cat sat on a warm mat while two dogs ran after one red ball in the big green park".split()
 
