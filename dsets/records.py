@@ -34,7 +34,7 @@ def read_json(path: Path) -> Any:
     except json.JSONDecodeError as exc:
         raise DatasetFormatError(
             f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); "
-            "the file is damaged or truncated: delete it and fetch it again"
+            "the file is damaged or truncated: repair it (a downloaded file: delete it and it is fetched again)"
         ) from exc
     except UnicodeDecodeError as exc:
         raise DatasetFormatError(f"{path} is not UTF-8 text ({exc.reason}); is it the right file?") from exc

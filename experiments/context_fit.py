@@ -32,9 +32,9 @@ def _scored_lengths(tok: Any, record: dict[str, Any], target: int) -> list[tuple
     for key in ("paraphrase_prompts", "neighborhood_prompts", "attribute_prompts"):
         for i, prompt in enumerate(record.get(key) or []):
             if isinstance(prompt, dict):  # zsRE neighbourhood: its own one-token target
-                lengths.append((len(encode(tok, prompt["prompt"])) + 1, f"{key}[{i}]"))
+                lengths.append((len(encode(tok, prompt["prompt"])) + 1, f"{key}[{i}] with its target"))
             else:
-                lengths.append((len(encode(tok, prompt)) + target, f"{key}[{i}]"))
+                lengths.append((len(encode(tok, prompt)) + target, f"{key}[{i}] with the target ({target} tokens)"))
     return lengths
 
 
@@ -43,7 +43,8 @@ def longest_sequence(tok: Any, record: dict[str, Any], templates: Sequence[str],
     rewrite = normalize_request({"case_id": record.get("case_id"), **record["requested_rewrite"]})
     target = max(len(encode_target(tok, rewrite[k]["str"])) for k in ("target_new", "target_true") if k in rewrite)
     lengths = [(len(encode(tok, fill_prompt(apply_template(t, rewrite["prompt"]), rewrite["subject"]))) + target,
-                "the rewrite prompt in a context template" if t != "{}" else "the rewrite prompt")
+                ("the rewrite prompt in a context template" if t != "{}" else "the rewrite prompt")
+                + f" with the target ({target} tokens)")
                for t in templates]
     lengths += _scored_lengths(tok, record, target)
     prompts = [len(encode(tok, p)) for p in record.get("generation_prompts") or []] if generation else []
@@ -74,5 +75,5 @@ def check_records_fit(model: Any, tok: Any, records: Sequence[dict[str, Any]], t
         ids = ", ".join(str(c) for c, _, _ in too_long[:10]) + (" ..." if len(too_long) > 10 else "")
         raise ContextLengthError(
             f"{len(too_long)} record(s) do not fit the model's context of {limit} tokens (case_ids {ids}); "
-            f"case_id={case_id}: {what} with its target is {length} tokens. Shorten or drop these records "
+            f"case_id={case_id}: {what} is {length} tokens. Shorten or drop these records "
             "(or skip the generation tests with --skip_generation_tests when only they are too long)")

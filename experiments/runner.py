@@ -4,6 +4,7 @@ Everything the CLI does is callable from Python through :func:`run_experiment`.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -56,6 +57,7 @@ from experiments.saved_model import (
 )
 from util.atomic_files import write_json_atomic as atomic_write_json
 from util.editor import read_state
+from util.hparams import HyperParamsError
 from util.model_loading import check_device, check_dtype, check_model_source, load_model_and_tokenizer
 from util.requests import normalize_request
 from util.second_moment import model_fingerprint
@@ -217,8 +219,16 @@ def run_experiment(cfg: RunConfig, paths: dict[str, Path]) -> Path:
         check_glue_dir(paths["glue"])
     with ExitStack() as held:
         resume_dir = _resume_dir(cfg, paths["results"], hparams)
+        if resume_dir and (resume_dir / COMPLETE_MARKER).is_file():
+            log.warning("%s is complete (%s): nothing to resume, nothing changed; start a new run to edit more",
+                        resume_dir, COMPLETE_MARKER)
+            return resume_dir
         notes = _lock(resume_dir, held, cfg) if resume_dir else []  # before the model: a second process stops now
         model, tok = load_model_and_tokenizer(cfg.model_name, cfg.device, cfg.dtype, cfg.device_map)
+        try:
+            hparams.resolved_for(model)  # layers and module names against this model, before any work
+        except HyperParamsError as err:
+            raise RunError(f"{hparams_path}: {err}") from None
         records = _load_records(cfg, paths, tok)
         requests = [_request_of(r, tok) for r in records]  # validates every record before any edit
         run_dir = resume_dir or new_run_dir(paths["results"] / cfg.alg_name)
@@ -231,6 +241,8 @@ def run_experiment(cfg: RunConfig, paths: dict[str, Path]) -> Path:
         except BaseException:
             if resume_dir is None and _holds_no_results(run_dir):
                 shutil.rmtree(run_dir, ignore_errors=True)  # nothing worth resuming: leave no husk
+                with contextlib.suppress(OSError):
+                    run_dir.parent.rmdir()  # the method's folder, when this run was its only one
             raise
 
 
@@ -256,6 +268,12 @@ def _load_records(cfg: RunConfig, paths: dict[str, Path], tok) -> list[dict]:
     if not kept:
         skipped = f" and --dataset_offset={cfg.dataset_offset} skips them all" if cfg.dataset_offset else ""
         raise RunError(f"no records to edit: {records.source} holds {len(records)} record(s){skipped}")
+    if cfg.num_edits > len(kept):  # case files are named after --num_edits: they would claim edits never made
+        raise RunError(f"--num_edits={cfg.num_edits} is more than the {len(kept)} record(s) to edit "
+                       f"({records.source}); pass --num_edits={len(kept)} or less")
+    if cfg.dataset_size_limit is not None and len(kept) < cfg.dataset_size_limit:
+        log.warning("--dataset_size_limit=%d: %s holds only %d record(s) to edit; editing those",
+                    cfg.dataset_size_limit, records.source, len(kept))
     return list(kept)
 
 
@@ -293,8 +311,13 @@ def _resume_dir(cfg: RunConfig, results: Path, hparams) -> Path | None:
     if differ:
         raise RunError(f"--continue_from_run={cfg.continue_from_run}: {'; '.join(differ)}. These change what is "
                        "computed or scored: resume with the run's flags (config.json) or start a new run")
-    if (run_dir / "params.json").is_file() and read_json(run_dir / "params.json") != hparams.to_dict():
-        raise RunError(f"--continue_from_run: the hyperparameters differ from {run_dir / 'params.json'}")
+    saved_params = read_json(run_dir / "params.json") if (run_dir / "params.json").is_file() else None
+    if saved_params is not None and saved_params != hparams.to_dict():
+        now = hparams.to_dict()
+        keys = sorted(k for k in saved_params.keys() | now.keys() if saved_params.get(k) != now.get(k))
+        changes = "; ".join(f"{k}: run {saved_params.get(k)!r}, now {now.get(k)!r}" for k in keys)
+        raise RunError(f"--continue_from_run: the hyperparameters differ from {run_dir / 'params.json'} ({changes}); "
+                       "resume with the run's hyperparameters or start a new run")
     return run_dir
 
 

@@ -128,6 +128,25 @@ def test_empty_dataset_is_an_error(world, tmp_path, capsys):
                     dataset_offset="3")
 
 
+
+def test_more_edits_per_batch_than_records_is_an_error(world, tmp_path, capsys):
+    """Case files are named after --num_edits: 1000 on 3 records would claim edits never made."""
+    _fails_at_start(world, tmp_path, capsys, "--num_edits=1000 is more than the 2 record(s) to edit",
+                    num_edits="1000")
+
+
+def test_a_size_limit_past_the_dataset_edits_what_is_there_with_a_warning(world, tmp_path, capsys):
+    assert evaluate(_argv(world, tmp_path, dataset_size_limit="50", stop_after_batches="1")) == 0
+    assert "--dataset_size_limit=50: " in capsys.readouterr().err
+
+
+def test_a_layer_outside_the_model_names_the_hparams_file(world, tmp_path, capsys):
+    bad = tmp_path / "ft_bad.json"
+    bad.write_text(json.dumps({**json.loads(world["hparams"].read_text()), "layers": [7]}))
+    line = _fails_at_start(world, tmp_path, capsys, f"{bad}: 'layers' [7] out of range", hparams_fname=str(bad))
+    assert not (tmp_path / "FT").exists()  # not even the method's folder
+
+
 # -- devices --------------------------------------------------------------------------------------
 
 def test_cuda_without_cuda(world, tmp_path, capsys, monkeypatch):
@@ -163,9 +182,22 @@ def test_model_folder_without_tokenizer_or_config(world, tmp_path, capsys):
     _fails_at_start(world, tmp_path, capsys, f"{no_tok} holds no config.json", model_name=str(no_tok))
 
 
+def test_damaged_config_json_is_named(world, tmp_path, capsys):
+    folder = _model_copy(world, tmp_path)
+    (folder / "config.json").write_text('{"model_type": "llama",')
+    _fails_at_start(world, tmp_path, capsys, f"{folder / 'config.json'} is not valid JSON", model_name=str(folder))
+
+
 def test_missing_model_folder_is_not_called_a_hub_id(world, tmp_path, capsys):
     line = _fails_at_start(world, tmp_path, capsys, f"model folder {tmp_path / 'nope'} does not exist",
                            model_name=str(tmp_path / "nope"))
+    assert "hub" not in line
+
+
+def test_a_mistyped_folder_under_an_existing_one_is_not_a_hub_id(world, tmp_path, capsys, monkeypatch):
+    """``assets/tinystories-260k-lama`` has the shape of a hub id, but ``assets`` is a folder here."""
+    monkeypatch.chdir(world["root"])
+    line = _fails_at_start(world, tmp_path, capsys, "model folder model/typo does not exist", model_name="model/typo")
     assert "hub" not in line
 
 
@@ -200,7 +232,7 @@ def test_prompt_longer_than_the_context_is_refused_before_any_edit(world, tmp_pa
     long.write_text(json.dumps(records))
     line = _fails_at_start(world, tmp_path, capsys, f"do not fit the model's context of {CONTEXT} tokens",
                            ds_file=str(long))
-    assert "case_id=1: neighborhood_prompts[0] with its target is 156 tokens" in line
+    assert "case_id=1: neighborhood_prompts[0] with the target (1 tokens) is 156 tokens" in line
 
 
 def test_generation_length_counts_against_the_context(world, tmp_path, capsys):
@@ -270,6 +302,24 @@ def test_resume_refuses_flags_that_change_the_results(world, tmp_path, capsys, s
     line = _fails(world, tmp_path, capsys, shown, continue_from_run="run_000", **{flag: value})
     assert "resume with the run's flags" in line
     assert sorted(p.name for p in stopped_run.iterdir()) == before  # nothing touched
+
+
+def test_resume_names_the_hyperparameters_that_differ(world, tmp_path, capsys, stopped_run):
+    other = tmp_path / "ft_other.json"
+    other.write_text(json.dumps({**json.loads(world["hparams"].read_text()), "num_steps": 5}))
+    line = _fails(world, tmp_path, capsys, "the hyperparameters differ", continue_from_run="run_000",
+                  hparams_fname=str(other))
+    assert "num_steps: run 2, now 5" in line
+
+
+def test_resuming_a_complete_run_changes_nothing(world, tmp_path, capsys):
+    assert evaluate(_argv(world, tmp_path)) == 0
+    run = tmp_path / "FT" / "run_000"
+    files = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert evaluate(_argv(world, tmp_path, continue_from_run="run_000")) == 0
+    assert "is complete (run_complete.json): nothing to resume" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == files
 
 
 def test_resume_records_the_flags_it_may_change(world, tmp_path, stopped_run):

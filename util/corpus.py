@@ -38,7 +38,8 @@ def local_path(spec: str) -> Path | None:
         if candidate.exists():
             return candidate.resolve()
     if spec.startswith((".", "~", "/")) or path.suffix in TEXT_SUFFIXES:  # "org/name" stays a hub id
-        raise CorpusUnavailable(f"local statistics corpus {spec!r} does not exist (looked in {Path.cwd()} and {REPO_ROOT})")
+        looked = "" if path.is_absolute() else f" (looked in {', '.join(dict.fromkeys(map(str, (Path.cwd(), REPO_ROOT))))})"
+        raise CorpusUnavailable(f"local statistics corpus {spec!r} does not exist{looked}")
     return None
 
 

@@ -1,6 +1,7 @@
 """Load a causal LM and its tokenizer from a hub id, a local folder or a ``.gguf`` file."""
 from __future__ import annotations
 
+import json
 import os
 import pickle
 from pathlib import Path
@@ -57,8 +58,9 @@ def check_device(name: str | None) -> str:
 
 def _looks_like_path(name: str) -> bool:
     """Hub ids are ``name`` or ``owner/name``; anything else can only mean a local path."""
+    owner = name.split("/", 1)[0] if "/" in name else None
     return (os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1 or name.endswith("/")
-            or "\\" in name)
+            or "\\" in name or (owner is not None and Path(owner).expanduser().is_dir()))  # "assets/typo"
 
 
 def check_model_source(name: str) -> None:
@@ -78,6 +80,11 @@ def check_model_source(name: str) -> None:
     if not (path / "config.json").is_file():
         raise ModelLoadError(f"--model_name: {path} holds no config.json, so it is not a Hugging Face model folder; "
                              "pass the folder that save_pretrained wrote")
+    try:
+        json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ModelLoadError(f"--model_name: {path / 'config.json'} is not valid JSON ({err}); the file is damaged: "
+                             "copy or download it again") from None
     if not any((path / f).is_file() for f in TOKENIZER_FILES):
         raise ModelLoadError(f"--model_name: {path} holds no tokenizer files ({', '.join(TOKENIZER_FILES)}); "
                              "copy the tokenizer of the model into it (tokenizer.save_pretrained)")
