@@ -244,3 +244,19 @@ def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
     with pytest.raises(ValueError):  # NaN is not JSON: refuse rather than write a file others cannot read
         write_json_atomic(path, {"x": float("nan")})
     assert json.loads(path.read_text()) == {"x": 1}
+
+
+def test_atomic_files_get_the_mode_a_plain_write_gives(tmp_path):
+    """Shared results and statistics folders: not the 0600 of the temporary file behind the write."""
+    import os
+    import stat
+
+    from util.atomic_files import save_torch_atomic, write_json_atomic
+
+    old = os.umask(0o022)
+    try:
+        written = [write_json_atomic(tmp_path / "a.json", {"x": 1}), save_torch_atomic({"x": 1}, tmp_path / "b.pt")]
+    finally:
+        os.umask(old)
+    for path in written:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path

@@ -52,6 +52,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise (write_error(path, err) if is_write_failure(err) else err) from None
     os.close(handle)
     tmp = Path(tmp_name)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600: the file gets the mode open() would give it
     try:
         yield tmp
         os.replace(tmp, path)
@@ -61,6 +62,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise write_error(path, err) from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
