@@ -312,8 +312,8 @@ def _resume_dir(cfg: RunConfig, results: Path, hparams) -> Path | None:
         raise RunError(f"--continue_from_run={cfg.continue_from_run}: {'; '.join(differ)}. These change what is "
                        "computed or scored: resume with the run's flags (config.json) or start a new run")
     saved_params = read_json(run_dir / "params.json") if (run_dir / "params.json").is_file() else None
-    if saved_params is not None and saved_params != hparams.to_dict():
-        now = hparams.to_dict()
+    now = hparams.to_dict()
+    if saved_params is not None and saved_params != now:
         keys = sorted(k for k in saved_params.keys() | now.keys() if saved_params.get(k) != now.get(k))
         changes = "; ".join(f"{k}: run {saved_params.get(k)!r}, now {now.get(k)!r}" for k in keys)
         raise RunError(f"--continue_from_run: the hyperparameters differ from {run_dir / 'params.json'} ({changes}); "

@@ -136,7 +136,7 @@ class SuffixForward:
         segments = max(len(b) for b in bins)
         starts = start.tolist()
         slot_row, slot_pos, slot_segment = [], [], []  # per bin, per slot
-        self.where = torch.zeros(rows, steps, 2, dtype=torch.long)  # row, suffix slot j -> (bin, slot)
+        where = [[]] * rows  # per row, per suffix slot j: (bin, slot)
         for b, members in enumerate(bins):
             row_of, pos_of, seg_of = [members[0]] * steps, [0] * steps, list(range(segments, segments + steps))
             offset = 0
@@ -144,8 +144,7 @@ class SuffixForward:
                 for j in range(length[r]):
                     row_of[offset + j], pos_of[offset + j], seg_of[offset + j] = r, starts[r] + j, g
                 # Slots past a row's end read its last one: computed, never used.
-                for j in range(steps):
-                    self.where[r, j] = torch.tensor([b, offset + min(j, length[r] - 1)])
+                where[r] = [(b, offset + min(j, length[r] - 1)) for j in range(steps)]
                 offset += length[r]
             slot_row.append(row_of)
             slot_pos.append(pos_of)
@@ -155,23 +154,22 @@ class SuffixForward:
         self.bins = t([members + [members[0]] * (segments - len(members)) for members in bins])  # (B, G)
         self.positions = t(slot_pos)  # (B, S)
         self.base = base[t(slot_row), self.positions]  # (B, S, d)
-        self.where = self.where.to(device)
+        self.where = t(where)  # (R, S, 2)
         self.entry = self.where[:, 0]  # (R, 2): the slot of each row's start, where its offset goes
-        self.mask = self._attention_mask(t(slot_segment), start[self.bins], [len(m) for m in bins], width, base.dtype)
+        self.mask = self._attention_mask(t(slot_segment), start[self.bins], width, base.dtype)
 
     @staticmethod
-    def _attention_mask(segment: torch.Tensor, row_start: torch.Tensor, used: list[int], width: int,
-                        dtype: torch.dtype) -> torch.Tensor:
+    def _attention_mask(segment: torch.Tensor, row_start: torch.Tensor, width: int, dtype: torch.dtype) -> torch.Tensor:
         """(B, 1, S, G * width + S) additive: a slot of segment g sees the cached positions before
-        its row's start in block g, and the slots of its own segment up to itself (a padding slot
-        has a segment of its own, so it sees only itself)."""
+        its row's start in block g, and the slots of its own segment up to itself. A padding slot
+        has a segment number of its own (>= G), so it sees only itself, and the blocks of a bin's
+        unused groups are seen by no slot."""
         n_bins, steps = segment.shape
         groups = row_start.shape[1]
         g = torch.arange(groups, device=segment.device)
-        in_use = g[None, :] < torch.tensor(used, device=segment.device)[:, None]  # (B, G)
         before = torch.arange(width, device=segment.device)[None, None, :] < row_start[:, :, None]  # (B, G, W)
-        cached_ok = (in_use[:, :, None] & before).reshape(n_bins, 1, groups * width)
-        cached = (segment[:, :, None] == g.repeat_interleave(width)[None, None, :]) & cached_ok  # (B, S, G*W)
+        cached = (segment[:, :, None] == g.repeat_interleave(width)[None, None, :]) \
+            & before.reshape(n_bins, 1, groups * width)  # (B, S, G*W)
         order = torch.arange(steps, device=segment.device)
         causal = (order[:, None] >= order[None, :])[None] & (segment[:, :, None] == segment[:, None, :])
         allowed = torch.cat([cached, causal], dim=-1)
