@@ -16,6 +16,7 @@ results are the same with and without curves. ``summarize.py --plot`` draws thes
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -24,6 +25,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from tqdm.auto import tqdm
 
 from experiments.metrics.summary import summarize_cases
@@ -53,10 +55,21 @@ def _stat(pair: tuple[float, float]) -> dict[str, float | None]:
     return {k: (float(v) if math.isfinite(v) else None) for k, v in zip(("mean", "std"), pair)}
 
 
+def weights_digest(tensors) -> str:
+    """sha1 of every byte of the edited weights: a curve point's teacher-forced metrics stand for the
+    final scoring's only when the weights are exactly these (sparse NSE updates defeat sampling)."""
+    h = hashlib.sha1()
+    for w in tensors:
+        h.update(w.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def maybe_write_curve_point(run_dir: Path, every: int, batch_index: int, num_edits: int, ds_name: str,
-                            edited: Sequence[dict], score: Callable[[int, dict], dict[str, Any]]) -> Path | None:
-    """Score ``edited`` (the records edited so far) with ``score(index, record) -> post`` and write
-    the point, when ``batch_index`` is a curve point and its file does not exist yet."""
+                            edited: Sequence[dict], score_many: Callable[[Sequence[dict]], list[dict[str, Any]]],
+                            weights_digest: Callable[[], str] | None = None, chunk: int = 32) -> Path | None:
+    """Score ``edited`` (the records edited so far) with ``score_many(records) -> posts``, ``chunk``
+    cases at a time, and write the point, when ``batch_index`` is a curve point and its file does
+    not exist yet. ``weights_digest`` (optional) is recorded, so the final scoring can reuse it."""
     if not is_curve_point(every, batch_index) or not edited:
         return None
     path = curve_file(run_dir, num_edits)
@@ -64,17 +77,34 @@ def maybe_write_curve_point(run_dir: Path, every: int, batch_index: int, num_edi
         return None
     ds_kind = DS_KINDS[ds_name]
     posts = {}
-    for i, record in enumerate(tqdm(edited, desc=f"curve after {num_edits} edits", unit="case", leave=False)):
-        posts[str(record["case_id"])] = score(i, record)
+    with tqdm(total=len(edited), desc=f"curve after {num_edits} edits", unit="case", leave=False) as bar:
+        for begin in range(0, len(edited), chunk):
+            part = edited[begin : begin + chunk]
+            for record, post in zip(part, score_many(part)):
+                posts[str(record["case_id"])] = post
+            bar.update(len(part))
     summary = summarize_cases(list(posts.values()), ds_kind)  # type: ignore[arg-type]
-    write_json_atomic(path, {
+    point = {
         "num_edits": int(num_edits), "batch_index": int(batch_index), "n_cases": len(posts), "ds_kind": ds_kind,
         "case_ids": [record["case_id"] for record in edited],
         "summary": {k: _stat(v) for k, v in summary.items()}, "cases": posts,
-    })
+    }
+    if weights_digest is not None:
+        point["weights_digest"] = weights_digest()
+    write_json_atomic(path, point)
     shown = ", ".join(f"{k} {v[0]:.1f}" for k, v in summary.items() if k.endswith(("_success", "_acc")))
     log.info("curve after %d edits (%d cases): %s", num_edits, len(posts), shown)
     return path
+
+
+def read_curve_point(run_dir: str | Path, num_edits: int) -> dict[str, Any] | None:
+    """The run's curve point after ``num_edits`` edits; None when there is none (or it is unreadable:
+    it is only ever a shortcut)."""
+    try:
+        point = json.loads(curve_file(Path(run_dir), num_edits).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return point if isinstance(point, dict) and isinstance(point.get("cases"), dict) else None
 
 
 def read_curve_points(run_dir: str | Path) -> list[dict[str, Any]]:

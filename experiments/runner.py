@@ -29,13 +29,10 @@ from dsets import (
 )
 from experiments.algorithms import get_algorithm
 from experiments.context_fit import check_records_fit
-from experiments.curves import maybe_write_curve_point
+from experiments.curves import maybe_write_curve_point, read_curve_point, weights_digest
 from experiments.downstream import run_downstream_eval, write_downstream_result
 from experiments.downstream.tasks import check_glue_dir
-from experiments.metrics import (
-    compute_rewrite_quality_counterfact,
-    compute_rewrite_quality_zsre,
-)
+from experiments.case_scoring import CaseScorer
 from experiments.metrics.fluency import MetricOptions, metric_settings
 from experiments.run_files import (
     COMPLETE_MARKER,
@@ -49,6 +46,7 @@ from experiments.run_files import (
     remove_stale_temporaries,
     take_run_lock,
 )
+from experiments.timings import TIMINGS_FILE, RunTimings
 from experiments.saved_model import (
     edit_info,
     editor_state_path,
@@ -358,46 +356,65 @@ def _run(cfg, paths, alg, hparams, model, tok, records, requests, run_dir: Path,
                            "it cannot edit more: continue from a state saved before (--save_model stores one)")
         log.info("continuing from %s: %d edits in %d batches so far", continued["editor_state"], editor.num_edits,
                  editor.num_batches)
-    editor.prepare()  # C0 now: a missing corpus fails before pre-edit scoring and downstream runs
+    timings = RunTimings(run_dir, read_json(run_dir / TIMINGS_FILE) if (run_dir / TIMINGS_FILE).is_file() else None)
+    with timings.phase("prepare_seconds", where="before_edits"):
+        editor.prepare()  # C0 now: a missing corpus fails before pre-edit scoring and downstream runs
     first_batch = continued["num_batches"] if continued else 0  # editor batches before this run's first
     extras = None  # attribute snippets + TF-IDF, loaded once for both scoring passes
 
-    def generation_extras():
+    def scorer(generation: bool = True) -> CaseScorer:
         nonlocal extras
-        if extras is None:
+        if generation and extras is None:
             extras = _generation_resources(cfg, paths) if cfg.ds_name != "zsre" else (None, None)
-        return extras
+        return CaseScorer(model, tok, cfg.ds_name, _generation_every(cfg) if generation else 0, cfg.seed,
+                          MetricOptions.from_names(cfg.metric_departures), extras if generation else (None, None))
 
     if cfg.eval_pre_edit and editor.num_batches == first_batch:
-        _score_cases(cfg, model, tok, records, run_dir / "pre_edit", "pre-edit scoring", generation_extras())
+        with timings.phase("pre_edit_seconds", where="before_edits"):
+            _score_cases(cfg, scorer(), records, run_dir / "pre_edit", "pre-edit scoring")
     batches = [requests[s : s + cfg.num_edits] for s in range(0, len(requests), cfg.num_edits)]
-    _maybe_downstream(cfg, paths, model, tok, run_dir, editor.num_batches, editor.num_edits)
-    _maybe_curve(cfg, model, tok, records, run_dir, editor, first_batch)  # a point a kill interrupted
+    with timings.phase("downstream_seconds", where="before_edits"):
+        _maybe_downstream(cfg, paths, model, tok, run_dir, editor.num_batches, editor.num_edits)
+    with timings.phase("curve_seconds", where="before_edits"):
+        _maybe_curve(cfg, scorer(False), records, run_dir, editor, first_batch)  # a point a kill interrupted
+    timings.write()
     done = editor.num_batches - first_batch  # this run's batches already applied
     for index in tqdm(range(done, len(batches)), desc="editing", unit="batch", initial=done, total=len(batches)):
         if cfg.stop_after_batches is not None and index >= cfg.stop_after_batches:
             log.info("stopping after %d batches as asked; continue with --continue_from_run=%s", index, run_dir.name)
             return run_dir
+        timings.start_batch(editor.num_batches + 1)
         report = editor.edit(batches[index])  # the editor logs its one-line report
         _append_report(run_dir, report)
-        editor.save(run_dir / STATE_FILE)
-        _maybe_downstream(cfg, paths, model, tok, run_dir, editor.num_batches, editor.num_edits)
-        _maybe_curve(cfg, model, tok, records, run_dir, editor, first_batch)
+        with timings.phase("save_seconds"):
+            editor.save(run_dir / STATE_FILE)
+        with timings.phase("downstream_seconds"):
+            _maybe_downstream(cfg, paths, model, tok, run_dir, editor.num_batches, editor.num_edits)
+        with timings.phase("curve_seconds"):
+            _maybe_curve(cfg, scorer(False), records, run_dir, editor, first_batch)
+        timings.end_batch(report, run_dir / STATE_FILE)
     staged = _stage_editor_state(cfg, editor, run_dir) if cfg.save_model else None  # before finish(): continuable
     if not editor.finished:
-        editor.finish()  # e.g. PRUNE's restraint at the original's timing; idempotent once saved
-        editor.save(run_dir / STATE_FILE)
+        with timings.phase("finish_seconds", where="final"):
+            editor.finish()  # e.g. PRUNE's restraint at the original's timing; idempotent once saved
+            editor.save(run_dir / STATE_FILE)
     if cfg.save_model:
-        _save_model(cfg, model, tok, editor, run_dir, staged)
-    _score_cases(cfg, model, tok, records, run_dir, "scoring edited model", generation_extras(), num_edits=cfg.num_edits,
-                 first_batch=first_batch)
+        with timings.phase("save_model_seconds", where="final"):
+            _save_model(cfg, model, tok, editor, run_dir, staged)
+    _score_cases(cfg, scorer(), records, run_dir, "scoring edited model", num_edits=cfg.num_edits,
+                 first_batch=first_batch, timer=lambda name: timings.phase(name, where="final"),
+                 known=_curve_posts_of_these_weights(cfg, run_dir, editor))
+    final = scorer()
+    timings.note("final", n_cases=len(records),
+                 n_generation_cases=sum(final.has_generation(i, r) for i, r in enumerate(records)))
+    timings.write()
     atomic_write_json(run_dir / COMPLETE_MARKER, {"finished": time.ctime(), "num_batches": editor.num_batches,
                                                  "num_edits": editor.num_edits})
     return run_dir
 
 
 def _generation_every(cfg: RunConfig) -> int:
-    """Generation tests on every N-th case (0: none), as _case_metrics runs them."""
+    """Generation tests on every N-th case (0: none), as CaseScorer runs them."""
     if cfg.skip_generation_tests or cfg.ds_name == "zsre":
         return 0
     return max(cfg.generation_test_interval, 0)
@@ -425,14 +442,24 @@ def _continued_from(cfg) -> tuple[dict | None, list | None]:
     return info, templates if isinstance(templates, list) else None
 
 
-def _maybe_curve(cfg, model, tok, records, run_dir: Path, editor, first_batch: int) -> None:
+def _maybe_curve(cfg, scorer: CaseScorer, records, run_dir: Path, editor, first_batch: int) -> None:
     """--curve_every: the cases of this run edited so far, teacher-forced, every N batches."""
     if not cfg.curve_every:
         return
     edited = records[: (editor.num_batches - first_batch) * cfg.num_edits]
-    no_generation = dataclasses.replace(cfg, skip_generation_tests=True)
     maybe_write_curve_point(run_dir, cfg.curve_every, editor.num_batches, editor.num_edits, cfg.ds_name, edited,
-                            lambda i, r: _case_metrics(no_generation, model, tok, r, i, (None, None)))
+                            scorer.teacher_forced, weights_digest=lambda: weights_digest(editor.weights.values()))
+
+
+def _curve_posts_of_these_weights(cfg, run_dir: Path, editor):
+    """The final scoring's teacher-forced metrics where the curve point after the last batch already
+    holds them for exactly these weights (same digest: finish() changed nothing); else None."""
+    if not cfg.curve_every:
+        return None
+    point = read_curve_point(run_dir, editor.num_edits)
+    if point is None or point.get("weights_digest") != weights_digest(editor.weights.values()):
+        return None
+    return lambda record: point["cases"].get(str(record["case_id"]))
 
 
 def _saved_already(cfg, editor, run_dir: Path) -> bool:
@@ -506,39 +533,32 @@ def _maybe_downstream(cfg, paths, model, tok, run_dir: Path, batch_index: int, n
              ", ".join(f"{t} acc {m['accuracy']:.3f}" for t, m in result.items()))
 
 
-def _score_cases(cfg, model, tok, records, out_dir: Path, desc: str, extras,
-                 num_edits: int | None = None, first_batch: int = 0) -> None:
+def _score_cases(cfg, scorer: CaseScorer, records, out_dir: Path, desc: str, num_edits: int | None = None,
+                 first_batch: int = 0, timer=None, known=None) -> None:
     """One JSON per case; existing files are kept, so an interrupted scoring pass resumes."""
     reports = read_json(out_dir / EDIT_REPORTS) if num_edits and (out_dir / EDIT_REPORTS).is_file() else []
     edit_seconds = {r["batch_index"]: r["seconds"] for r in reports}
-    for i, record in enumerate(tqdm(records, desc=desc, unit="case")):
-        path = case_file(out_dir, num_edits, record["case_id"]) if num_edits else out_dir / f"case_{record['case_id']}.json"
-        if path.is_file():
-            continue
-        metrics = _case_metrics(cfg, model, tok, record, i, extras)
-        if num_edits is None:
-            atomic_write_json(path, metrics)
-            continue
-        group = i // cfg.num_edits * cfg.num_edits
-        result = {"case_id": record["case_id"],
-                  "grouped_case_ids": [r["case_id"] for r in records[group : group + cfg.num_edits]],
-                  "num_edits": cfg.num_edits, "requested_rewrite": record["requested_rewrite"],
-                  "time": edit_seconds.get(first_batch + i // cfg.num_edits), "post": metrics}  # its batch's
-        pre = out_dir / "pre_edit" / f"case_{record['case_id']}.json"
-        if pre.is_file():
-            result["pre"] = read_json(pre)
-        atomic_write_json(path, result)
 
+    def path_of(record: dict) -> Path:
+        return case_file(out_dir, num_edits, record["case_id"]) if num_edits else out_dir / f"case_{record['case_id']}.json"
 
-def _case_metrics(cfg, model, tok, record, index: int, extras) -> dict[str, Any]:
-    if cfg.ds_name == "zsre":
-        return compute_rewrite_quality_zsre(model, tok, record)
-    interval = cfg.generation_test_interval
-    generation = not cfg.skip_generation_tests and interval > 0 and index % interval == 0
-    snips, vec = extras
-    return compute_rewrite_quality_counterfact(model, tok, record, snips, vec, generation=generation,
-                                               seed=cfg.seed + int(record["case_id"]),
-                                               options=MetricOptions.from_names(cfg.metric_departures))
+    todo = [(i, r) for i, r in enumerate(records) if not path_of(r).is_file()]
+    bar = tqdm(total=len(records), initial=len(records) - len(todo), desc=desc, unit="case")
+    with bar:
+        for i, record, metrics in scorer.score(todo, **({"timer": timer} if timer else {}), known=known):
+            bar.update()
+            if num_edits is None:
+                atomic_write_json(path_of(record), metrics)
+                continue
+            group = i // cfg.num_edits * cfg.num_edits
+            result = {"case_id": record["case_id"],
+                      "grouped_case_ids": [r["case_id"] for r in records[group : group + cfg.num_edits]],
+                      "num_edits": cfg.num_edits, "requested_rewrite": record["requested_rewrite"],
+                      "time": edit_seconds.get(first_batch + i // cfg.num_edits), "post": metrics}  # its batch's
+            pre = out_dir / "pre_edit" / f"case_{record['case_id']}.json"
+            if pre.is_file():
+                result["pre"] = read_json(pre)
+            atomic_write_json(path_of(record), result)
 
 
 def _generation_resources(cfg, paths):

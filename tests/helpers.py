@@ -125,3 +125,18 @@ ZSRE_POSTS = [
     {"rewrite_prompts_correct": [True], "paraphrase_prompts_correct": [False],
      "neighborhood_prompts_correct": [True]},
 ]
+
+
+def assert_same_scores(got: dict, want: dict, rel: float = 1e-5) -> None:
+    """Two case metric dicts equal, NLLs up to float round-off: teacher-forced scores of several
+    cases share padded batches, whose shape moves the last bits (experiments/case_scoring.py)."""
+    import pytest
+
+    assert got.keys() == want.keys()
+    for key, value in want.items():
+        if key.endswith("_probs"):
+            assert len(got[key]) == len(value), key
+            for g, w in zip(got[key], value):
+                assert g == pytest.approx(w, rel=rel), key
+        else:
+            assert got[key] == value, key

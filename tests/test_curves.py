@@ -196,3 +196,42 @@ def test_zsre_curves_hand_computed(tmp_path):
                     {"source": "final", "num_edits": "2", "Efficacy": "75.0", "Generalization": "50.0",
                      "Specificity": "87.5", "Score": ""}]
     assert not (tmp_path / "f" / "downstream_vs_edits.png").exists()  # no downstream points, no figure
+
+
+def test_timings_follow_the_stream(runs):
+    """timings.json: one entry per batch with the editor's phases, memory, state size and load;
+    two process segments for the stopped and resumed run; the final scoring split by kind."""
+    _, curved, plain = runs
+    timings = json.loads((curved / "timings.json").read_text())
+    assert len(timings["segments"]) == 2 and all(s["wall_seconds"] > 0 for s in timings["segments"])
+    batches = timings["batches"]
+    assert [b["batch_index"] for b in batches] == [1, 2, 3] and [b["total_edits"] for b in batches] == [2, 4, 6]
+    for b in batches:
+        assert b["edit_seconds"] > 0 and b["phases"]["values"] > 0 and b["phases"]["key reads"] > 0
+        assert b["curve_seconds"] > 0 and b["peak_rss_mib"] >= b["rss_mib"] > 0 and len(b["load_average"]) == 3
+    assert len({b["state_mib"] for b in batches}) == 1  # lambda C0 + Cp: one matrix per layer, whatever the edits
+    assert batches[2]["downstream_seconds"] > 0 and timings["before_edits"]["downstream_seconds"] > 0
+    # The last curve point holds these very weights: the final scoring reuses its teacher-forced metrics.
+    assert "teacher_forced_seconds" not in timings["final"] and timings["final"]["n_cases"] == 6
+    plain_final = json.loads((plain / "timings.json").read_text())["final"]
+    assert plain_final["teacher_forced_seconds"] > 0 and plain_final["n_generation_cases"] == 0
+
+
+def test_the_final_scoring_scores_anew_when_finish_changed_the_weights(runs, monkeypatch):
+    """A curve point of other weights (as after PRUNE's final restraint) is not reused."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from experiments.runner import _curve_posts_of_these_weights
+
+    _, curved, _ = runs
+    point = _points(curved)[6]
+    cfg = SimpleNamespace(curve_every=1)
+    state = torch.load(curved / "editor_state.pt", weights_only=True)
+    weights = {k: v.clone() for k, v in state["current"].items()}
+    editor = SimpleNamespace(num_edits=6, weights=weights)
+    known = _curve_posts_of_these_weights(cfg, curved, editor)
+    assert known is not None and known({"case_id": int(point["case_ids"][0])}) == point["cases"][str(point["case_ids"][0])]
+    next(iter(weights.values()))[0, 0] += 1e-3
+    assert _curve_posts_of_these_weights(cfg, curved, editor) is None

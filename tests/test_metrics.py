@@ -145,9 +145,9 @@ def test_sequences_are_built_from_ids_with_bos_once_and_right_padding():
     scores = score_continuations(model, tok, [(encode(tok, "rome"), [ID["dog"], ID["sat"]]),
                                               (encode(tok, "cat sat on the"), [ID["mat"]])])
     (batch,) = model.calls
-    assert batch.tolist() == [
-        [ID["<s>"], ID["rome"], ID["dog"], ID["sat"], ID["</s>"], ID["</s>"]],  # padded on the right
-        [ID["<s>"], ID["cat"], ID["sat"], ID["on"], ID["the"], ID["mat"]],
+    assert batch.tolist() == [  # a target's last token is never read, so it is not input
+        [ID["<s>"], ID["rome"], ID["dog"], ID["</s>"], ID["</s>"]],  # padded on the right
+        [ID["<s>"], ID["cat"], ID["sat"], ID["on"], ID["the"]],
     ]
     assert scores[0].nll == pytest.approx(nll(0.8, 0.7)) and scores[0].token_hits == (True, True)
     assert scores[1].nll == pytest.approx(nll(0.5)) and scores[1].all_correct
@@ -200,6 +200,36 @@ def test_batched_scores_match_single_unpadded_forward(tiny_llama):
         span = range(len(ids) - len(target) - 1, len(ids) - 1)
         want = -np.mean([logprobs[j, ids[j + 1]].item() for j in span])
         assert score.nll == pytest.approx(want, abs=1e-5)
+
+
+def test_shared_rows_score_as_one_forward_per_pair(tiny_llama):
+    """Pairs whose inputs are prefixes of one another share a row (plan_rows), and only the positions
+    read reach the LM head: every score equals its own unpadded forward's, targets of 1-3 tokens."""
+    from experiments.metrics.scoring import plan_rows
+
+    model, tok = tiny_llama
+    words = [" a dog", " a", " the big park", " dog", " a dog and"]
+    targets = [tok(w, add_special_tokens=False)["input_ids"] for w in words]
+    prompts = [encode(tok, p) for p in ("Once upon a time", "The cat", "Lily went to")]
+    pairs = [(p, t) for p in prompts for t in targets]
+    rows = plan_rows(pairs)
+    assert len(rows) < len(pairs)  # " a" is read from the row of " a dog" (and " a dog" from " a dog and")
+    assert sorted(i for r in rows for i, _ in r.reads) == list(range(len(pairs)))
+    scores = score_continuations(model, tok, pairs, batch_size=4)
+    for (prompt, target), score in zip(pairs, scores):
+        ids = prompt + target
+        with torch.no_grad():
+            logprobs = model(torch.tensor([ids])).logits[0].log_softmax(-1)
+        span = range(len(prompt) - 1, len(ids) - 1)
+        assert score.nll == pytest.approx(-np.mean([logprobs[j, ids[j + 1]].item() for j in span]), abs=1e-5)
+        assert score.token_hits == tuple(bool(logprobs[j].argmax() == ids[j + 1]) for j in span)
+
+
+def test_the_head_hook_is_removed_after_scoring(tiny_llama):
+    model, tok = tiny_llama
+    score_continuations(model, tok, [(encode(tok, "The cat"), [5])])
+    assert not model.get_output_embeddings()._forward_pre_hooks
+    assert model(torch.tensor([[1, 5, 6]])).logits.shape[1] == 3  # every position again
 
 
 # --- fluency ------------------------------------------------------------------------------------

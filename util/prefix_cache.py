@@ -12,6 +12,9 @@ read-only cache are built here.
 from __future__ import annotations
 
 import inspect
+import os
+from contextlib import contextmanager
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -64,6 +67,30 @@ def _cache_argument(layer: nn.Module) -> str | None:
         if name in params:
             return name
     return None
+
+
+# transformers' SDPA attention copies each key/value head once per query head (repeat_kv) when a
+# mask is given, unless this variable is "1"; its reason (CUDA kernels fall back to math with a
+# mask) does not hold on CPU, where torch's SDPA takes grouped heads with a mask as they are.
+_FORCE_GQA = "TRANSFORMERS_SDPA_FORCE_GQA"
+
+
+@contextmanager
+def _grouped_heads_in_sdpa(device: torch.device) -> Iterator[None]:
+    """On CPU, grouped-query attention without copying the key/value heads (the same scores: a
+    fifth of a value step on SmolLM2 went to those copies); elsewhere nothing changes."""
+    if device.type != "cpu" or os.environ.get(_FORCE_GQA) == "1":
+        yield
+        return
+    before = os.environ.get(_FORCE_GQA)
+    os.environ[_FORCE_GQA] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[_FORCE_GQA]
+        else:
+            os.environ[_FORCE_GQA] = before
 
 
 class _PrefixKeysValues:
@@ -197,8 +224,9 @@ class SuffixForward:
         kwargs = {"attention_mask": self.mask, "position_ids": self.positions, self.cache_argument: self.prefix}
         if self.rotary is not None:
             kwargs["position_embeddings"] = self.rotary(hidden, position_ids=self.positions)
-        for i in range(self.first + 1, max(read) + 1):
-            hidden = first_tensor(self.layers[i](hidden, **kwargs))
-            if i in read:
-                out[i] = hidden
+        with _grouped_heads_in_sdpa(hidden.device):
+            for i in range(self.first + 1, max(read) + 1):
+                hidden = first_tensor(self.layers[i](hidden, **kwargs))
+                if i in read:
+                    out[i] = hidden
         return {i: h[self.where[..., 0], self.where[..., 1]] for i, h in out.items()}

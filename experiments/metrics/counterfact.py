@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -40,16 +41,30 @@ def probability_metrics(
     model: torch.nn.Module, tok: Any, record: dict[str, Any], batch_size: int = 64
 ) -> dict[str, list]:
     """``*_prompts_probs`` (NLLs of both targets) and ``*_prompts_correct`` for the three groups."""
-    rewrite = record["requested_rewrite"]
-    targets = {
-        key: encode_target(tok, with_leading_space(rewrite[key]["str"])) for key in ("target_new", "target_true")
-    }
-    groups = _prompt_groups(record)
-    pairs = [(encode(tok, p), targets[key]) for g in PROMPT_GROUPS for p in groups[g] for key in targets]
+    return probability_metrics_many(model, tok, [record], batch_size=batch_size)[0]
+
+
+def probability_metrics_many(
+    model: torch.nn.Module, tok: Any, records: Sequence[dict[str, Any]], batch_size: int = 64
+) -> list[dict[str, list]]:
+    """:func:`probability_metrics` of every record, their prompts scored together: rows of many
+    cases fill each forward pass (the scores are each prompt's own, up to float round-off)."""
+    pairs, layouts = [], []
+    for record in records:
+        rewrite = record["requested_rewrite"]
+        targets = [encode_target(tok, with_leading_space(rewrite[key]["str"])) for key in ("target_new", "target_true")]
+        groups = _prompt_groups(record)
+        layouts.append([len(groups[g]) for g in PROMPT_GROUPS])
+        pairs += [(encode(tok, p), target) for g in PROMPT_GROUPS for p in groups[g] for target in targets]
     scores = iter(score_continuations(model, tok, pairs, batch_size=batch_size))
+    return [_probability_post(scores, counts) for counts in layouts]
+
+
+def _probability_post(scores: Iterator, counts: Sequence[int]) -> dict[str, list]:
+    """One record's metrics from its scores, (new, true) per prompt, groups in PROMPT_GROUPS order."""
     post: dict[str, list] = {}
-    for group in PROMPT_GROUPS:
-        per_prompt = [(next(scores), next(scores)) for _ in groups[group]]  # (new, true), as built above
+    for group, count in zip(PROMPT_GROUPS, counts):
+        per_prompt = [(next(scores), next(scores)) for _ in range(count)]
         post[f"{group}_prompts_probs"] = [{"target_new": n.nll, "target_true": t.nll} for n, t in per_prompt]
         # Neighborhood prompts are about other subjects: success there is keeping the true object.
         post[f"{group}_prompts_correct"] = [
