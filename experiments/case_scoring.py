@@ -1,11 +1,11 @@
 """Scoring a run's cases: the teacher-forced metrics of many cases per forward pass, then the
-generation metrics of the cases that have them.
+generation metrics of the cases that have them, several cases per batch.
 
 The final scoring, the pre-edit scoring and the curve points all score through
 :class:`CaseScorer`, so the three compute the same numbers for the same model. Teacher-forced
 metrics of ``chunk`` cases are computed together (their prompts fill the same padded batches; the
-scores are each prompt's own up to float round-off, tests/test_metrics.py); generation runs per
-case with the case's own seed, as before.
+scores are each prompt's own up to float round-off, tests/test_metrics.py); generation samples
+``generation_chunk`` cases together, each from its own seed as if alone (util.generation.SampleGroup).
 """
 from __future__ import annotations
 
@@ -14,11 +14,12 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from experiments.metrics.counterfact import generation_metrics, probability_metrics_many
+from experiments.metrics.counterfact import generation_metrics_many, probability_metrics_many
 from experiments.metrics.fluency import MetricOptions
 from experiments.metrics.zsre import compute_rewrite_quality_zsre_many
 
 CHUNK_CASES = 32  # cases whose teacher-forced prompts are scored together (~800 sequences)
+GENERATION_CASES = 8  # cases whose generation prompts are sampled together (80 CounterFact rows)
 Timer = Callable[[str], contextlib.AbstractContextManager]
 
 
@@ -38,6 +39,7 @@ class CaseScorer:
     options: MetricOptions = MetricOptions()
     extras: tuple[Any, Any] = (None, None)  # attribute snippets, TF-IDF vectorizer (Consistency)
     chunk: int = CHUNK_CASES
+    generation_chunk: int = GENERATION_CASES
 
     def teacher_forced(self, records: Sequence[dict]) -> list[dict[str, Any]]:
         if self.ds_name == "zsre":
@@ -49,18 +51,21 @@ class CaseScorer:
         return (self.ds_name != "zsre" and self.generation_every > 0 and index % self.generation_every == 0
                 and bool(record.get("generation_prompts")))
 
-    def generation(self, record: dict) -> dict[str, Any]:
+    def generation(self, records: Sequence[dict]) -> list[dict[str, Any]]:
         snips, vec = self.extras
-        return generation_metrics(self.model, self.tok, record, snips, vec, seed=self.seed + int(record["case_id"]),
-                                  options=self.options)
+        seeds = [self.seed + int(r["case_id"]) for r in records]
+        return generation_metrics_many(self.model, self.tok, records, snips, vec, seeds, options=self.options)
 
     def score(self, indexed: Sequence[tuple[int, dict]], timer: Timer = _no_timer,
               known: Callable[[dict], dict | None] | None = None) -> Iterator[tuple[int, dict, dict]]:
-        """``(index, record, post)`` for every ``(index, record)``, ``chunk`` cases at a time.
+        """``(index, record, post)`` for every ``(index, record)``: teacher-forced ``chunk`` cases at a
+        time, generation ``generation_chunk`` cases at a time (a case with generation comes once both
+        are done; the order of the cases may change).
 
         ``known(record)``: teacher-forced metrics already computed on this same model (a curve
         point of the same weights), used instead of scoring again; None where there are none.
         """
+        waiting: list[tuple[int, dict, dict]] = []  # teacher-forced done, generation to do
         for begin in range(0, len(indexed), self.chunk):
             part = indexed[begin : begin + self.chunk]
             posts = [dict(known(r) or {}) if known else {} for _, r in part]
@@ -71,6 +76,13 @@ class CaseScorer:
                         posts[j] = post
             for (index, record), post in zip(part, posts):
                 if self.has_generation(index, record):
-                    with timer("generation_seconds"):
-                        post.update(self.generation(record))
-                yield index, record, post
+                    waiting.append((index, record, post))
+                else:
+                    yield index, record, post
+            while len(waiting) >= self.generation_chunk or (waiting and begin + self.chunk >= len(indexed)):
+                batch, waiting = waiting[: self.generation_chunk], waiting[self.generation_chunk :]
+                with timer("generation_seconds"):
+                    generated = self.generation([record for _, record, _ in batch])
+                for (index, record, post), extra in zip(batch, generated):
+                    post.update(extra)
+                    yield index, record, post

@@ -232,6 +232,25 @@ def test_the_head_hook_is_removed_after_scoring(tiny_llama):
     assert model(torch.tensor([[1, 5, 6]])).logits.shape[1] == 3  # every position again
 
 
+def test_cases_sampled_together_draw_what_each_draws_alone(tiny_llama):
+    """generation_ids_many: one batch, each case from its own seed and length rule, as alone; a case
+    whose prompt is already max_length long gets no tokens (the original's rule), beside the others."""
+    import warnings
+
+    from experiments.metrics.fluency import generation_ids_many
+
+    model, tok = tiny_llama
+    cases = [["Once upon a time", "The cat"], ["Lily went to the park and", "A dog"], ["Tom"],
+             ["word " * 20], ["She", "He said that the"]]
+    seeds = [3, 4, 5, 6, 7]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the 20-word prompt's warning
+        together = generation_ids_many(model, tok, cases, seeds, max_length=16)
+        alone = [generation_ids(model, tok, prompts, max_length=16, seed=seed) for prompts, seed in zip(cases, seeds)]
+    assert together == alone
+    assert together[3] == [encode(tok, "word " * 20)] and all(len(r) == 16 for r in together[0] + together[4])
+
+
 # --- fluency ------------------------------------------------------------------------------------
 
 

@@ -6,6 +6,7 @@ is thrown away), so a row's text depends only on the seed, the prompts and the m
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -22,6 +23,16 @@ def _sample_top_k(logits: torch.Tensor, top_k: int, generator: torch.Generator) 
     return indices.gather(-1, choice).squeeze(-1)
 
 
+@dataclass(frozen=True)
+class SampleGroup:
+    """Rows ``start .. stop - 1`` of a batch, drawn from their own generator for ``steps`` tokens."""
+
+    start: int
+    stop: int
+    seed: int
+    steps: int
+
+
 @torch.no_grad()
 def sample_token_ids(
     model: nn.Module,
@@ -36,32 +47,54 @@ def sample_token_ids(
 
     No forward pass runs after the last token is drawn, and none once every row has ended.
     """
+    group = SampleGroup(0, len(prompt_ids), seed, max_new_tokens)
+    return sample_token_ids_grouped(model, prompt_ids, [group], top_k, pad_id, eos_id)
+
+
+@torch.no_grad()
+def sample_token_ids_grouped(
+    model: nn.Module,
+    prompt_ids: Sequence[Sequence[int]],
+    groups: Sequence[SampleGroup],
+    top_k: int,
+    pad_id: int,
+    eos_id: int | None = None,
+) -> list[list[int]]:
+    """:func:`sample_token_ids` for several groups of rows in one batch (e.g. the prompts of several
+    cases): each group draws from its own seeded generator exactly the draws it would alone, and
+    stops where it would alone, so its tokens are those of its own call up to float round-off in
+    the logits (the batch is wider)."""
     device = model_device(model)
-    generator = torch.Generator(device=device).manual_seed(seed)
+    generators = [torch.Generator(device=device).manual_seed(g.seed) for g in groups]
     input_ids, attention_mask = pad(prompt_ids, pad_id, side="left")  # (B, T): last column is each last token
     input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
     # Positions count real tokens only, so a padded prompt is seen exactly as an unpadded one
     # (absolute-position models such as GPT-2 would otherwise see it shifted).
     position_ids = (attention_mask.cumsum(dim=-1) - 1).clamp(min=0)
     finished = torch.zeros(len(prompt_ids), dtype=torch.bool, device=device)
-    past, steps = None, []
-    for step in range(max_new_tokens):
+    drawing = [g.steps > 0 for g in groups]
+    new: list[list[int]] = [[] for _ in prompt_ids]
+    past = None
+    while any(drawing):
         out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                     past_key_values=past, use_cache=True)
         past = out.past_key_values
-        next_ids = _sample_top_k(out.logits[:, -1, :], top_k, generator)  # (B,)
-        next_ids = torch.where(finished, torch.full_like(next_ids, pad_id), next_ids)
-        steps.append(next_ids)
-        if eos_id is not None:
-            finished |= next_ids == eos_id
-        if step == max_new_tokens - 1 or bool(finished.all()):
-            break
+        logits = out.logits[:, -1, :]  # (B, V)
+        next_ids = torch.full((len(prompt_ids),), pad_id, dtype=torch.long, device=device)
+        for i, (g, generator) in enumerate(zip(groups, generators)):
+            if not drawing[i]:
+                continue
+            rows = slice(g.start, g.stop)
+            drawn = _sample_top_k(logits[rows], top_k, generator)  # every row draws, a finished one in vain
+            next_ids[rows] = torch.where(finished[rows], torch.full_like(drawn, pad_id), drawn)
+            if eos_id is not None:
+                finished[rows] |= drawn == eos_id
+            for r, token in zip(range(g.start, g.stop), next_ids[rows].tolist()):
+                new[r].append(token)
+            drawing[i] = len(new[g.start]) < g.steps and not bool(finished[rows].all())
         input_ids = next_ids[:, None]  # (B, 1)
         attention_mask = torch.cat([attention_mask, torch.ones_like(input_ids)], dim=-1)
         position_ids = position_ids[:, -1:] + 1
-    if not steps:
-        return [[] for _ in prompt_ids]
-    new = torch.stack(steps, dim=1).tolist()  # (B, steps)
     if eos_id is None:
         return new
     return [row[: row.index(eos_id)] if eos_id in row else row for row in new]

@@ -17,7 +17,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 
 from dsets.attr_snippets import AttributeSnippets
 from experiments.metrics.consistency import tfidf_similarity
-from experiments.metrics.fluency import MAX_LENGTH, MetricOptions, generate_texts, ngram_entropy
+from experiments.metrics.fluency import MAX_LENGTH, MetricOptions, generate_texts_many, ngram_entropy
 from experiments.metrics.scoring import score_continuations
 from util.architectures import model_device
 from util.requests import check_prompt_template, fill_prompt, with_leading_space
@@ -100,13 +100,33 @@ def generation_metrics(
     ``max_length`` caps each text's tokens, prompt included (the original's rule); ``options``
     names departures from the original metric code (all off by default).
     """
-    texts = generate_texts(model, tok, record["generation_prompts"], max_length, seed=seed, options=options)
-    fluency = ngram_entropy(texts, regex=options.regex_word_tokenizer)
-    out: dict[str, Any] = {"text": texts, "ngram_entropy": fluency}
+    return generation_metrics_many(model, tok, [record], snips, vec, [seed], max_length, options)[0]
+
+
+def generation_metrics_many(
+    model: torch.nn.Module,
+    tok: Any,
+    records: Sequence[dict[str, Any]],
+    snips: AttributeSnippets | None,
+    vec: TfidfVectorizer | None,
+    seeds: Sequence[int],
+    max_length: int = MAX_LENGTH,
+    options: MetricOptions = MetricOptions(),
+) -> list[dict[str, Any]]:
+    """:func:`generation_metrics` of several records, their texts sampled in one batch (each case
+    from its own seed, as alone: experiments.metrics.fluency.generation_ids_many)."""
+    if snips is not None and vec is None:
+        raise ValueError("snippets were given without a TF-IDF vectorizer; load one with dsets.load_tfidf_vectorizer")
+    all_texts = generate_texts_many(model, tok, [r["generation_prompts"] for r in records], seeds, max_length,
+                                    options=options)
+    return [_text_metrics(model, tok, record, texts, snips, vec, options) for record, texts in zip(records, all_texts)]
+
+
+def _text_metrics(model, tok, record: dict[str, Any], texts: list[str], snips: AttributeSnippets | None,
+                  vec: TfidfVectorizer | None, options: MetricOptions) -> dict[str, Any]:
+    out: dict[str, Any] = {"text": texts, "ngram_entropy": ngram_entropy(texts, regex=options.regex_word_tokenizer)}
     if snips is None:
         return out
-    if vec is None:
-        raise ValueError("snippets were given without a TF-IDF vectorizer; load one with dsets.load_tfidf_vectorizer")
     rewrite = record["requested_rewrite"]
     relation_id, target_id = rewrite.get("relation_id"), rewrite["target_new"].get("id")
     references = snips.get(relation_id, target_id)
@@ -114,7 +134,7 @@ def generation_metrics(
         warnings.warn(
             f"case_id={record.get('case_id', '?')}: no attribute snippets for ({relation_id}, {target_id}); "
             "reference_score left out for this case",
-            stacklevel=2,
+            stacklevel=3,
         )
     else:
         out["reference_score"] = tfidf_similarity(" ".join(texts), " ".join(s["text"] for s in references), vec)

@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 import torch
 
-from util.generation import sample_token_ids
+from util.generation import SampleGroup, sample_token_ids_grouped
 from util.tokens import encode, pad_token_id
 
 MAX_LENGTH = 100  # the original's max_out_len: total tokens per text, the prompt's included
@@ -158,22 +158,43 @@ def generation_ids(
     """
     if isinstance(prompts, str):
         raise TypeError("generation takes a list of prompts; wrap a single prompt in a list")
+    return generation_ids_many(model, tok, [prompts], [seed], max_length, top_k, stop_at_eos)[0]
+
+
+def generation_ids_many(
+    model: torch.nn.Module,
+    tok: Any,
+    prompt_lists: Sequence[Sequence[str]],
+    seeds: Sequence[int],
+    max_length: int = MAX_LENGTH,
+    top_k: int = TOP_K,
+    stop_at_eos: bool = False,
+) -> list[list[list[int]]]:
+    """:func:`generation_ids` of several cases (each its prompts and its seed) in one batch: each
+    case draws from its own generator what it would draw alone (util.generation.SampleGroup)."""
     if max_length < 1 or top_k < 1:
         raise ValueError(f"need max_length >= 1 and top_k >= 1, got {max_length} and {top_k}")
-    prompt_ids = [encode(tok, p) for p in prompts]
-    if any(not ids for ids in prompt_ids):
+    cases = [[encode(tok, p) for p in prompts] for prompts in prompt_lists]
+    if any(not ids for prompt_ids in cases for ids in prompt_ids):
         raise ValueError("every generation prompt must tokenize to at least one token")
-    if not prompt_ids:
-        return []
-    widest = max(len(ids) for ids in prompt_ids)
-    if widest >= max_length:
-        warnings.warn(f"a generation prompt has {widest} tokens >= max_length={max_length}: as in the "
-                      "original, no prompt of this batch gets generated tokens", stacklevel=2)
-        return prompt_ids
-    steps = max_length - min(len(ids) for ids in prompt_ids)
+    rows, groups, group_of = [], [], []  # group_of: per case, its SampleGroup or None (no new tokens)
+    for prompt_ids, seed in zip(cases, seeds):
+        widest = max((len(ids) for ids in prompt_ids), default=0)
+        if widest >= max_length:
+            warnings.warn(f"a generation prompt has {widest} tokens >= max_length={max_length}: as in the "
+                          "original, no prompt of this batch gets generated tokens", stacklevel=2)
+        if not prompt_ids or widest >= max_length:
+            group_of.append(None)
+            continue
+        steps = max_length - min(len(ids) for ids in prompt_ids)
+        groups.append(SampleGroup(len(rows), len(rows) + len(prompt_ids), seed, steps))
+        group_of.append(groups[-1])
+        rows += prompt_ids
     eos_id = tok.eos_token_id if stop_at_eos else None
-    new = sample_token_ids(model, prompt_ids, steps, top_k, seed, pad_token_id(tok), eos_id)
-    return [ids + row[: max_length - len(ids)] for ids, row in zip(prompt_ids, new)]
+    new = sample_token_ids_grouped(model, rows, groups, top_k, pad_token_id(tok), eos_id) if rows else []
+    return [[list(ids) for ids in prompt_ids] if g is None else
+            [ids + row[: max_length - len(ids)] for ids, row in zip(prompt_ids, new[g.start : g.stop])]
+            for prompt_ids, g in zip(cases, group_of)]
 
 
 def decode_like_original(tok: Any, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
@@ -193,8 +214,23 @@ def generate_texts(
 ) -> list[str]:
     """The texts Fluency and Consistency are measured on (see :func:`generation_ids`); seeded,
     all prompts in one batch, each text starting with its prompt."""
-    rows = generation_ids(model, tok, prompts, max_length, top_k, seed, stop_at_eos=options.stop_at_eos)
-    return [decode_like_original(tok, row, options.skip_special_tokens) for row in rows]
+    if isinstance(prompts, str):
+        raise TypeError("generation takes a list of prompts; wrap a single prompt in a list")
+    return generate_texts_many(model, tok, [prompts], [seed], max_length, top_k, options)[0]
+
+
+def generate_texts_many(
+    model: torch.nn.Module,
+    tok: Any,
+    prompt_lists: Sequence[Sequence[str]],
+    seeds: Sequence[int],
+    max_length: int = MAX_LENGTH,
+    top_k: int = TOP_K,
+    options: MetricOptions = MetricOptions(),
+) -> list[list[str]]:
+    """:func:`generate_texts` of several cases in one batch (see :func:`generation_ids_many`)."""
+    cases = generation_ids_many(model, tok, prompt_lists, seeds, max_length, top_k, stop_at_eos=options.stop_at_eos)
+    return [[decode_like_original(tok, row, options.skip_special_tokens) for row in rows] for rows in cases]
 
 
 def metric_settings(options: MetricOptions = MetricOptions()) -> dict[str, Any]:
