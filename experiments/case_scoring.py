@@ -23,7 +23,7 @@ GENERATION_CASES = 8  # cases whose generation prompts are sampled together (80 
 Timer = Callable[[str], contextlib.AbstractContextManager]
 
 
-def _no_timer(_name: str) -> contextlib.AbstractContextManager:
+def no_timer(_name: str) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
@@ -56,7 +56,7 @@ class CaseScorer:
         seeds = [self.seed + int(r["case_id"]) for r in records]
         return generation_metrics_many(self.model, self.tok, records, snips, vec, seeds, options=self.options)
 
-    def score(self, indexed: Sequence[tuple[int, dict]], timer: Timer = _no_timer,
+    def score(self, indexed: Sequence[tuple[int, dict]], timer: Timer = no_timer,
               known: Callable[[dict], dict | None] | None = None) -> Iterator[tuple[int, dict, dict]]:
         """``(index, record, post)`` for every ``(index, record)``: teacher-forced ``chunk`` cases at a
         time, generation ``generation_chunk`` cases at a time (a case with generation comes once both

@@ -32,7 +32,7 @@ from experiments.context_fit import check_records_fit
 from experiments.curves import maybe_write_curve_point, read_curve_point, weights_digest
 from experiments.downstream import run_downstream_eval, write_downstream_result
 from experiments.downstream.tasks import check_glue_dir
-from experiments.case_scoring import CaseScorer
+from experiments.case_scoring import CaseScorer, no_timer
 from experiments.metrics.fluency import MetricOptions, metric_settings
 from experiments.run_files import (
     COMPLETE_MARKER,
@@ -545,7 +545,7 @@ def _score_cases(cfg, scorer: CaseScorer, records, out_dir: Path, desc: str, num
     todo = [(i, r) for i, r in enumerate(records) if not path_of(r).is_file()]
     bar = tqdm(total=len(records), initial=len(records) - len(todo), desc=desc, unit="case")
     with bar:
-        for i, record, metrics in scorer.score(todo, **({"timer": timer} if timer else {}), known=known):
+        for i, record, metrics in scorer.score(todo, timer=timer or no_timer, known=known):
             bar.update()
             if num_edits is None:
                 atomic_write_json(path_of(record), metrics)

@@ -235,3 +235,40 @@ def test_the_final_scoring_scores_anew_when_finish_changed_the_weights(runs, mon
     assert known is not None and known({"case_id": int(point["case_ids"][0])}) == point["cases"][str(point["case_ids"][0])]
     next(iter(weights.values()))[0, 0] += 1e-3
     assert _curve_posts_of_these_weights(cfg, curved, editor) is None
+
+
+class _Killed(BaseException):
+    """Stands for SIGKILL: nothing in the harness catches it."""
+
+
+def test_a_run_killed_mid_batch_resumes_to_the_unbroken_run(runs, tmp_path, monkeypatch):
+    """Killed inside its second batch's edit, a run resumes from the state saved after the first and
+    ends with the weights, keys, case files and per-batch timings of the unbroken run (run_001)."""
+    import torch
+
+    from nse.editor import NSEEditor
+
+    _, _, plain = runs
+    (tmp_path / "stats").mkdir()
+    args = _args(tmp_path, tmp_path / "stats")  # the same C0 again (same corpus and weights)
+    real_update = NSEEditor._update
+
+    def dies_in_batch_2(self, requests, z, report):
+        if self.num_batches == 1:
+            raise _Killed
+        return real_update(self, requests, z, report)
+
+    monkeypatch.setattr(NSEEditor, "_update", dies_in_batch_2)
+    with pytest.raises(_Killed):
+        evaluate(args)
+    run = tmp_path / "NSE" / "run_000"
+    assert [r["batch_index"] for r in json.loads((run / "edit_reports.json").read_text())] == [0]
+    monkeypatch.setattr(NSEEditor, "_update", real_update)
+    assert evaluate(args + ["--continue_from_run=run_000"]) == 0
+    mine, unbroken = (torch.load(r / "editor_state.pt", weights_only=True) for r in (run, plain))
+    for part in ("current", "regulariser"):
+        for layer in unbroken[part]:
+            assert torch.equal(mine[part][layer], unbroken[part][layer]), (part, layer)
+    assert _case_posts(run) == _case_posts(plain)
+    timings = json.loads((run / "timings.json").read_text())
+    assert len(timings["segments"]) == 2 and [b["batch_index"] for b in timings["batches"]] == [1, 2, 3]
