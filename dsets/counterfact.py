@@ -45,6 +45,12 @@ def validate_counterfact_record(record: Any, source: Path, index: int) -> None:
     """Raise :class:`DatasetFormatError` naming the case and the fix if ``record`` is malformed."""
     if not isinstance(record, dict) or "case_id" not in record:
         raise DatasetFormatError(f"{source}: record #{index} is not an object with a 'case_id'; is it the right file?")
+    case_id = record["case_id"]
+    # Case files are named by the id and each case's sampling seed is seed + id: an id must be a whole
+    # number (37 and "37" would write the same file, and a word cannot seed anything).
+    if not isinstance(case_id, int) or isinstance(case_id, bool) or case_id < 0:
+        raise DatasetFormatError(f"{source}: record #{index} has case_id={case_id!r} ({type(case_id).__name__}); "
+                                 "case ids must be whole numbers >= 0 (write 37, not \"37\"), each used once")
     where = f"{source.name}: case_id={record['case_id']}"
     rewrite = record.get("requested_rewrite")
     if not isinstance(rewrite, dict):

@@ -174,6 +174,15 @@ def test_counterfact_duplicate_case_id(tmp_path):
         CounterFactDataset(tmp_path / "cf.json")
 
 
+@pytest.mark.parametrize("case_id", ["37", "word", None, [1], 1.5, True, -2])
+def test_counterfact_case_ids_are_whole_numbers(tmp_path, case_id):
+    """37 and "37" would write the same case file (one case never scored); a word or null would crash
+    the final scoring after every batch was edited. Refused at load, naming file and record."""
+    write_json(tmp_path / "cf.json", [cf_record(37), {**cf_record(0), "case_id": case_id}])
+    with pytest.raises(DatasetFormatError, match=r"cf\.json: record #1 has case_id=.*whole numbers >= 0"):
+        CounterFactDataset(tmp_path / "cf.json")
+
+
 def test_explicit_json_path_is_never_downloaded(tmp_path, offline):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         CounterFactDataset(tmp_path / "typo.json")
