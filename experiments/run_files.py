@@ -23,8 +23,34 @@ class RunFolderError(ValueError):
 
 
 def read_json(path: str | Path) -> Any:
-    with open(path) as f:
+    with open(path, encoding="utf-8-sig") as f:  # a byte-order mark (some editors write one) is not JSON
         return json.load(f)
+
+
+# A resumed run's own files and the JSON type each holds: read before any work, so a damaged one
+# stops the resume at once instead of after the next batch (whose work would be lost).
+RUN_FILES = {"config.json": dict, "params.json": dict, EDIT_REPORTS: list}
+
+
+def check_run_files(run_dir: Path) -> None:
+    """Every file of RUN_FILES that exists in ``run_dir`` parses and holds its type (edit reports:
+    objects with a ``batch_index``); else a :class:`RunFolderError` naming the file and the fix."""
+    for name, kind in RUN_FILES.items():
+        path = run_dir / name
+        if not path.is_file():
+            continue
+        try:
+            data = read_json(path)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise RunFolderError(f"{path} is damaged ({type(err).__name__}: {err}); restore it from a copy, or start "
+                                 "a new run (this run's case files and editor state stay where they are)") from None
+        ok = isinstance(data, kind) and (name != EDIT_REPORTS or all(
+            isinstance(r, dict) and isinstance(r.get("batch_index"), int) for r in data)) \
+            and (name != "config.json" or isinstance(data.get("args"), dict))
+        if not ok:
+            raise RunFolderError(f"{path} does not hold what this harness writes there (a JSON {kind.__name__}"
+                                 f"{' of batch reports' if name == EDIT_REPORTS else ''}); restore it from a copy, "
+                                 "or start a new run")
 
 
 def new_run_dir(alg_dir: Path) -> Path:

@@ -40,6 +40,7 @@ from experiments.run_files import (
     LOCK_FILE,
     STATE_FILE,
     case_file,
+    check_run_files,
     new_run_dir,
     read_json,
     release_run_lock,
@@ -301,6 +302,7 @@ def _resume_dir(cfg: RunConfig, results: Path, hparams) -> Path | None:
     run_dir = results / cfg.alg_name / cfg.continue_from_run
     if not (run_dir / "config.json").is_file():
         raise RunError(f"--continue_from_run={cfg.continue_from_run}: {run_dir} holds no config.json to resume")
+    check_run_files(run_dir)
     saved = read_json(run_dir / "config.json")["args"]
     defaults = dataclasses.asdict(RunConfig("", "", "", ""))  # a flag added since the run was started
     differ = [f"{key}={value!r} differs from the run's {saved.get(key, defaults[key])!r}"
@@ -356,7 +358,7 @@ def _run(cfg, paths, alg, hparams, model, tok, records, requests, run_dir: Path,
                            "it cannot edit more: continue from a state saved before (--save_model stores one)")
         log.info("continuing from %s: %d edits in %d batches so far", continued["editor_state"], editor.num_edits,
                  editor.num_batches)
-    timings = RunTimings(run_dir, read_json(run_dir / TIMINGS_FILE) if (run_dir / TIMINGS_FILE).is_file() else None)
+    timings = RunTimings(run_dir, _earlier_timings(run_dir))
     with timings.phase("prepare_seconds", where="before_edits"):
         editor.prepare()  # C0 now: a missing corpus fails before pre-edit scoring and downstream runs
     first_batch = continued["num_batches"] if continued else 0  # editor batches before this run's first
@@ -411,6 +413,22 @@ def _run(cfg, paths, alg, hparams, model, tok, records, requests, run_dir: Path,
     atomic_write_json(run_dir / COMPLETE_MARKER, {"finished": time.ctime(), "num_batches": editor.num_batches,
                                                  "num_edits": editor.num_edits})
     return run_dir
+
+
+def _earlier_timings(run_dir: Path) -> dict | None:
+    """The timings of the run's earlier processes; a damaged file (diagnostics only) starts afresh."""
+    path = run_dir / TIMINGS_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = read_json(path)
+    except (ValueError, UnicodeDecodeError) as err:
+        data = err
+    if isinstance(data, dict) and all(isinstance(data.get(k), t) for k, t in
+                                      (("segments", list), ("batches", list), ("before_edits", dict), ("final", dict))):
+        return data
+    log.warning("%s is damaged or not a timings file; its earlier segments are dropped and it is written anew", path)
+    return None
 
 
 def _generation_every(cfg: RunConfig) -> int:

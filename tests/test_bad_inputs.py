@@ -415,3 +415,36 @@ def test_torch_save_on_a_full_disk_names_the_file(tmp_path, monkeypatch):
     with pytest.raises(WriteError, match=r"cannot write .*state\.pt \(No space left on device\); the disk is full"):
         save_torch_atomic({"w": torch.zeros(1000)}, tmp_path / "state.pt")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name, content, shown", [
+    ("edit_reports.json", "[{\"batch_ind", "edit_reports.json is damaged (JSONDecodeError"),
+    ("edit_reports.json", "", "edit_reports.json is damaged (JSONDecodeError"),
+    ("edit_reports.json", "{\"a\": 1}", "edit_reports.json does not hold what this harness writes there"),
+    ("config.json", "{\"args\": {\"alg_na", "config.json is damaged (JSONDecodeError"),
+    ("config.json", "[1, 2]", "config.json does not hold what this harness writes there"),
+    ("params.json", "", "params.json is damaged (JSONDecodeError"),
+])
+def test_a_damaged_run_file_stops_the_resume_before_any_work(world, tmp_path, capsys, stopped_run, name, content, shown):
+    """Named with the fix before a batch is edited (a damaged edit_reports.json used to fail after the
+    next batch, losing its work); the run folder is left as it was."""
+    (stopped_run / name).write_text(content)
+    before = {p: p.read_bytes() for p in stopped_run.rglob("*") if p.is_file()}
+    line = _fails(world, tmp_path, capsys, shown, continue_from_run="run_000")
+    assert "restore it from a copy, or start a new run" in line
+    assert {p: p.read_bytes() for p in stopped_run.rglob("*") if p.is_file()} == before
+
+
+def test_run_files_with_a_byte_order_mark_are_read(world, tmp_path, stopped_run):
+    for name in ("config.json", "params.json", "edit_reports.json"):
+        path = stopped_run / name
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert evaluate(_argv(world, tmp_path, continue_from_run="run_000")) == 0
+    assert (stopped_run / "run_complete.json").is_file()
+
+
+def test_a_damaged_timings_file_is_written_anew(world, tmp_path, stopped_run, caplog):
+    (stopped_run / "timings.json").write_text("{\"segm")
+    assert evaluate(_argv(world, tmp_path, continue_from_run="run_000")) == 0
+    timings = json.loads((stopped_run / "timings.json").read_text())
+    assert len(timings["segments"]) == 1 and "timings.json is damaged" in caplog.text
