@@ -209,7 +209,7 @@ def run_experiment(cfg: RunConfig, paths: dict[str, Path]) -> Path:
     _check_settings(cfg, paths)
     alg = get_algorithm(cfg.alg_name)
     hparams_path = resolve_hparams_path(alg.hparams_dir, cfg.hparams_fname, paths["hparams"])
-    hparams = alg.hparams_class.from_json(hparams_path)
+    hparams = _load_hparams(cfg.alg_name, hparams_path)
     if cfg.mom2_dataset and hasattr(hparams, "mom2_dataset"):
         hparams = dataclasses.replace(hparams, mom2_dataset=cfg.mom2_dataset)
     elif cfg.mom2_dataset:
@@ -243,6 +243,28 @@ def run_experiment(cfg: RunConfig, paths: dict[str, Path]) -> Path:
                 with contextlib.suppress(OSError):
                     run_dir.parent.rmdir()  # the method's folder, when this run was its only one
             raise
+
+
+def _load_hparams(alg_name: str, path: Path):
+    """The method's hyperparameters from ``path``; a file of another method's keys says which method."""
+    from experiments.algorithms import ALGORITHMS
+
+    alg = ALGORITHMS[alg_name]
+    try:
+        return alg.hparams_class.from_json(path)
+    except HyperParamsError as err:
+        if "unknown key" not in str(err) and "missing required key" not in str(err):
+            raise
+        for name, other in ALGORITHMS.items():
+            if other.hparams_class is alg.hparams_class:
+                continue
+            try:
+                other.hparams_class.from_json(path)
+            except HyperParamsError:
+                continue
+            raise HyperParamsError(f"{err}. The file reads as {name}'s hyperparameters: run it with "
+                                   f"--alg_name={name}, or pass a {alg_name} file (hparams/{alg.hparams_dir}/)") from None
+        raise
 
 
 def _lock(run_dir: Path, held: ExitStack, cfg: RunConfig) -> list[str]:

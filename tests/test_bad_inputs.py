@@ -448,3 +448,34 @@ def test_a_damaged_timings_file_is_written_anew(world, tmp_path, stopped_run, ca
     assert evaluate(_argv(world, tmp_path, continue_from_run="run_000")) == 0
     timings = json.loads((stopped_run / "timings.json").read_text())
     assert len(timings["segments"]) == 1 and "timings.json is damaged" in caplog.text
+
+
+# -- hyperparameter values -------------------------------------------------------------------------
+
+def _hparams_file(world, tmp_path, text: str) -> str:
+    path = tmp_path / "hp_bad.json"
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize("edit, shown", [
+    (lambda t: t.replace('"lr": ', '"lr": NaN, "lr_": ', 1), "NaN is not a usable hyperparameter value"),
+    (lambda t: t.replace('"lr": ', '"lr": Infinity, "lr_": ', 1), "Infinity is not a usable hyperparameter value"),
+    (lambda t: t.replace('"lr": ', '"lr": 1.0, "lr": ', 1), "key 'lr' is given twice"),
+    (lambda t: re.sub(r'"layers": \[[^\]]*\]', '"layers": [1, "2"]', t), "must be a list of int, but element 1 is '2'"),
+    (lambda t: re.sub(r'"layers": \[[^\]]*\]', '"layers": [true]', t), "must be a list of int, but element 0 is True"),
+    (lambda t: t.replace("{", '{"rewrite_module_tmp": "model.layers.mlp", ', 1),
+     "must hold the layer's place as one empty {}"),
+    (lambda t: t.replace("{", '{"rewrite_module_tmp": "model.layers.{layer}.mlp", ', 1),
+     "must hold the layer's place as one empty {}"),
+])
+def test_bad_hyperparameter_values_are_refused_at_load(world, tmp_path, capsys, edit, shown):
+    text = edit(world["hparams"].read_text())
+    line = _fails_at_start(world, tmp_path, capsys, shown, hparams_fname=_hparams_file(world, tmp_path, text))
+    assert "hp_bad.json" in line
+
+
+def test_a_file_of_another_method_names_that_method(world, tmp_path, capsys):
+    nse = ROOT / "hparams" / "NSE" / "tinystories-260k.json"
+    line = _fails_at_start(world, tmp_path, capsys, "reads as NSE's hyperparameters", hparams_fname=str(nse))
+    assert "--alg_name=NSE" in line

@@ -4,6 +4,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
+import string
+import typing
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar, get_type_hints
 
@@ -36,9 +39,13 @@ class HyperParams:
         if not path.is_file():
             raise HyperParamsError(f"hyperparameter file {path} does not exist")
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(path.read_text(encoding="utf-8-sig"), object_pairs_hook=_unique_keys(path),
+                              parse_constant=_no_constant(path))
         except json.JSONDecodeError as err:
             raise HyperParamsError(f"hyperparameter file {path} is not valid JSON: {err}") from None
+        except UnicodeDecodeError as err:
+            raise HyperParamsError(f"hyperparameter file {path} is not UTF-8 text ({err.reason}); is it the right file?") \
+                from None
         return cls.from_dict(data, source=str(path))
 
     @classmethod
@@ -82,6 +89,25 @@ class HyperParams:
         return dataclasses.asdict(self)
 
 
+def _unique_keys(path: Path):
+    """A JSON object hook refusing a key given twice (json keeps the last one silently)."""
+    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise HyperParamsError(f"{path}: key '{key}' is given twice; keep one")
+            seen.add(key)
+        return dict(pairs)
+    return hook
+
+
+def _no_constant(path: Path):
+    """NaN and Infinity are not JSON; Python's reader takes them, and a NaN learning rate fails hours later."""
+    def refuse(name: str) -> Any:
+        raise HyperParamsError(f"{path}: {name} is not a usable hyperparameter value (nor standard JSON); write a number")
+    return refuse
+
+
 def _is_required(f: dataclasses.Field) -> bool:
     return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
 
@@ -99,12 +125,48 @@ def _check_type(source: str, name: str, value: Any, hint: Any) -> None:
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif hint is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok and not math.isfinite(value):
+            raise HyperParamsError(f"{source}: key '{name}' must be a finite number, got {value!r}")
     elif hint is str or text.startswith("str"):
         ok = isinstance(value, str)
+        if ok and name.endswith("_tmp"):
+            _check_template(source, name, value)
     elif text.startswith("list"):
         ok = isinstance(value, list)
+        if ok:
+            _check_elements(source, name, value, hint)
     else:
         ok = True
     if not ok:
         kind = getattr(hint, "__name__", text)
         raise HyperParamsError(f"{source}: key '{name}' must be {kind}, got {value!r}")
+
+
+def _check_elements(source: str, name: str, value: list, hint: Any) -> None:
+    """``list[int]`` etc.: every element of the element type (a bool is not an int)."""
+    lists = [h for h in (hint, *typing.get_args(hint)) if typing.get_origin(h) is list]  # list[int] | None too
+    element = (typing.get_args(lists[0]) or (Any,))[0] if lists else Any
+    for index, item in enumerate(value):
+        if element is int:
+            ok = isinstance(item, int) and not isinstance(item, bool)
+        elif element is float:
+            ok = isinstance(item, (int, float)) and not isinstance(item, bool) and math.isfinite(item)
+        elif element is str:
+            ok = isinstance(item, str)
+        else:
+            ok = True
+        if not ok:
+            raise HyperParamsError(f"{source}: key '{name}' must be a list of {element.__name__}, "
+                                   f"but element {index} is {item!r}")
+
+
+def _check_template(source: str, name: str, value: str) -> None:
+    """A module template names one module per layer: exactly one empty ``{}`` placeholder."""
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(value) if f is not None]
+    except ValueError as err:
+        raise HyperParamsError(f"{source}: key '{name}'={value!r} is not a module template ({err}); "
+                               "write the layer's place as {}, e.g. 'model.layers.{}.mlp.down_proj'") from None
+    if fields != [""]:
+        raise HyperParamsError(f"{source}: key '{name}'={value!r} must hold the layer's place as one empty {{}} "
+                               "(e.g. 'model.layers.{}.mlp.down_proj')")
