@@ -7,6 +7,7 @@ and the metrics normalise them with ``util.requests``).
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from dsets.records import (
 )
 from util.requests import RequestError, check_prompt_template
 
+log = logging.getLogger(__name__)
 CF_FILE = "counterfact.json"
 MCF_FILE = "multi_counterfact.json"
 PROMPT_LISTS = ("paraphrase_prompts", "neighborhood_prompts")  # the metrics need these
@@ -55,13 +57,21 @@ def validate_counterfact_record(record: Any, source: Path, index: int) -> None:
     rewrite = record.get("requested_rewrite")
     if not isinstance(rewrite, dict):
         raise DatasetFormatError(f"{where}: 'requested_rewrite' must be an object, got {type(rewrite).__name__}")
-    require_str(rewrite, "subject", f"{where}: requested_rewrite")
+    subject = require_str(rewrite, "subject", f"{where}: requested_rewrite")
+    if subject != subject.strip():
+        raise DatasetFormatError(f"{where}: the subject {subject!r} has surrounding spaces; remove them (the prompt "
+                                 "around '{}' carries the spacing, and the fact token is found by the subject's tokens)")
+    if not any(c.isalnum() for c in subject):
+        raise DatasetFormatError(f"{where}: the subject {subject!r} has no letter or digit; is the record right?")
     try:
         check_prompt_template(rewrite.get("prompt"), where=f"{where}: requested_rewrite.prompt")
     except RequestError as exc:
         raise DatasetFormatError(str(exc)) from exc
     for key in ("target_new", "target_true"):
         _check_target(rewrite, key, where)
+    if rewrite["target_new"]["str"].strip() == rewrite["target_true"]["str"].strip():
+        raise DatasetFormatError(f"{where}: target_new equals target_true ({rewrite['target_new']['str']!r}): the edit "
+                                 "would change nothing and its metrics would mean nothing; fix or drop the record")
     for key in PROMPT_LISTS:
         _check_prompt_list(record, key, where, required=True)
     for key in OPTIONAL_PROMPT_LISTS:
@@ -87,6 +97,12 @@ class CounterFactDataset(RecordList):
             if record["case_id"] in seen:
                 raise DatasetFormatError(f"{path}: case_id={record['case_id']} occurs twice; case ids must be unique")
             seen.add(record["case_id"])
+        for key in PROMPT_LISTS:
+            empty = [r["case_id"] for r in records if not r[key]]
+            if empty:
+                log.warning("%s: %d case(s) have no %s (case_ids %s): they count in no mean of that column, so its "
+                            "number of cases is smaller than the run's", path, len(empty), key,
+                            ", ".join(map(str, empty[:10])) + (" ..." if len(empty) > 10 else ""))
         super().__init__(records, path)
 
 

@@ -38,6 +38,7 @@ from experiments.run_files import (
     COMPLETE_MARKER,
     EDIT_REPORTS,
     LOCK_FILE,
+    RUN_PATTERN,
     STATE_FILE,
     case_file,
     check_run_files,
@@ -292,6 +293,10 @@ def _load_records(cfg: RunConfig, paths: dict[str, Path], tok) -> list[dict]:
     if cfg.num_edits > len(kept):  # case files are named after --num_edits: they would claim edits never made
         raise RunError(f"--num_edits={cfg.num_edits} is more than the {len(kept)} record(s) to edit "
                        f"({records.source}); pass --num_edits={len(kept)} or less")
+    if len(kept) % cfg.num_edits:  # case files say "<num_edits>_edits": the last batch is smaller
+        log.warning("the last batch holds %d edit(s), not --num_edits=%d (%d records); its case files are named "
+                    "%d_edits like the others, their grouped_case_ids list the batch", len(kept) % cfg.num_edits,
+                    cfg.num_edits, len(kept), cfg.num_edits)
     if cfg.dataset_size_limit is not None and len(kept) < cfg.dataset_size_limit:
         log.warning("--dataset_size_limit=%d: %s holds only %d record(s) to edit; editing those",
                     cfg.dataset_size_limit, records.source, len(kept))
@@ -321,6 +326,9 @@ def _resume_dir(cfg: RunConfig, results: Path, hparams) -> Path | None:
     """The run folder to continue; refused when a flag that changes the results differs from the run's."""
     if not cfg.continue_from_run:
         return None
+    if not RUN_PATTERN.match(cfg.continue_from_run):  # a path would resume a run of another method or folder
+        raise RunError(f"--continue_from_run={cfg.continue_from_run!r} is not a run folder name; pass the name of a "
+                       f"folder in {results / cfg.alg_name} (run_NNN), and --results_dir for another results folder")
     run_dir = results / cfg.alg_name / cfg.continue_from_run
     if not (run_dir / "config.json").is_file():
         raise RunError(f"--continue_from_run={cfg.continue_from_run}: {run_dir} holds no config.json to resume")

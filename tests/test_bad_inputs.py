@@ -479,3 +479,14 @@ def test_a_file_of_another_method_names_that_method(world, tmp_path, capsys):
     nse = ROOT / "hparams" / "NSE" / "tinystories-260k.json"
     line = _fails_at_start(world, tmp_path, capsys, "reads as NSE's hyperparameters", hparams_fname=str(nse))
     assert "--alg_name=NSE" in line
+
+
+@pytest.mark.parametrize("name", ["../FT/run_000", "/tmp/run_000", "run_000/..", "run_1"])
+def test_continue_from_run_takes_a_run_name_only(world, tmp_path, capsys, stopped_run, name):
+    line = _fails(world, tmp_path, capsys, "is not a run folder name", continue_from_run=name)
+    assert "(run_NNN)" in line
+
+
+def test_a_smaller_last_batch_is_announced(world, tmp_path, caplog):
+    assert evaluate(_argv(world, tmp_path, num_edits="2", dataset_size_limit="3")) == 0
+    assert "the last batch holds 1 edit(s), not --num_edits=2 (3 records)" in caplog.text

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import urllib.error
 import warnings
@@ -181,6 +182,29 @@ def test_counterfact_case_ids_are_whole_numbers(tmp_path, case_id):
     write_json(tmp_path / "cf.json", [cf_record(37), {**cf_record(0), "case_id": case_id}])
     with pytest.raises(DatasetFormatError, match=r"cf\.json: record #1 has case_id=.*whole numbers >= 0"):
         CounterFactDataset(tmp_path / "cf.json")
+
+
+@pytest.mark.parametrize("change, shown", [
+    ({"subject": " Anna"}, "has surrounding spaces"),
+    ({"subject": "Anna "}, "has surrounding spaces"),
+    ({"subject": "?!"}, "has no letter or digit"),
+    ({"target_new": {"str": "violin", "id": "Q2"}}, "target_new equals target_true ('violin')"),
+    ({"target_new": {"str": " violin", "id": "Q2"}}, "target_new equals target_true"),
+])
+def test_counterfact_records_that_would_edit_nothing_are_refused(tmp_path, change, shown):
+    record = cf_record(5)
+    record["requested_rewrite"].update(change)
+    write_json(tmp_path / "cf.json", [cf_record(0), record])
+    with pytest.raises(DatasetFormatError, match=re.escape(f"cf.json: case_id=5: ") + ".*" + re.escape(shown)):
+        CounterFactDataset(tmp_path / "cf.json")
+
+
+def test_counterfact_cases_without_paraphrases_or_neighbours_are_named(tmp_path, caplog):
+    write_json(tmp_path / "cf.json", [cf_record(0), {**cf_record(1), "paraphrase_prompts": []},
+                                      {**cf_record(2), "neighborhood_prompts": []}])
+    assert len(CounterFactDataset(tmp_path / "cf.json")) == 3
+    assert "1 case(s) have no paraphrase_prompts (case_ids 1)" in caplog.text
+    assert "1 case(s) have no neighborhood_prompts (case_ids 2)" in caplog.text
 
 
 def test_explicit_json_path_is_never_downloaded(tmp_path, offline):
