@@ -41,6 +41,7 @@ def main() -> None:
     ap.add_argument("--cases", type=int, default=40)
     ap.add_argument("--gen_cases", type=int, default=4)
     ap.add_argument("--stats_dir", default=str(HERE / "data" / "stats"))
+    ap.add_argument("--dtype", default="float32", help="the model's dtype (bfloat16: the opt-in row)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     root = Path(args.tree).resolve()
@@ -53,7 +54,7 @@ def main() -> None:
     from experiments.metrics import compute_rewrite_quality_counterfact
     from util.requests import normalize_request
 
-    model, tok = load_smollm2(torch.float32)
+    model, tok = load_smollm2(getattr(torch, args.dtype))
     tok.pad_token = tok.pad_token or tok.eos_token
     records = json.loads(DATA.read_text())
     alg = get_algorithm(args.alg)
@@ -63,7 +64,7 @@ def main() -> None:
     editor = alg.make_editor(model, tok, alg.hparams_class.from_dict(data, source="protocol_probe"),
                              stats_dir=args.stats_dir, progress=False)
     editor.prepare()
-    out: dict = {"tree": str(root), "alg": args.alg, "machine": platform.processor() or platform.machine(),
+    out: dict = {"tree": str(root), "alg": args.alg, "dtype": args.dtype, "machine": platform.processor() or platform.machine(),
                  "threads": torch.get_num_threads()}
     requests = [normalize_request({"case_id": r["case_id"], **r["requested_rewrite"]}) for r in records[: args.edits]]
     out["edit_batch_s"], report = _clock(lambda: editor.edit(requests))
