@@ -211,6 +211,28 @@ def test_truncated_editor_state(world, tmp_path, capsys):
                     load_editor_state=str(state))
 
 
+class _Crafted:
+    def __reduce__(self):  # loading this with weights_only=False would run os.getcwd: a stand-in for any code
+        return (os.getcwd, ())
+
+
+@pytest.mark.parametrize("content", ["crafted pickle", "a README", "a pickle of plain data"])
+def test_a_file_that_is_not_a_state_file_is_called_that(world, tmp_path, capsys, content):
+    """Not "damaged or truncated", and never torch's advice to load with weights_only=False."""
+    path = tmp_path / "state.pt"
+    if content == "crafted pickle":
+        torch.save({"num_edits": _Crafted()}, path)
+    elif content == "a README":
+        path.write_text("# My project\n\nSome notes.\n")
+    else:
+        import pickle
+
+        path.write_bytes(pickle.dumps({"num_edits": 3}))
+    line = _fails_at_start(world, tmp_path / "out", capsys, f"{path} is not a file this harness wrote as editor state",
+                           load_editor_state=str(path))
+    assert "weights_only" not in capsys.readouterr().err + line and "damaged" not in line
+
+
 # -- dataset files of the wrong shape ----------------------------------------------------------------
 
 def test_ds_file_folder_and_wrong_kind(world, tmp_path, capsys):

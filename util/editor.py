@@ -49,17 +49,34 @@ def read_state(path: str | Path, mmap: bool = False) -> dict[str, Any]:
 
 
 def _load_saved(path: str | Path, what: str, mmap: bool = False) -> Any:
-    """``torch.load`` whose failures name the file. Saves are atomic, so a damaged file was damaged
-    after it was written (a copy cut short, a bad disk)."""
+    """``torch.load`` (tensors and plain data only) whose failures name the file. Saves are atomic,
+    so a damaged file was damaged after it was written (a copy cut short, a bad disk); a file that
+    is not a torch archive, or holds other objects, is not one this harness wrote."""
     try:
         return torch.load(path, weights_only=True, mmap=mmap)
     except FileNotFoundError:
         raise EditorStateError(f"{what} {path} does not exist") from None
-    # torch's zip reader reports a cut file as RuntimeError; an older pickle format as EOF/Unpickling
-    except (RuntimeError, EOFError, pickle.UnpicklingError, OSError) as err:
+    except pickle.UnpicklingError:
+        # torch's message advises weights_only=False, i.e. running whatever code the file holds: never.
+        raise EditorStateError(f"{path} is not a file this harness wrote as {what} (it holds objects other than "
+                               "tensors and plain data, or is not a torch file at all); pass the right file") from None
+    # torch's zip reader reports a cut file as RuntimeError; an older pickle format as EOF
+    except (RuntimeError, EOFError, OSError) as err:
+        if Path(path).stat().st_size and not _is_torch_archive(path):  # an emptied file is damaged, not foreign
+            raise EditorStateError(f"{path} is not a file this harness wrote as {what} (not a torch archive); "
+                                   "pass the right file") from None
         raise EditorStateError(f"{what} {path} is damaged or truncated ({type(err).__name__}: "
                                f"{str(err).splitlines()[0][:200] if str(err) else ''}); restore it from a copy, "
                                "or start afresh without it (a new run, or --load_editor_state=none)") from None
+
+
+def _is_torch_archive(path: str | Path) -> bool:
+    """torch.save writes zip archives: they start with the local-file-header magic."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"PK\x03\x04"
+    except OSError:
+        return False
 
 
 @dataclass
