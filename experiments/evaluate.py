@@ -42,6 +42,14 @@ def user_message(err: BaseException) -> str | None:
     return None
 
 
+class _MarkedFormatter(logging.Formatter):
+    """Warnings and errors start with their level, so they stand out among the progress lines."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return f"{record.levelname}: {text}" if record.levelno >= logging.WARNING else text
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m experiments.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -100,7 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = vars(build_parser().parse_args(argv))
-    logging.basicConfig(level=args.pop("log_level"), format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_MarkedFormatter("%(asctime)s %(name)s %(message)s"))
+    logging.basicConfig(level=args.pop("log_level"), handlers=[handler])
     cfg = RunConfig(**args)
     from dsets import resolve_global_dir
 

@@ -224,6 +224,7 @@ def run_experiment(cfg: RunConfig, paths: dict[str, Path]) -> Path:
                         resume_dir, COMPLETE_MARKER)
             return resume_dir
         notes = _lock(resume_dir, held, cfg) if resume_dir else []  # before the model: a second process stops now
+        log.info("loading %s (%s)", cfg.model_name, cfg.dtype)
         model, tok = load_model_and_tokenizer(cfg.model_name, cfg.device, cfg.dtype, cfg.device_map)
         try:
             hparams.resolved_for(model)  # layers and module names against this model, before any work
@@ -235,6 +236,8 @@ def run_experiment(cfg: RunConfig, paths: dict[str, Path]) -> Path:
         notes += [] if resume_dir else _lock(run_dir, held, cfg)
         try:
             with _log_file(run_dir):
+                log.info("%s run folder %s: %d records in batches of %d", "resuming" if resume_dir else "new",
+                         run_dir, len(records), cfg.num_edits)
                 for note in notes:
                     log.warning(note)
                 return _run(cfg, paths, alg, hparams, model, tok, records, requests, run_dir, fresh=resume_dir is None)
@@ -433,15 +436,19 @@ def _run(cfg, paths, alg, hparams, model, tok, records, requests, run_dir: Path,
     if cfg.save_model:
         with timings.phase("save_model_seconds", where="final"):
             _save_model(cfg, model, tok, editor, run_dir, staged)
-    _score_cases(cfg, scorer(), records, run_dir, "scoring edited model", num_edits=cfg.num_edits,
-                 first_batch=first_batch, timer=lambda name: timings.phase(name, where="final"),
-                 known=_curve_posts_of_these_weights(cfg, run_dir, editor))
     final = scorer()
-    timings.note("final", n_cases=len(records),
-                 n_generation_cases=sum(final.has_generation(i, r) for i, r in enumerate(records)))
+    n_generation = sum(final.has_generation(i, r) for i, r in enumerate(records))
+    known = _curve_posts_of_these_weights(cfg, run_dir, editor)
+    log.info("final scoring: %d cases (%d with generation)%s", len(records), n_generation,
+             "; teacher-forced metrics from the last curve point (the same weights)" if known else "")
+    _score_cases(cfg, final, records, run_dir, "scoring edited model", num_edits=cfg.num_edits,
+                 first_batch=first_batch, timer=lambda name: timings.phase(name, where="final"), known=known)
+    timings.note("final", n_cases=len(records), n_generation_cases=n_generation)
     timings.write()
     atomic_write_json(run_dir / COMPLETE_MARKER, {"finished": time.ctime(), "num_batches": editor.num_batches,
                                                  "num_edits": editor.num_edits})
+    log.info("run complete: %d edits in %d batches, %d cases scored; summarize with python summarize.py "
+             "--dir_name=%s --runs=%s", editor.num_edits, editor.num_batches, len(records), cfg.alg_name, run_dir.name)
     return run_dir
 
 

@@ -512,3 +512,25 @@ def test_continue_from_run_takes_a_run_name_only(world, tmp_path, capsys, stoppe
 def test_a_smaller_last_batch_is_announced(world, tmp_path, caplog):
     assert evaluate(_argv(world, tmp_path, num_edits="2", dataset_size_limit="3")) == 0
     assert "the last batch holds 1 edit(s), not --num_edits=2 (3 records)" in caplog.text
+
+
+# -- a run you can watch -----------------------------------------------------------------------------
+
+def test_run_log_names_the_folder_the_final_scoring_and_the_end(world, tmp_path):
+    assert evaluate(_argv(world, tmp_path)) == 0
+    text = (tmp_path / "FT" / "run_000" / "run.log").read_text()
+    lines = [l for l in text.splitlines() if "experiments INFO" in l]
+    assert f"new run folder {tmp_path / 'FT' / 'run_000'}: 2 records in batches of 1" in lines[0]
+    assert "final scoring: 2 cases (0 with generation)" in text
+    assert "run complete: 2 edits in 2 batches, 2 cases scored" in lines[-1]
+
+
+def test_console_warnings_are_marked():
+    import logging
+
+    from experiments.evaluate import _MarkedFormatter
+
+    fmt = _MarkedFormatter("%(name)s %(message)s")
+    record = lambda level: logging.LogRecord("x", level, __file__, 1, "text", None, None)  # noqa: E731
+    assert fmt.format(record(logging.WARNING)) == "WARNING: x text"
+    assert fmt.format(record(logging.INFO)) == "x text"
