@@ -3,10 +3,11 @@
     python bench/bf16_effect.py [--requests 100] [--cases 100] [--out FILE.json]
 
 The value optimisation of the first ``--requests`` CounterFact records (one batch, the NSE file's
-settings; the fp32 model's context templates for both) runs with the model in float32 and in bfloat16; the script reports
-the seconds of each and, per request, ``|z_bf16 - z_fp32| / |z_fp32|``. Then the unedited model scores
-the first ``--cases`` cases teacher-forced in both dtypes: the largest NLL difference and how many
-prompt-level successes (P(new) > P(true), and for neighbours the reverse) flip. Nothing is asserted.
+settings; the fp32 model's context templates for both) runs with the model in float32 and in
+bfloat16; the script reports the seconds of each and, per request, ``|z_bf16 - z_fp32| / |z_fp32|``.
+Then the unedited model scores the first ``--cases`` cases teacher-forced in both dtypes: the
+largest NLL difference and how many prompt-level successes (P(new) > P(true), and for neighbours
+the reverse) flip. Nothing is asserted.
 """
 from __future__ import annotations
 
