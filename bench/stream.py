@@ -15,7 +15,8 @@ import json
 import sys
 from pathlib import Path
 
-TIMINGS_FILE = "timings.json"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from experiments.timings import TIMINGS_FILE  # noqa: E402
 
 
 def _slope(values: list[float]) -> float | None:

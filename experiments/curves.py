@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from experiments.case_scoring import CHUNK_CASES
 from experiments.metrics.summary import summarize_cases
 from util.atomic_files import write_json_atomic
 
@@ -66,7 +67,7 @@ def weights_digest(tensors) -> str:
 
 def maybe_write_curve_point(run_dir: Path, every: int, batch_index: int, num_edits: int, ds_name: str,
                             edited: Sequence[dict], score_many: Callable[[Sequence[dict]], list[dict[str, Any]]],
-                            weights_digest: Callable[[], str] | None = None, chunk: int = 32) -> Path | None:
+                            weights_digest: Callable[[], str] | None = None, chunk: int = CHUNK_CASES) -> Path | None:
     """Score ``edited`` (the records edited so far) with ``score_many(records) -> posts``, ``chunk``
     cases at a time, and write the point, when ``batch_index`` is a curve point and its file does
     not exist yet. ``weights_digest`` (optional) is recorded, so the final scoring can reuse it."""

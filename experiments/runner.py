@@ -459,8 +459,8 @@ def _earlier_timings(run_dir: Path) -> dict | None:
         return None
     try:
         data = read_json(path)
-    except (ValueError, UnicodeDecodeError) as err:
-        data = err
+    except (ValueError, UnicodeDecodeError):
+        data = None
     if isinstance(data, dict) and all(isinstance(data.get(k), t) for k, t in
                                       (("segments", list), ("batches", list), ("before_edits", dict), ("final", dict))):
         return data

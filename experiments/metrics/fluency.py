@@ -214,9 +214,8 @@ def generate_texts(
 ) -> list[str]:
     """The texts Fluency and Consistency are measured on (see :func:`generation_ids`); seeded,
     all prompts in one batch, each text starting with its prompt."""
-    if isinstance(prompts, str):
-        raise TypeError("generation takes a list of prompts; wrap a single prompt in a list")
-    return generate_texts_many(model, tok, [prompts], [seed], max_length, top_k, options)[0]
+    rows = generation_ids(model, tok, prompts, max_length, top_k, seed, stop_at_eos=options.stop_at_eos)
+    return _decoded(tok, rows, options)
 
 
 def generate_texts_many(
@@ -230,7 +229,11 @@ def generate_texts_many(
 ) -> list[list[str]]:
     """:func:`generate_texts` of several cases in one batch (see :func:`generation_ids_many`)."""
     cases = generation_ids_many(model, tok, prompt_lists, seeds, max_length, top_k, stop_at_eos=options.stop_at_eos)
-    return [[decode_like_original(tok, row, options.skip_special_tokens) for row in rows] for rows in cases]
+    return [_decoded(tok, rows, options) for rows in cases]
+
+
+def _decoded(tok: Any, rows: Sequence[Sequence[int]], options: MetricOptions) -> list[str]:
+    return [decode_like_original(tok, row, options.skip_special_tokens) for row in rows]
 
 
 def metric_settings(options: MetricOptions = MetricOptions()) -> dict[str, Any]:
