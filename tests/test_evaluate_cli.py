@@ -76,8 +76,12 @@ def test_summarize_on_the_run(unbroken, tmp_path):
                          cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "Efficacy" in out.stdout and "run_000" in out.stdout
-    summary = json.loads((tmp_path / "s.json").read_text())
-    assert summary  # numbers themselves are checked in test_summarize.py
+    [run] = json.loads((tmp_path / "s.json").read_text())["runs"]
+    cases = sorted(unbroken.glob("*_edits-case_*.json"))
+    assert run["n_cases"] == len(cases) > 0 and run["status"] == "complete"
+    hits = [all(p["target_new"] < p["target_true"] for p in json.loads(c.read_text())["post"]["rewrite_prompts_probs"])
+            for c in cases]  # one rewrite prompt per case: Efficacy is the share of cases whose new target wins
+    assert run["paper"]["post"]["Efficacy"]["mean"] == pytest.approx(100 * sum(hits) / len(hits))
 
 
 def test_killed_run_continues_to_the_same_results(unbroken, tmp_path, stats_dir):
