@@ -10,18 +10,27 @@ Prints a text report and writes <prefix>.json, <prefix>.csv (and <prefix>_downst
 there are general-capability results); the prefix defaults to <results>/<ALG>/summary for one
 method and <results>/summary_<A>_<B> for several. --plot adds <prefix>_figures/ with
 metrics_vs_edits.png (Efficacy, Generalization, Specificity, Score vs number of edits: the
---curve_every points and the final result) and downstream_vs_edits.png, each with a CSV of the
-numbers plotted; --report adds <prefix>_report.md (settings, tables, figures).
+--curve_every points and the final result; metrics_vs_edits_counterfact.png and _zsre.png when the
+runs mix the two datasets) and downstream_vs_edits.png, each with a CSV of the numbers plotted;
+--report adds <prefix>_report.md (settings, tables, figures).
+
+A damaged or foreign case, pre-edit, downstream, curve or run_complete.json file is left out with
+a warning naming it (the counts say what was summarized); a damaged config.json or an output that
+cannot be written is refused with one line (exit code 2).
 """
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from dsets import resolve_global_dir
 from experiments.summarize_runs import (
+    RunSummary,
     SummaryError,
     default_out_prefix,
     describe_outputs,
@@ -60,16 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    dir_names = _names(args.dir_name)
-    runs = _names(args.runs) if args.runs else None
     try:
-        results_dir = resolve_global_dir("RESULTS_DIR", args.results_dir)
-        summaries, skipped = summarize_runs(results_dir, dir_names, runs, args.first_n_cases)
-        print(format_report(summaries, skipped), end="")
-        prefix = Path(args.out or default_out_prefix(results_dir, dir_names))
-        written = write_outputs(summaries, prefix, skipped, args.first_n_cases)
-        if args.plot is not None or args.report:
-            written += _figures_and_report(args, summaries, skipped, prefix, argv)
+        written = _summarize(args, argv)
     except SummaryError as err:  # a traceback would bury the message that says what exists
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -77,12 +78,96 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _figures_and_report(args, summaries, skipped, prefix: Path, argv) -> list[Path]:
+def _summarize(args: argparse.Namespace, argv: list[str] | None) -> list[Path]:
+    dir_names = _names(args.dir_name)
+    runs = _names(args.runs) if args.runs else None  # "--runs=," names none: refused by find_runs
+    results_dir = resolve_global_dir("RESULTS_DIR", args.results_dir)
+    with _os_errors("read", "check the permissions of the results folder"):
+        summaries, skipped = summarize_runs(results_dir, dir_names, runs, args.first_n_cases)
+    # Outputs are checked before anything is printed: a refusal after the report reads like success.
+    prefix = _out_prefix(args.out, results_dir, dir_names)
+    figures_dir = _figures_dir(args.plot, prefix) if args.plot is not None or args.report else None
+    shown = _print_news(summaries)
+    print(format_report(summaries, skipped), end="")
+    with _os_errors("write", "pass --out=<a writable folder>/<prefix> (and --plot=<a writable folder>)"):
+        written = write_outputs(summaries, prefix, skipped, args.first_n_cases)
+        if figures_dir is not None:
+            try:
+                written += _figures_and_report(args, summaries, skipped, prefix, figures_dir, argv)
+            finally:  # curve files left out, runs without curve points: said even when nothing could be drawn
+                _print_news(summaries, shown)
+    return written
+
+
+@contextmanager
+def _os_errors(doing: str, fix: str) -> Iterator[None]:
+    """An OSError the checks did not foresee (permissions changed meanwhile, a disk filling up) as one
+    line naming the file, not a traceback."""
+    try:
+        yield
+    except OSError as err:
+        reason = os.strerror(err.errno) if err.errno else str(err)
+        raise SummaryError(f"cannot {doing} {err.filename or 'a file'} ({reason}); {fix}") from None
+
+
+Shown = dict[str, tuple[int, int]]  # run label -> (warnings, notes) printed so far
+
+
+def _print_news(summaries: Sequence[RunSummary], shown: Shown | None = None) -> Shown:
+    """Print the runs' warnings (files left out) and notes not printed yet, one line each, on stderr;
+    the counts printed so far. The first call prints warnings only: the report lists the notes."""
+    shown = shown or {}
+    for s in summaries:
+        n_warnings, n_notes = shown.get(s.label, (0, len(s.notes)))
+        for line in s.warnings[n_warnings:]:
+            print(f"warning: {line}", file=sys.stderr)
+        for line in s.notes[n_notes:]:
+            print(f"note: {s.label}: {line}", file=sys.stderr)
+    return {s.label: (len(s.warnings), len(s.notes)) for s in summaries}
+
+
+def _write_problem(folder: Path) -> str | None:
+    """Why no file can be written under ``folder`` (made when missing), or None: checked on the
+    nearest existing ancestor, the one that would hold the new folders."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable (no write permission)"
+    return None
+
+
+def _out_prefix(out: str | None, results_dir: Path, dir_names: list[str]) -> Path:
+    """The output prefix (``--out=x/summary.json`` means ``x/summary``, as in write_outputs), checked."""
+    prefix = Path(out) if out else default_out_prefix(results_dir, dir_names)
+    if out and (out.endswith(("/", os.sep)) or prefix.is_dir()):
+        raise SummaryError(f"--out={out} is a folder, but --out is a path prefix: pass e.g. "
+                           f"--out={prefix / 'summary'} (writes summary.json and summary.csv there)")
+    prefix = prefix.with_suffix("") if prefix.suffix in (".json", ".csv") else prefix
+    problem = _write_problem(prefix.parent)
+    if problem:
+        raise SummaryError(f"cannot write {prefix}.json: {problem}; pass --out=<a writable folder>/<prefix>")
+    return prefix
+
+
+def _figures_dir(plot: str | None, prefix: Path) -> Path:
+    folder = Path(plot) if plot else prefix.with_name(prefix.name + "_figures")
+    if folder.exists() and not folder.is_dir():
+        raise SummaryError(f"{folder} is a file, but --plot takes the folder to draw the figures in: pass "
+                           f"--plot={folder.with_suffix('')}_figures (or --plot alone for {prefix.name}_figures/)")
+    problem = _write_problem(folder)
+    if problem:
+        raise SummaryError(f"cannot write the figures to {folder}: {problem}; pass --plot=<a writable folder>")
+    return folder
+
+
+def _figures_and_report(args: argparse.Namespace, summaries: list[RunSummary], skipped: list[str], prefix: Path,
+                        figures_dir: Path, argv: list[str] | None) -> list[Path]:
     from experiments.plots import write_figures  # matplotlib only when asked for
     from experiments.report import write_report
 
-    prefix = prefix.with_suffix("") if prefix.suffix in (".json", ".csv") else prefix  # as write_outputs
-    figures_dir = Path(args.plot) if args.plot else prefix.with_name(prefix.name + "_figures")
     figures = write_figures(summaries, figures_dir, args.downstream_metric)
     if not args.report:
         return figures

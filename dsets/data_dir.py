@@ -1,8 +1,6 @@
 """Where data files live, and fetching a missing one from the canonical download root.
 
-Folders come from ``globals.yml`` at the repository root (relative paths are taken from the
-repository root, so a run does not depend on the current directory). A caller-supplied override
-(e.g. ``--data_dir``) wins and is taken as given.
+The data folder is DATA_DIR of ``globals.yml`` (:mod:`util.globals`) unless a caller overrides it.
 """
 from __future__ import annotations
 
@@ -11,22 +9,10 @@ import urllib.request
 from pathlib import Path
 from typing import Callable
 
-import yaml
 from tqdm import tqdm
 
 from util.atomic_files import atomic_path
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-GLOBALS_FILE = REPO_ROOT / "globals.yml"
-
-# Used when globals.yml is missing or lacks a key, so a bare checkout still runs.
-DEFAULT_GLOBALS: dict[str, str] = {
-    "RESULTS_DIR": "results",
-    "DATA_DIR": "data",
-    "STATS_DIR": "data/stats",
-    "HPARAMS_DIR": "hparams",
-    "REMOTE_ROOT_URL": "https://memit.baulab.info",
-}
+from util.globals import DEFAULT_GLOBALS, GLOBALS_FILE, REPO_ROOT, load_globals, resolve_global_dir  # noqa: F401 (re-exported)
 
 DOWNLOAD_TIMEOUT_S = 60.0
 
@@ -51,29 +37,6 @@ class DataFileMissing(FileNotFoundError):
 
     def __reduce__(self):  # OSError's own pickling loses the arguments (worker processes re-raise it)
         return type(self), (self.filename, self.url, self.folder, self.reason)
-
-
-def load_globals(path: Path | None = None) -> dict[str, str]:
-    """Read globals.yml (defaults for missing keys); re-read on every call, nothing is cached."""
-    path = GLOBALS_FILE if path is None else Path(path)
-    values = dict(DEFAULT_GLOBALS)
-    if path.is_file():
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{path} must be a YAML mapping such as 'DATA_DIR: data', got {type(loaded).__name__}")
-        values.update({str(k): str(v) for k, v in loaded.items()})
-    return values
-
-
-def resolve_global_dir(key: str, override: str | Path | None = None) -> Path:
-    """The folder named by ``key`` in globals.yml, or ``override`` when one is given."""
-    if override is not None:
-        return Path(override).expanduser()
-    values = load_globals()
-    if key not in values:
-        raise KeyError(f"globals.yml has no {key!r}; known keys: {sorted(values)}")
-    path = Path(values[key]).expanduser()
-    return path if path.is_absolute() else REPO_ROOT / path
 
 
 def resolve_data_dir(override: str | Path | None = None) -> Path:

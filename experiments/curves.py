@@ -108,20 +108,32 @@ def read_curve_point(run_dir: str | Path, num_edits: int) -> dict[str, Any] | No
     return point if isinstance(point, dict) and isinstance(point.get("cases"), dict) else None
 
 
-def read_curve_points(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The run's curve points, by number of edits (empty when it wrote none)."""
+def read_curve_file(path: Path) -> dict[str, Any]:
+    """One curve file's point; a :class:`CurveFileError` naming the file and what is wrong otherwise."""
+    try:
+        point = json.loads(path.read_text(encoding="utf-8-sig"))  # a byte-order mark is fine
+    except json.JSONDecodeError as exc:
+        raise CurveFileError(f"{path} is not valid JSON ({exc.msg})") from None
+    except UnicodeDecodeError:
+        raise CurveFileError(f"{path} is not UTF-8 text (binary, or another encoding such as latin-1)") from None
+    except OSError as exc:
+        raise CurveFileError(f"{path} cannot be read ({exc.strerror})") from None
+    keys = {"num_edits", "n_cases", "cases", "ds_kind"}
+    if not isinstance(point, dict) or not keys <= set(point):
+        raise CurveFileError(f"{path} is not a curve point ({{num_edits, n_cases, ds_kind, cases, ...}})")
+    num_edits = point["num_edits"]
+    if not isinstance(num_edits, int) or isinstance(num_edits, bool) or num_edits < 0:
+        raise CurveFileError(f"{path} is not a curve point: its num_edits is {num_edits!r}, not a whole number")
+    if point["ds_kind"] not in DS_KINDS.values() or not isinstance(point["cases"], dict):
+        raise CurveFileError(f"{path} is not a curve point: ds_kind must be counterfact or zsre and cases an "
+                             "object {case_id: metrics}")
+    return point
+
+
+def curve_paths(run_dir: str | Path) -> list[Path]:
+    """The run's curve files (``curves/edits_NNNNNN.json``), by name."""
     folder = Path(run_dir) / CURVES_DIR
     if not folder.is_dir():
         return []
-    points = []
-    for path in sorted(folder.iterdir()):
-        if not CURVE_FILE.match(path.name):
-            continue
-        try:
-            point = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise CurveFileError(f"{path} is not valid JSON ({exc.msg}); delete it (a resumed run rewrites it)") from exc
-        if not isinstance(point, dict) or not {"num_edits", "n_cases", "cases", "ds_kind"} <= set(point):
-            raise CurveFileError(f"{path} is not a curve point ({{num_edits, n_cases, ds_kind, cases, ...}})")
-        points.append(point)
-    return sorted(points, key=lambda p: p["num_edits"])
+    return sorted(p for p in folder.iterdir() if CURVE_FILE.match(p.name) and p.is_file())
+

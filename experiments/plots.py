@@ -1,10 +1,13 @@
 """Figures of runs against the number of edits (``summarize.py --plot``), and the numbers behind them.
 
 ``metrics_vs_edits.png``: Efficacy, Generalization, Specificity (and Score for CounterFact), one
-panel each, one line per run. The points are the run's ``curves/edits_*.json`` (``--curve_every``:
-the cases edited so far, teacher-forced) and, for a complete run, its final result from the case
-files (all cases, after all edits; with ``--first_n_cases``, those cases). Every value is
-:func:`experiments.metrics.summarize_cases` of the per-case metrics, ×100.
+panel each, one line per run; ``metrics_vs_edits_<counterfact|zsre>.png`` instead when the runs
+mix the datasets (the same names measure different things there). The points are the run's
+``curves/edits_*.json`` (``--curve_every``: the cases edited so far, teacher-forced) and, for a
+complete run, its final result from the case files (all cases, after all edits; with
+``--first_n_cases``, those cases). Every value is :func:`experiments.metrics.summarize_cases` of
+the per-case metrics, ×100. A damaged curve file is left out (named in the run's warnings); a run
+without curve points gets a note saying how to get them.
 
 ``downstream_vs_edits.png``: the general-capability tasks (``downstream/edits_*.json``), one panel
 per task, one line per run, the chosen metric (F1 by default).
@@ -21,10 +24,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from experiments.curves import CurveFileError, read_curve_points
-from experiments.metrics.summary import summarize_cases
-from experiments.run_files import COMPLETE_MARKER, read_json
-from experiments.summarize_runs import DOWNSTREAM_METRICS, RunSummary, SummaryError
+from experiments.curves import CurveFileError, curve_paths, read_curve_file
+from experiments.metrics.summary import post_problem, summarize_cases
+from experiments.run_files import COMPLETE_MARKER
+from experiments.summarize_runs import DOWNSTREAM_METRICS, DS_TITLES, RunSummary, SummaryError
 from util.atomic_files import atomic_path, write_text_atomic
 
 METRICS_FIGURE, DOWNSTREAM_FIGURE = "metrics_vs_edits", "downstream_vs_edits"
@@ -35,6 +38,8 @@ CURVE_METRICS: dict[str, list[tuple[str, str]]] = {
     "zsre": [("rewrite_acc", "Efficacy"), ("paraphrase_acc", "Generalization"), ("neighborhood_acc", "Specificity")],
 }
 PANELS = ["Efficacy", "Generalization", "Specificity", "Score"]
+CURVE_FIX = "delete it or move it out of curves/"
+CURVE_HINT = "run experiments.evaluate with --curve_every=N to add a point every N batches"
 DOWNSTREAM_RANGE = {"accuracy": (-0.03, 1.03), "f1": (-0.03, 1.03), "mcc": (-1.05, 1.05)}
 
 
@@ -48,11 +53,39 @@ def run_label(s: RunSummary, summaries: Sequence[RunSummary]) -> str:
     return f"{s.label} ({s.config.get('ds_name', s.ds_kind)})" if mixed else s.label
 
 
-def _final_counts(s: RunSummary) -> tuple[int | None, int | None]:
-    """(num_edits, num_batches) the editor had applied when the run finished (run_complete.json)."""
-    path = s.path / COMPLETE_MARKER
-    done = read_json(path) if path.is_file() else {}
-    return done.get("num_edits"), done.get("num_batches")
+def _skip_curve(s: RunSummary, problem: str) -> None:
+    s.warnings.append(f"{problem}; skipped: the figure lacks that point ({CURVE_FIX})")
+
+
+def _usable_curve_point(s: RunSummary, point: dict[str, Any], path: Path) -> bool:
+    """A curve point of the run's dataset whose every case summarize_cases can read; else named."""
+    if point["ds_kind"] != s.ds_kind:
+        _skip_curve(s, f"{path} is a {point['ds_kind']} point, the run is {s.ds_kind}")
+        return False
+    if not point["cases"]:
+        _skip_curve(s, f"{path} is a curve point without cases")
+        return False
+    for case_id, post in point["cases"].items():
+        problem = post_problem(post, s.ds_kind)
+        if problem:
+            _skip_curve(s, f"{path} is a curve point whose case {case_id} has the wrong shape: {problem}")
+            return False
+    return True
+
+
+def _curve_points(s: RunSummary) -> list[dict[str, Any]]:
+    """The run's readable curve points; a damaged file is left out and named in ``s.warnings`` (a
+    figure is worth drawing without one of its points)."""
+    points = []
+    for path in curve_paths(s.path):
+        try:
+            point = read_curve_file(path)
+        except CurveFileError as err:
+            _skip_curve(s, str(err))
+            continue
+        if _usable_curve_point(s, point, path):
+            points.append(point)
+    return points
 
 
 def metric_points(s: RunSummary) -> list[dict[str, Any]]:
@@ -60,23 +93,15 @@ def metric_points(s: RunSummary) -> list[dict[str, Any]]:
     which replaces a curve point at the same number of edits."""
     if s.ds_kind not in CURVE_METRICS:
         return []
-    try:
-        curve = read_curve_points(s.path)
-    except CurveFileError as err:
-        raise SummaryError(str(err)) from err
     points: dict[int, dict[str, Any]] = {}
-    for point in curve:
-        if point["ds_kind"] != s.ds_kind:
-            raise SummaryError(f"{s.path}: curve point after {point['num_edits']} edits is {point['ds_kind']}, "
-                               f"the run is {s.ds_kind}")
+    for point in _curve_points(s):
         values = summarize_cases(list(point["cases"].values()), s.ds_kind)  # type: ignore[arg-type]
         points[int(point["num_edits"])] = {"source": "curve", "num_edits": int(point["num_edits"]),
                                            "batch_index": point.get("batch_index"), "n_cases": len(point["cases"]),
                                            "values": values}
-    num_edits, num_batches = _final_counts(s)
-    if s.complete and s.n_cases and num_edits is not None:
-        points[int(num_edits)] = {"source": "final", "num_edits": int(num_edits), "batch_index": num_batches,
-                                  "n_cases": s.n_cases, "values": s.post}
+    if s.complete and s.n_cases and s.final_num_edits is not None:
+        points[s.final_num_edits] = {"source": "final", "num_edits": s.final_num_edits,
+                                     "batch_index": s.final_num_batches, "n_cases": s.n_cases, "values": s.post}
     rows = []
     for n in sorted(points):
         p = points[n]
@@ -155,7 +180,16 @@ def _grid(n: int, max_cols: int) -> tuple[int, int]:
     return math.ceil(n / cols), cols
 
 
-def draw_metrics(header: list[str], rows: list[list[Any]], path: Path, order: dict[str, int]) -> Path:
+def _metrics_title(rows: list[list[Any]], header: list[str], ds_kind: str) -> str:
+    if any(r[header.index("source")] == "curve" for r in rows):
+        return (f"{DS_TITLES[ds_kind]}: edited cases so far vs number of edits "
+                "(teacher-forced; last point: final case files)")
+    # One dot per run says nothing about the path there; say how to get the path.
+    return f"{DS_TITLES[ds_kind]}: final results only; no curve points ({CURVE_HINT})"
+
+
+def draw_metrics(header: list[str], rows: list[list[Any]], path: Path, order: dict[str, int],
+                 ds_kind: str = "counterfact") -> Path:
     Figure = _figure_class()
     panels = [name for name in PANELS if any(r[header.index(name)] is not None for r in rows)]
     fig = Figure(figsize=(3.6 * len(panels), 3.6), layout="constrained")
@@ -171,9 +205,12 @@ def draw_metrics(header: list[str], rows: list[list[Any]], path: Path, order: di
         _x_axis(ax)
         ax.set_ylim(-3, 103)
         ax.grid(alpha=0.3)
+    if not any(r[header.index("source")] == "curve" for r in rows):  # lone dots: from 0 edits, not ±0.16
+        for ax in axes:
+            ax.set_xlim(0, 1.1 * max(1, *(r[header.index("num_edits")] for r in rows)))
     axes[0].set_ylabel("%")
     _legend(fig, axes)
-    fig.suptitle("Edited cases so far vs number of edits (teacher-forced; last point: final case files)")
+    fig.suptitle(_metrics_title(rows, header, ds_kind), wrap=True)
     return _save(fig, path)
 
 
@@ -203,17 +240,46 @@ def draw_downstream(header: list[str], rows: list[list[Any]], metric: str, path:
     return _save(fig, path)
 
 
+def _metrics_figures(header: list[str], rows: list[list[Any]], out_dir: Path, order: dict[str, int]) -> list[Path]:
+    """metrics_vs_edits.png and .csv; when the runs mix CounterFact and zsRE, one pair per dataset
+    (metrics_vs_edits_<kind>): their Efficacy and the rest measure different things (probability
+    comparisons vs token accuracy), so one axis would show them as comparable when they are not."""
+    col = header.index("ds_kind")
+    kinds = list(dict.fromkeys(r[col] for r in rows))
+    written = []
+    for kind in kinds:
+        name = METRICS_FIGURE if len(kinds) == 1 else f"{METRICS_FIGURE}_{kind}"
+        kind_rows = [r for r in rows if r[col] == kind]
+        written.append(write_text_atomic(out_dir / f"{name}.csv", _csv(header, kind_rows)))
+        written.append(draw_metrics(header, kind_rows, out_dir / f"{name}.png", order, kind))
+    return written
+
+
+def _note_missing_curves(summaries: Sequence[RunSummary], header: list[str], rows: list[list[Any]]) -> None:
+    """A note on each run drawn without curve points: how to get them (main() prints new notes)."""
+    for s in summaries:
+        mine = [r for r in rows if r[0] == run_label(s, summaries)]
+        if s.ds_kind not in CURVE_METRICS or not s.n_cases or any(r[header.index("source")] == "curve" for r in mine):
+            continue
+        if mine:
+            s.notes.append(f"{METRICS_FIGURE}: only the final point (the run has no curves/ points); {CURVE_HINT}")
+            continue
+        why = "the run is incomplete" if not s.complete else f"{COMPLETE_MARKER} does not say how many edits were made"
+        s.notes.append(f"not in {METRICS_FIGURE}: no curve points and no final point ({why}); {CURVE_HINT}")
+
+
 def write_figures(summaries: Sequence[RunSummary], out_dir: str | Path, downstream_metric: str = "f1") -> list[Path]:
-    """Both figures (where the runs have points) and their CSVs under ``out_dir``; the paths written."""
+    """Both figures (where the runs have points) and their CSVs under ``out_dir``; the paths written.
+    Curve files left out are named in the runs' ``warnings``, runs without curve points in ``notes``."""
     if downstream_metric not in DOWNSTREAM_METRICS:
         raise PlotError(f"--downstream_metric must be one of {', '.join(DOWNSTREAM_METRICS)}, got {downstream_metric!r}")
     out_dir = Path(out_dir)
     order = {run_label(s, summaries): i for i, s in enumerate(summaries)}  # a run looks the same in both figures
     written: list[Path] = []
     header, rows = metrics_table(summaries)
+    _note_missing_curves(summaries, header, rows)
     if rows:
-        written.append(write_text_atomic(out_dir / f"{METRICS_FIGURE}.csv", _csv(header, rows)))
-        written.append(draw_metrics(header, rows, out_dir / f"{METRICS_FIGURE}.png", order))
+        written += _metrics_figures(header, rows, out_dir, order)
     d_header, d_rows = downstream_table(summaries)
     if d_rows:
         written.append(write_text_atomic(out_dir / f"{DOWNSTREAM_FIGURE}.csv", _csv(d_header, d_rows)))

@@ -42,11 +42,21 @@ def _mean_std(pair: tuple[float, float] | None) -> str:
 
 
 def _config_file(s: RunSummary) -> dict[str, Any]:
+    """The whole config.json (versions, continuation); {} when unreadable: summarize_run has already
+    refused a damaged one, and the report must not fail on a file changed since."""
     path = s.path / "config.json"
     try:
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    except json.JSONDecodeError:
+        raw = json.loads(path.read_text(encoding="utf-8-sig")) if path.is_file() else {}
+    except (OSError, ValueError):  # ValueError: invalid JSON or not UTF-8
         return {}
+    return raw if isinstance(raw, dict) else {}
+
+
+def _params_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8-sig").strip()
+    except (OSError, UnicodeDecodeError) as err:
+        return f"(not shown: {path.name} cannot be read as UTF-8 text: {err})"
 
 
 def _settings(s: RunSummary) -> str:
@@ -54,16 +64,17 @@ def _settings(s: RunSummary) -> str:
     ordered = [k for k in KEY_SETTINGS if k in args] + sorted(k for k in args if k not in KEY_SETTINGS)
     rows = [[f"`{k}`", f"`{args[k]}`"] for k in ordered]
     raw = _config_file(s)
-    if raw.get("continued_from"):
-        c = raw["continued_from"]
+    c = raw.get("continued_from")
+    if isinstance(c, dict) and c:
         rows.append(["continued from", f"`{c.get('editor_state')}` ({c.get('num_edits')} edits before this run)"])
-    for name, version in (raw.get("versions") or {}).items():
+    versions = raw.get("versions")
+    for name, version in (versions if isinstance(versions, dict) else {}).items():
         rows.append([f"{name} version", f"`{version}`"])
     text = f"### {s.label} ({s.status})\n\nFolder: `{s.path}`\n\n" + md_table(["setting", "value"], rows)
     params = s.path / "params.json"
     if params.is_file():
         text += ("\n\n<details><summary>Hyperparameters (params.json)</summary>\n\n```json\n"
-                 + params.read_text(encoding="utf-8").strip() + "\n```\n\n</details>")
+                 + _params_text(params) + "\n```\n\n</details>")
     return text
 
 
@@ -106,7 +117,8 @@ def format_markdown_report(summaries: Sequence[RunSummary], report_path: Path, f
     overview = [[s.label, s.status, s.config.get("model_name"), s.config.get("ds_name"), s.config.get("num_edits"),
                  s.n_cases] for s in summaries]
     parts.append("## Runs\n\n" + md_table(["run", "status", "model", "dataset", "edits/batch", "cases"], overview))
-    notes = [f"- {s.label}: {n}" for s in summaries for n in s.notes] + [f"- {line}" for line in skipped]
+    notes = [f"- {s.label}: {n}" for s in summaries for n in [*s.notes, *s.warnings]]
+    notes += [f"- {line}" for line in skipped]
     if notes:
         parts.append("Notes:\n\n" + "\n".join(notes))
     parts.append("## Results\n\n" + ("\n\n".join(_results(summaries)) or "No scored cases yet."))

@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from util.atomic_files import write_json_atomic
+
 RUN_PATTERN = re.compile(r"^run_(\d{3,})$")
 COMPLETE_MARKER = "run_complete.json"
 STATE_FILE = "editor_state.pt"
@@ -136,3 +138,17 @@ def remove_stale_temporaries(folder: Path, prefix: str = "", below: bool = True)
     for path in sorted(stale, reverse=True):  # deepest first
         shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
     return stale
+
+
+def holds_no_results(run_dir: Path) -> bool:
+    """Only the files written at start (config, params, log, lock): scores or state are kept."""
+    return {p.name for p in run_dir.iterdir()} <= {"config.json", "params.json", "run.log", LOCK_FILE}
+
+
+def append_report(run_dir: Path, report: dict[str, Any]) -> None:
+    """``edit_reports.json``: one entry per batch (time, value loss, residuals per round...); a re-done
+    batch replaces its entry."""
+    path = run_dir / EDIT_REPORTS
+    reports = read_json(path) if path.is_file() else []
+    reports = [r for r in reports if r["batch_index"] < report["batch_index"]]
+    write_json_atomic(path, reports + [report])

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments.run_files import STATE_FILE, read_json
-from util.editor import move_state
+from util.editor import move_state, read_state
 
 EDIT_INFO = "editing.json"
 NO_STATE = "none"  # --load_editor_state=none: start from DIR's weights as a fresh model
@@ -90,3 +90,36 @@ def editor_state_path(model_name: str, load_editor_state: str | None) -> Path | 
     candidate = Path(model_name).expanduser() / STATE_FILE
     return candidate if candidate.is_file() else None
 
+
+
+def _saved_by(save_dir: str, run_dir: Path, num_edits: int) -> bool:
+    info = edit_info(save_dir)
+    return bool(info) and info.get("run") == str(run_dir) and info.get("num_edits") == num_edits
+
+
+def stage_editor_state(save_dir: str, editor, run_dir: Path) -> Path | None:
+    """The editor state before finish() (e.g. PRUNE's final restraint), beside the --save_model folder: a
+    run continued from it edits on as the unbroken run would, and finishes at its own end."""
+    if _saved_by(save_dir, run_dir, editor.num_edits):
+        return None
+    target = Path(save_dir).expanduser()
+    staged = target.with_name(f".{target.name}.{STATE_FILE}")
+    if getattr(editor, "finished", False):  # resumed after finish(): a state staged before the kill, if any
+        ok = staged.is_file() and read_state(staged, mmap=True)["num_edits"] == editor.num_edits
+        return staged if ok else None
+    editor.save(staged)
+    return staged
+
+
+def save_model_of_run(cfg, model, tok, editor, run_dir: Path, staged_state: Path | None = None) -> bool:
+    """--save_model: the edited model (safetensors) + tokenizer + editor state, once per run (False: a
+    resumed run had saved it already)."""
+    if _saved_by(cfg.save_model, run_dir, editor.num_edits):
+        return False
+    base = (edit_info(cfg.model_name) or {}).get("base_model", cfg.model_name) if Path(cfg.model_name).is_dir() \
+        else cfg.model_name
+    save_edited_model(model, tok, editor, cfg.save_model, {"alg_name": cfg.alg_name, "base_model": base,
+                                                             "model_name": cfg.model_name, "run": str(run_dir),
+                                                             "ds_name": cfg.ds_name, "dtype": cfg.dtype},
+                      state_file=staged_state if staged_state and staged_state.is_file() else None)
+    return True

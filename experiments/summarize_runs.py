@@ -25,6 +25,8 @@ import numpy as np
 from experiments.metrics.summary import (
     METRIC_DESCRIPTIONS,
     PAPER_COLUMNS,
+    json_type,
+    post_problem,
     summarize_cases,
 )
 from experiments.run_files import COMPLETE_MARKER, RUN_PATTERN
@@ -62,6 +64,8 @@ RUN_KEY_DESCRIPTIONS: dict[str, str] = {
     "downstream": "General-capability evaluation points, by number of edits so far: "
                   "[{num_edits, batch_index, tasks: {task: {accuracy, f1, mcc, n}}}].",
     "notes": "Anything the reader should know about this run (incomplete, mixed files, missing parts).",
+    "warnings": "Files of the run left out of the summary (unreadable or of the wrong shape), each named with "
+                "what is wrong and the fix.",
     "skipped (top level)": "Runs left out because they have nothing to summarize yet (only with no --runs).",
     "first_n_cases (top level)": "The --first_n_cases used (null = all cases).",
 }
@@ -100,6 +104,10 @@ class RunSummary:
     case_time_s: tuple[float, float] | None = None
     downstream: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # Files left out, one line each (which file, what is wrong, the fix); main() prints them.
+    warnings: list[str] = field(default_factory=list)
+    final_num_edits: int | None = None  # run_complete.json: edits applied when the run finished
+    final_num_batches: int | None = None
 
     @property
     def label(self) -> str:
@@ -131,6 +139,7 @@ class RunSummary:
             "case_time_s": None if self.case_time_s is None else _stat(self.case_time_s),
             "downstream": self.downstream,
             "notes": self.notes,
+            "warnings": self.warnings,
         }
 
 
@@ -161,10 +170,15 @@ def _normalize_run_name(name: str) -> str:
 def find_runs(results_dir: str | Path, dir_names: Sequence[str], runs: Sequence[str] | None = None) -> list[Path]:
     """The run folders to summarize: ``runs`` of each ``dir_name`` (every ``run_*`` when None)."""
     results_dir = Path(results_dir)
+    if results_dir.exists() and not results_dir.is_dir():
+        raise SummaryError(f"results folder {results_dir} is a file, not a folder (pass --results_dir=<folder>)")
     if not results_dir.is_dir():
         raise SummaryError(f"results folder {results_dir} does not exist (pass --results_dir)")
     if not dir_names:
         raise SummaryError("name at least one algorithm folder with --dir_name (e.g. --dir_name=NSE)")
+    if runs is not None and not runs:
+        raise SummaryError("--runs names no run; pass run folders (--runs=run_000,run_001 or --runs=0,1), "
+                           "or leave --runs out for every run")
     algs = sorted(p.name for p in results_dir.iterdir() if p.is_dir() and _run_names(p))
     found: list[Path] = []
     for dir_name in dir_names:
@@ -188,11 +202,35 @@ def find_runs(results_dir: str | Path, dir_names: Sequence[str], runs: Sequence[
 # --- reading one run ------------------------------------------------------------------------------
 
 
+class FileProblem(SummaryError):
+    """One file of a run that cannot be used as it is; ``str()`` is "<path> is <what is wrong>"."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        super().__init__(f"{path} is {problem}")
+        self.path = path
+
+
 def _read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (some editors write one) is fine
+    except UnicodeDecodeError as exc:
+        raise FileProblem(path, f"not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}: "
+                                "binary, or another encoding such as latin-1)") from None
+    except OSError as exc:
+        raise FileProblem(path, f"unreadable ({exc.strerror})") from None
+    try:
+        return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise SummaryError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}); delete or rewrite it") from exc
+        raise FileProblem(path, f"not valid JSON ({exc.msg} at line {exc.lineno})") from None
+
+
+def _skip(warnings: list[str], err: FileProblem, consequence: str, fix: str) -> None:
+    """A bad file among good ones is left out with one line: a whole run is not lost to one file."""
+    warnings.append(f"{err}; skipped: {consequence} ({fix})")
+
+
+def _is_count(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
 
 
 def _case_sort_key(case_id: Any) -> tuple[int, Any]:
@@ -200,29 +238,67 @@ def _case_sort_key(case_id: Any) -> tuple[int, Any]:
     return (0, int(text)) if text.lstrip("-").isdigit() else (1, text)
 
 
+CONFIG_FIX = "restore it from a copy, or move it out of the run folder to summarize the run without its settings"
+# The settings the summary reads from config.json, and the JSON type each must have (or null).
+CONFIG_TYPES: dict[str, tuple[type, str]] = {"ds_name": (str, "string"), "model_name": (str, "string"),
+                                             "num_edits": (int, "whole number"),
+                                             "dataset_size_limit": (int, "whole number")}
+
+
+def _config_problem(raw: Any) -> str | None:
+    if not isinstance(raw, dict):
+        return f"a JSON {json_type(raw)}, not the object experiments.evaluate writes ({{args, versions, ...}})"
+    if "args" in raw and not isinstance(raw["args"], dict):
+        return f"not a run's config: its 'args' is a JSON {json_type(raw['args'])}, not an object"
+    args = raw.get("args", raw)
+    for key, (kind, name) in CONFIG_TYPES.items():
+        value = args.get(key)
+        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+            return f"not a run's config: its {key!r} is a JSON {json_type(value)}, not a {name}"
+    return None
+
+
 def _run_config(run_dir: Path, notes: list[str]) -> dict[str, Any]:
+    """The run's settings; a damaged config.json is refused: which table a run belongs to hangs on it."""
     path = run_dir / "config.json"
     if not path.is_file():
         notes.append("no config.json; model and dataset unknown")
         return {}
-    raw = _read_json(path)
+    try:
+        raw = _read_json(path)
+    except FileProblem as err:
+        raise SummaryError(f"{err}; {CONFIG_FIX}") from None
+    problem = _config_problem(raw)
+    if problem:
+        raise SummaryError(f"{path} is {problem}; {CONFIG_FIX}")
     # The runner saves the CLI flags under "args" (beside versions and context templates).
-    return dict(raw["args"]) if isinstance(raw.get("args"), dict) else dict(raw)
+    return dict(raw.get("args", raw))
 
 
-def _ds_kind(config: dict[str, Any], posts: Sequence[dict[str, Any]]) -> str | None:
+def _ds_kind(config: dict[str, Any], posts: Sequence[Any]) -> str | None:
     if config.get("ds_name") in DS_KINDS:
         return DS_KINDS[config["ds_name"]]
     for post in posts:  # no (usable) config: tell by the metrics' shape
-        if "rewrite_prompts_probs" in post:
+        if isinstance(post, dict) and "rewrite_prompts_probs" in post:
             return "counterfact"
-        if "rewrite_prompts_correct" in post:
+        if isinstance(post, dict) and "rewrite_prompts_correct" in post:
             return "zsre"
     return None
 
 
-def _read_cases(run_dir: Path, first_n_cases: int | None, notes: list[str]) -> list[dict[str, Any]]:
-    """The case files' contents, by case_id (the one in the file name), the first N if asked."""
+@dataclass
+class CaseFile:
+    """One readable case file: its case id (from the file name), path and content."""
+
+    case_id: str
+    path: Path
+    data: dict[str, Any]
+
+
+CASE_FIX = "restore it from a copy, or move it out of the run folder"
+
+
+def _case_file_list(run_dir: Path, first_n_cases: int | None, notes: list[str]) -> list[tuple[str, Path]]:
     files = [(m.group(1), m.group(2), p) for p in run_dir.iterdir() if p.is_file() and (m := CASE_FILE.match(p.name))]
     batch_sizes = sorted({int(n) for n, _, _ in files})
     if len(batch_sizes) > 1:
@@ -232,19 +308,65 @@ def _read_cases(run_dir: Path, first_n_cases: int | None, notes: list[str]) -> l
     if first_n_cases is not None and len(files) > first_n_cases:
         notes.append(f"first {first_n_cases} of {len(files)} cases (by case_id)")
         files = files[:first_n_cases]
+    return [(case_id, path) for _, case_id, path in files]
+
+
+def _read_case(path: Path) -> dict[str, Any]:
+    case = _read_json(path)
+    if not isinstance(case, dict):
+        raise FileProblem(path, f"a JSON {json_type(case)}, not a case file of experiments.evaluate "
+                                "({case_id, post, ...})")
+    if not isinstance(case.get("post"), dict):
+        found = "no 'post' metrics" if "post" not in case else f"a 'post' that is a JSON {json_type(case['post'])}"
+        raise FileProblem(path, f"not a case file of experiments.evaluate: it has {found}, not an object of metrics")
+    return case
+
+
+def _read_cases(run_dir: Path, first_n_cases: int | None, notes: list[str],
+                warnings: list[str]) -> tuple[list[CaseFile], int]:
+    """The readable case files, by case_id (the one in the file name), the first N if asked; and how
+    many files were looked at. Unreadable ones and ones of the wrong shape are skipped, each named."""
+    files = _case_file_list(run_dir, first_n_cases, notes)
     cases = []
-    for _, _, path in files:
-        case = _read_json(path)
-        if not isinstance(case, dict) or "post" not in case:
-            raise SummaryError(f"{path} has no 'post' metrics; is it a case file of experiments.evaluate?")
-        cases.append(case)
-    return cases
+    for case_id, path in files:
+        try:
+            cases.append(CaseFile(case_id, path, _read_case(path)))
+        except FileProblem as err:
+            _skip(warnings, err, "the summary counts the other case files", CASE_FIX)
+    return cases, len(files)
 
 
-def _pre_edit_posts(run_dir: Path, cases: Sequence[dict[str, Any]], first_n_cases: int | None,
-                    notes: list[str]) -> list[dict[str, Any]]:
+def _usable_cases(cases: list[CaseFile], ds_kind: str, warnings: list[str]) -> list[CaseFile]:
+    """The cases whose ``post`` summarize_cases can read as ``ds_kind`` metrics; the rest are named."""
+    usable = []
+    for case in cases:
+        problem = post_problem(case.data["post"], ds_kind)
+        if problem:
+            _skip(warnings, FileProblem(case.path, f"a case file whose 'post' has the wrong shape: {problem}"),
+                  "the summary counts the other case files", CASE_FIX)
+        else:
+            usable.append(case)
+    return usable
+
+
+def _carried_pre(cases: Sequence[CaseFile], ds_kind: str, warnings: list[str]) -> list[dict[str, Any]]:
+    """The case files' own ``pre`` metrics, a damaged one left out (the case's post still counts)."""
+    carried = []
+    for case in cases:
+        pre = case.data.get("pre")
+        problem = None if pre is None else post_problem(pre, ds_kind)
+        if problem:
+            _skip(warnings, FileProblem(case.path, f"a case file whose 'pre' has the wrong shape: {problem}"),
+                  "its pre-edit scores are left out of the pre-edited row", CASE_FIX)
+        elif pre is not None:
+            carried.append(pre)
+    return carried
+
+
+def _pre_edit_posts(run_dir: Path, cases: Sequence[CaseFile], ds_kind: str | None, first_n_cases: int | None,
+                    notes: list[str], warnings: list[str]) -> list[dict[str, Any]]:
     """Pre-edit metrics: the case files' ``pre``, else the run's ``pre_edit/case_<id>.json`` files."""
-    carried = [c["pre"] for c in cases if isinstance(c.get("pre"), dict)]
+    carried = _carried_pre(cases, ds_kind, warnings) if ds_kind else []
     if carried:
         if len(carried) < len(cases):
             notes.append(f"only {len(carried)} of {len(cases)} cases carry pre-edit scores")
@@ -254,28 +376,91 @@ def _pre_edit_posts(run_dir: Path, cases: Sequence[dict[str, Any]], first_n_case
         return []
     found = {m.group(1): p for p in folder.iterdir() if p.is_file() and (m := PRE_EDIT_FILE.match(p.name))}
     if cases:  # the same cases as the post row
-        wanted = [str(c.get("case_id")) for c in cases]
+        wanted = [c.case_id for c in cases]
     else:
         wanted = sorted(found, key=_case_sort_key)[:first_n_cases]
-    posts = [_read_json(found[i]) for i in wanted if i in found]
+    posts = [post for post in (_read_pre_edit(found[i], ds_kind, warnings) for i in wanted if i in found) if post]
     if posts:
         notes.append(f"pre-edited row from {PRE_EDIT_DIR}/ ({len(posts)} cases)")
     return posts
 
 
-def _read_downstream(run_dir: Path) -> list[dict[str, Any]]:
+def _read_pre_edit(path: Path, ds_kind: str | None, warnings: list[str]) -> dict[str, Any] | None:
+    """One ``pre_edit/case_<id>.json``; None (and a warning) when it is unreadable or of the wrong shape."""
+    try:
+        post = _read_json(path)
+        problem = post_problem(post, ds_kind or _ds_kind({}, [post]) or "counterfact")
+        if problem:
+            raise FileProblem(path, f"not pre-edit scores of the right shape: {problem}")
+    except FileProblem as err:
+        _skip(warnings, err, "the pre-edited row counts the other cases",
+              f"restore it, or move it out of {PRE_EDIT_DIR}/")
+        return None
+    return post
+
+
+def _task_problem(task: str, metrics: Any) -> str | None:
+    if not isinstance(metrics, dict):
+        return f"task {task!r} is a JSON {json_type(metrics)}, not {{accuracy, f1, mcc, n}}"
+    for key in (*DOWNSTREAM_METRICS, "n"):
+        value = metrics.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            return f"task {task!r} has a JSON {json_type(value)} for {key!r}, not a number"
+    return None
+
+
+def _downstream_problem(point: Any) -> str | None:
+    shape = "a downstream result ({num_edits, batch_index, tasks: {task: {accuracy, f1, mcc, n}}})"
+    if not isinstance(point, dict) or not isinstance(point.get("tasks"), dict) or "num_edits" not in point:
+        return f"not {shape}"
+    if not _is_count(point["num_edits"]) or not (point.get("batch_index") is None or _is_count(point["batch_index"])):
+        return f"not {shape}: num_edits and batch_index must be whole numbers"
+    problem = next(filter(None, (_task_problem(t, m) for t, m in point["tasks"].items())), None)
+    if problem:
+        return f"not {shape}: {problem}"
+    try:
+        json.dumps(point, allow_nan=False)  # the summary JSON must hold it as it is
+    except ValueError:
+        return "not a downstream result this harness writes: it holds NaN or Infinity"
+    return None
+
+
+def _read_downstream(run_dir: Path, warnings: list[str]) -> list[dict[str, Any]]:
+    """The run's general-capability points by number of edits; a damaged file is one point less."""
     folder = run_dir / DOWNSTREAM_DIR
     if not folder.is_dir():
         return []
     points = []
     for path in sorted(folder.iterdir()):
-        if not DOWNSTREAM_FILE.match(path.name):
+        if not DOWNSTREAM_FILE.match(path.name) or not path.is_file():
             continue
-        point = _read_json(path)
-        if not isinstance(point, dict) or not isinstance(point.get("tasks"), dict) or "num_edits" not in point:
-            raise SummaryError(f"{path} is not a downstream result ({{num_edits, batch_index, tasks}})")
+        try:
+            point = _read_json(path)
+            problem = _downstream_problem(point)
+            if problem:
+                raise FileProblem(path, problem)
+        except FileProblem as err:
+            _skip(warnings, err, "that evaluation point is left out",
+                  f"restore it, or move it out of {DOWNSTREAM_DIR}/")
+            continue
         points.append(point)
     return sorted(points, key=lambda p: p["num_edits"])
+
+
+def _final_counts(run_dir: Path, warnings: list[str]) -> tuple[int | None, int | None]:
+    """(num_edits, num_batches) the editor had applied when the run finished (run_complete.json);
+    a damaged marker still marks the run complete, but its final point cannot be placed in a figure."""
+    path = run_dir / COMPLETE_MARKER
+    try:
+        done = _read_json(path)
+        if not isinstance(done, dict):
+            raise FileProblem(path, f"a JSON {json_type(done)}, not {{finished, num_batches, num_edits}}")
+    except FileProblem as err:
+        warnings.append(f"{err}; the run counts as complete, but the figures lack its final point "
+                        f"(restore the file from a copy)")
+        return None, None
+    num_edits, num_batches = done.get("num_edits"), done.get("num_batches")
+    return (num_edits if _is_count(num_edits) else None), (num_batches if _is_count(num_batches) else None)
 
 
 def _summarize(posts: Sequence[dict[str, Any]], ds_kind: str, where: str) -> dict[str, tuple[float, float]]:
@@ -285,42 +470,67 @@ def _summarize(posts: Sequence[dict[str, Any]], ds_kind: str, where: str) -> dic
         raise SummaryError(f"{where}: {exc}") from exc
 
 
+def _case_stats(summary: RunSummary, cases: Sequence[CaseFile]) -> None:
+    posts = [c.data["post"] for c in cases]
+    summary.n_cases = len(cases)
+    summary.n_generation_cases = sum("ngram_entropy" in p for p in posts)
+    summary.post = _summarize(posts, summary.ds_kind, f"{summary.path} (post)")
+    times = [float(c.data["time"]) for c in cases if isinstance(c.data.get("time"), (int, float))]
+    if times:
+        summary.case_time_s = (float(np.mean(times)), float(np.std(times)))
+
+
+def _nothing_usable(run_dir: Path, n_files: int, warnings: Sequence[str]) -> SummaryError:
+    """Every case file (or every file at all) is damaged: a refusal, not a silent empty row."""
+    what = f"none of its {n_files} case files" if n_files else "none of its files"
+    return SummaryError(f"{run_dir}: {what} can be summarized ({len(warnings)} damaged); the first: {warnings[0]}")
+
+
 def summarize_run(run_dir: str | Path, first_n_cases: int | None = None) -> RunSummary:
-    """Read one run folder and summarize its cases (post and pre) and downstream points."""
+    """Read one run folder and summarize its cases (post and pre) and downstream points.
+
+    A damaged config.json is refused; a damaged case, pre-edit, downstream or marker file among
+    good ones is left out and named in ``warnings`` (the counts say what was summarized)."""
     run_dir = Path(run_dir)
     if first_n_cases is not None and first_n_cases < 1:
         raise SummaryError(f"--first_n_cases must be >= 1, got {first_n_cases}")
     notes: list[str] = []
+    warnings: list[str] = []
     complete = (run_dir / COMPLETE_MARKER).is_file()
     if not complete:
         notes.append(f"INCOMPLETE: no {COMPLETE_MARKER} (still running, stopped early or crashed); "
                      "numbers cover the cases scored so far")
     config = _run_config(run_dir, notes)
-    cases = _read_cases(run_dir, first_n_cases, notes)
-    posts = [c["post"] for c in cases]
-    pre_posts = _pre_edit_posts(run_dir, cases, first_n_cases, notes)
-    downstream = _read_downstream(run_dir)
+    cases, n_files = _read_cases(run_dir, first_n_cases, notes, warnings)
+    ds_kind = _ds_kind(config, [c.data["post"] for c in cases])
+    if cases and ds_kind is None:
+        raise SummaryError(f"{run_dir}: cannot tell the dataset: ds_name={config.get('ds_name')!r} in config.json "
+                           f"(not one of {', '.join(DS_KINDS)}) and the case files' metrics are of neither kind")
+    cases = _usable_cases(cases, ds_kind, warnings) if cases else []
+    if n_files and not cases:
+        raise _nothing_usable(run_dir, n_files, warnings)
+    if len(cases) < n_files:
+        notes.append(f"skipped {n_files - len(cases)} of {n_files} case files (unreadable or of the wrong shape)")
+    pre_posts = _pre_edit_posts(run_dir, cases, ds_kind, first_n_cases, notes, warnings)
+    downstream = _read_downstream(run_dir, warnings)
     if not cases and not pre_posts and not downstream:
+        if warnings:
+            raise _nothing_usable(run_dir, 0, warnings)
         raise SummaryError(f"{run_dir} has no case files (<num_edits>_edits-case_<id>.json), no pre-edit scores "
                            f"and no downstream results yet; nothing to summarize"
                            + ("" if complete else " (the run is incomplete: editing may still be going on)"))
-    ds_kind = _ds_kind(config, posts or pre_posts)
+    final_edits, final_batches = _final_counts(run_dir, warnings) if complete else (None, None)
     summary = RunSummary(alg_name=run_dir.parent.name, run=run_dir.name, path=run_dir, complete=complete,
-                         config=config, ds_kind=ds_kind, downstream=downstream, notes=notes)
-    if (cases or pre_posts) and ds_kind is None:
-        raise SummaryError(f"{run_dir}: cannot tell the dataset (config.json ds_name={config.get('ds_name')!r})")
+                         config=config, ds_kind=ds_kind or _ds_kind({}, pre_posts), downstream=downstream,
+                         notes=notes, warnings=warnings, final_num_edits=final_edits,
+                         final_num_batches=final_batches)
     if cases:
-        summary.n_cases = len(cases)
-        summary.n_generation_cases = sum("ngram_entropy" in p for p in posts)
-        summary.post = _summarize(posts, ds_kind, f"{run_dir} (post)")
-        times = [float(c["time"]) for c in cases if isinstance(c.get("time"), (int, float))]
-        if times:
-            summary.case_time_s = (float(np.mean(times)), float(np.std(times)))
+        _case_stats(summary, cases)
     else:
         notes.append("no case files yet: only the pre-edited row and/or downstream results")
     if pre_posts:
         summary.n_pre_cases = len(pre_posts)
-        summary.pre = _summarize(pre_posts, ds_kind, f"{run_dir} (pre)")
+        summary.pre = _summarize(pre_posts, summary.ds_kind, f"{run_dir} (pre)")
     return summary
 
 

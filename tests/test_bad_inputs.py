@@ -88,7 +88,11 @@ def _runs(results: Path) -> list[Path]:
 
 def _fails(world, results: Path, capsys, message: str, **extra) -> str:
     """The CLI answers ``message`` (exit 2, one line, no traceback) and no run folder looks complete."""
-    assert evaluate(_argv(world, results, **extra)) == 2
+    try:
+        code = evaluate(_argv(world, results, **extra))
+    except SystemExit as done:  # refused while parsing the flags
+        code = done.code
+    assert code == 2
     err = capsys.readouterr().err
     assert message in err, err
     assert "Traceback" not in err
@@ -113,11 +117,69 @@ def _fails_at_start(world, tmp_path, capsys, message: str, **extra) -> str:
     ("values_batch_size", "0", "--values_batch_size must be >= 1"),
     ("stop_after_batches", "-1", "--stop_after_batches must be >= 0"),
     ("downstream_eval_steps", "-2", "--downstream_eval_steps must be >= 0"),
-    ("generation_test_interval", "0", "--generation_test_interval must be >= 1 (every N-th case) or -1"),
-    ("seed", "-1", "--seed must be >= 0"),
+    ("generation_test_interval", "0", "--generation_test_interval must be >= 1 or -1 (every N-th case, or -1 for none)"),
+    ("seed", "-1", "--seed must be between 0 and 4294967295"),
+    ("seed", str(2**64), "--seed must be between 0 and 4294967295"),  # torch's generators overflow past 2**64
+    ("num_edits", "ten", "--num_edits='ten' is not a whole number"),
+    ("curve_every", "1.5", "--curve_every='1.5' is not a whole number"),
 ])
 def test_numbers_out_of_range(world, tmp_path, capsys, flag, value, message):
     _fails_at_start(world, tmp_path, capsys, message, **{flag: value})
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("alg_name", "nse2", "--alg_name='nse2' is not one of AlphaEdit, FT, MEMIT"),
+    ("ds_name", "counterfact", "--ds_name='counterfact' is not one of cf, mcf, zsre"),
+    ("dtype", "fp16", "--dtype='fp16' is not one of float32, bfloat16, float16"),
+    ("device_map", "everywhere", "--device_map='everywhere' is not one of auto, balanced"),
+])
+def test_fixed_choices_list_the_choices(world, tmp_path, capsys, flag, value, message):
+    _fails_at_start(world, tmp_path, capsys, message, **{flag: value})
+
+
+def test_fixed_choices_accept_any_case(world, tmp_path, capsys):
+    """ft, MCF, Float32 are the choices FT, mcf, float32: the run goes on to its results, named canonically."""
+    argv = _argv(world, tmp_path, alg_name="ft", ds_name="MCF", dtype="Float32", log_level="warning")
+    assert evaluate(argv) == 0
+    [run] = _runs(tmp_path)
+    args = json.loads((run / "config.json").read_text())["args"]
+    assert (args["alg_name"], args["ds_name"], args["dtype"]) == ("FT", "mcf", "float32")
+
+
+def test_settings_built_in_python_are_checked_like_flags(world, tmp_path):
+    """run_experiment() with a RunConfig applies the rules the CLI applies while parsing."""
+    from experiments.runner import run_experiment
+    from experiments.settings import RunConfig, SettingError
+
+    base = dict(alg_name="FT", model_name=str(world["model"]), hparams_fname=str(world["hparams"]), ds_name="mcf",
+                results_dir=str(tmp_path))
+    for extra, message in (({"num_edits": 0}, "--num_edits must be >= 1"), ({"dtype": "fp16"}, "--dtype='fp16'"),
+                           ({"metric_departures": ["x"]}, "--metric_departures='x' is not one of")):
+        with pytest.raises(SettingError, match=re.escape(message)):
+            run_experiment(RunConfig(**base, **extra))
+    assert _runs(tmp_path) == []
+
+
+def test_stats_dir_a_file_or_not_creatable(world, tmp_path, capsys, monkeypatch):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    _fails_at_start(world, tmp_path, capsys, f"--stats_dir={afile}: {afile} is a file, not a folder",
+                    stats_dir=str(afile))
+    _fails_at_start(world, tmp_path, capsys, f"--stats_dir={afile / 'stats'}: {afile} is a file",
+                    stats_dir=str(afile / "stats"))
+
+
+def test_read_only_stats_dir_warns_and_names_the_risk(world, tmp_path, caplog, monkeypatch):
+    """An existing read-only cache may hold every statistic the run needs (a shared cache): a warning."""
+    import experiments.setting_checks
+
+    stats = tmp_path / "shared_stats"
+    stats.mkdir()
+    real = os.access
+    monkeypatch.setattr(experiments.setting_checks.os, "access",  # root ignores chmod
+                        lambda path, mode: False if Path(path) == stats else real(path, mode))
+    assert evaluate(_argv(world, tmp_path, stats_dir=str(stats))) == 0  # FT reads no statistics
+    assert f"--stats_dir={stats} is not writable" in caplog.text
 
 
 def test_empty_dataset_is_an_error(world, tmp_path, capsys):
@@ -276,9 +338,9 @@ def test_results_folder_is_a_file_or_not_writable(world, tmp_path, capsys, monke
     afile = tmp_path / "afile"
     afile.write_text("x")
     _fails_at_start(world, afile, capsys, f"{afile} is a file, not a folder")
-    import experiments.runner
+    import experiments.setting_checks
 
-    monkeypatch.setattr(experiments.runner.os, "access", lambda path, mode: False)  # root ignores chmod
+    monkeypatch.setattr(experiments.setting_checks.os, "access", lambda path, mode: False)  # root ignores chmod
     _fails_at_start(world, tmp_path, capsys, f"{tmp_path} is not writable")
 
 

@@ -44,7 +44,7 @@ def test_cli_reads_the_shipped_task_files_unless_told_otherwise(monkeypatch, tmp
     import experiments.evaluate as cli
 
     seen = []
-    monkeypatch.setattr(cli, "run_experiment", lambda cfg, paths: seen.append(paths["glue"]) or tmp_path)
+    monkeypatch.setattr(cli, "run_experiment", lambda cfg, paths: seen.append(paths.glue) or tmp_path)
     flags = ["--alg_name=NSE", "--model_name=m", "--hparams_fname=h.json", "--ds_name=mcf", "--downstream_eval_steps=5"]
     assert cli.main(flags) == 0 and cli.main(flags + [f"--glue_dir={tmp_path}"]) == 0
     assert seen == [SHIPPED_GLUE_DIR, tmp_path]
@@ -139,7 +139,7 @@ def test_bad_departure_is_a_run_error():
 
     cfg = RunConfig(alg_name="NSE", model_name="m", hparams_fname="h.json", ds_name="mcf", metric_departures=["x"])
     with pytest.raises(RunError, match="metric_departures"):
-        run_experiment(cfg, {})
+        run_experiment(cfg)
 
 
 # --- part 2: generation as the original did it -----------------------------------------------------

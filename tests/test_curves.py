@@ -223,18 +223,18 @@ def test_the_final_scoring_scores_anew_when_finish_changed_the_weights(runs, mon
 
     import torch
 
-    from experiments.runner import _curve_posts_of_these_weights
+    from experiments.scoring_passes import CurvePass
 
     _, curved, _ = runs
     point = _points(curved)[6]
-    cfg = SimpleNamespace(curve_every=1)
+    curves = CurvePass(SimpleNamespace(curve_every=1), None, [], curved, 0)
     state = torch.load(curved / "editor_state.pt", weights_only=True)
     weights = {k: v.clone() for k, v in state["current"].items()}
     editor = SimpleNamespace(num_edits=6, weights=weights)
-    known = _curve_posts_of_these_weights(cfg, curved, editor)
+    known = curves.posts_of_these_weights(editor)
     assert known is not None and known({"case_id": int(point["case_ids"][0])}) == point["cases"][str(point["case_ids"][0])]
     next(iter(weights.values()))[0, 0] += 1e-3
-    assert _curve_posts_of_these_weights(cfg, curved, editor) is None
+    assert curves.posts_of_these_weights(editor) is None
 
 
 class _Killed(BaseException):

@@ -69,12 +69,22 @@ def cf_record(case_id: int = 0, prompt: str = "{} plays the") -> dict:
 
 
 def test_globals_and_data_dir_resolution(tmp_path):
-    values = dsets.load_globals()
-    assert values["DATA_DIR"] == "data" and values["REMOTE_ROOT_URL"] == "https://memit.baulab.info"
-    assert dsets.resolve_data_dir() == data_dir_module.REPO_ROOT / "data"  # relative to the repo, not the cwd
+    """Relative folders of globals.yml are taken from the repository root, absolute ones as written, a
+    missing key falls back to its default, and an override wins; the file itself is the user's to edit."""
+    from util.globals import DEFAULT_GLOBALS, REPO_ROOT, load_globals, resolve_global_dir
+
+    mine = tmp_path / "globals.yml"
+    mine.write_text(f"DATA_DIR: elsewhere/data\nSTATS_DIR: {tmp_path / 'stats'}\n")
+    values = load_globals(mine)
+    assert values["DATA_DIR"] == "elsewhere/data" and values["RESULTS_DIR"] == DEFAULT_GLOBALS["RESULTS_DIR"]
+    assert resolve_global_dir("DATA_DIR", globals_file=mine) == REPO_ROOT / "elsewhere" / "data"  # not the cwd
+    assert resolve_global_dir("STATS_DIR", globals_file=mine) == tmp_path / "stats"
+    assert resolve_global_dir("DATA_DIR", tmp_path, globals_file=mine) == tmp_path
+    mine.write_text("- a list\n")
+    with pytest.raises(ValueError, match="must be a YAML mapping"):
+        load_globals(mine)
     assert dsets.resolve_data_dir(tmp_path) == tmp_path
-    assert dsets.resolve_global_dir("STATS_DIR") == data_dir_module.REPO_ROOT / "data" / "stats"
-    assert dsets.dataset_url("counterfact.json") == CANONICAL + "counterfact.json"
+    assert dsets.dataset_url("counterfact.json").endswith("/data/dsets/counterfact.json")
 
 
 def test_missing_file_offline_names_file_url_and_folder(tmp_path, offline):

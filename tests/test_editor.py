@@ -165,12 +165,17 @@ def test_value_cache_reuses_z(tiny_llama, tmp_path, monkeypatch):
     assert other.folder != cache.folder  # a changed value setting cannot reuse stale z
 
 
-def test_originals_can_live_on_cpu(tiny_llama):
+def test_originals_are_a_copy_the_edits_leave_alone(tiny_llama):
+    """--conserve_memory keeps the rewinding copy on the CPU: a copy (not the live weights), untouched by edits."""
     model, tok = tiny_llama
     editor = _editor(model, tok, stories_hparams(v_num_grad_steps=3), originals_on_cpu=True)
+    before = {k: w.clone() for k, w in editor.weights.items()}
     assert all(w.device.type == "cpu" for w in editor.original.values())
+    assert all(editor.original[k].data_ptr() != w.data_ptr() for k, w in editor.weights.items())
     editor.edit(REQUESTS[:1])
     assert editor.num_edits == 1
+    assert any(not torch.equal(before[k], w) for k, w in editor.weights.items())  # the model was edited
+    assert all(torch.equal(before[k], editor.original[k]) for k in before)  # its originals were not
 
 
 def test_last_round_only_measures(tiny_llama):

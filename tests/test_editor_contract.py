@@ -46,8 +46,11 @@ REQUESTS = [
 CASES = [(m, k) for m in METHODS for k in KINDS]
 
 
-def test_every_method_has_a_contract_case():
-    assert sorted(TINY_HPARAMS) == METHODS
+def test_every_method_has_a_contract_case_and_declares_its_hparams_class():
+    assert sorted(TINY_HPARAMS) == sorted(ALGORITHMS)  # a method added to the registry needs a row here
+    for name, alg in ALGORITHMS.items():
+        assert isinstance(alg.editor_class.__dict__.get("hparams_class") or alg.hparams_class, type), name
+        assert alg.hparams_class.from_dict(copy.deepcopy(TINY_HPARAMS[name])) is not None, name
 
 
 @pytest.fixture(scope="module")

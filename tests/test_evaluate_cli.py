@@ -76,8 +76,12 @@ def test_summarize_on_the_run(unbroken, tmp_path):
                          cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "Efficacy" in out.stdout and "run_000" in out.stdout
-    summary = json.loads((tmp_path / "s.json").read_text())
-    assert summary  # numbers themselves are checked in test_summarize.py
+    [run] = json.loads((tmp_path / "s.json").read_text())["runs"]
+    cases = sorted(unbroken.glob("*_edits-case_*.json"))
+    assert run["n_cases"] == len(cases) > 0 and run["status"] == "complete"
+    hits = [all(p["target_new"] < p["target_true"] for p in json.loads(c.read_text())["post"]["rewrite_prompts_probs"])
+            for c in cases]  # one rewrite prompt per case: Efficacy is the share of cases whose new target wins
+    assert run["paper"]["post"]["Efficacy"]["mean"] == pytest.approx(100 * sum(hits) / len(hits))
 
 
 def test_killed_run_continues_to_the_same_results(unbroken, tmp_path, stats_dir):
@@ -104,8 +108,16 @@ def test_zsre_run(tmp_path, stats_dir):
     assert {"rewrite_prompts_correct", "paraphrase_prompts_correct", "neighborhood_prompts_correct"} <= set(case["post"])
 
 
+def _exit_code(argv: list[str]) -> int:
+    """The CLI's exit status: main()'s return, or the parser's exit (a flag refused while parsing)."""
+    try:
+        return evaluate(argv)
+    except SystemExit as done:
+        return done.code
+
+
 def _fails(tmp_path, capsys, stats_dir, message, **extra):
-    assert evaluate(_args(tmp_path, stats_dir, **extra)) == 2
+    assert _exit_code(_args(tmp_path, stats_dir, **extra)) == 2
     err = capsys.readouterr().err
     assert message in err, err
     runs = list((tmp_path / "NSE").glob("run_*")) if (tmp_path / "NSE").exists() else []
@@ -113,11 +125,11 @@ def _fails(tmp_path, capsys, stats_dir, message, **extra):
 
 
 def test_unknown_algorithm(tmp_path, capsys, stats_dir):
-    _fails(tmp_path, capsys, stats_dir, "unknown --alg_name='FOO'; available: AlphaEdit, FT, MEMIT, MEMIT_prune, MEMIT_rect, MEMIT_seq, NSE, ROME", alg_name="FOO")
+    _fails(tmp_path, capsys, stats_dir, "error: --alg_name='FOO' is not one of AlphaEdit, FT, MEMIT, MEMIT_prune, MEMIT_rect, MEMIT_seq, NSE, ROME", alg_name="FOO")
 
 
 def test_unknown_dataset(tmp_path, capsys, stats_dir):
-    _fails(tmp_path, capsys, stats_dir, "unknown --ds_name='wiki'; choose one of cf, mcf, zsre", ds_name="wiki")
+    _fails(tmp_path, capsys, stats_dir, "error: --ds_name='wiki' is not one of cf, mcf, zsre", ds_name="wiki")
 
 
 def test_missing_hparams_file(tmp_path, capsys, stats_dir):
@@ -149,7 +161,7 @@ def test_offline_model_name_fails_clearly(tmp_path, capsys, stats_dir):
 def test_cli_entry_point_runs_as_a_module(tmp_path):
     out = subprocess.run([sys.executable, "-m", "experiments.evaluate", "--alg_name=NSE", "--model_name=x",
                           "--hparams_fname=x.json", "--ds_name=bad"], cwd=ROOT, capture_output=True, text=True)
-    assert out.returncode == 2 and "unknown --ds_name='bad'" in out.stderr
+    assert out.returncode == 2 and "--ds_name='bad' is not one of cf, mcf, zsre" in out.stderr
 
 
 def test_resume_refuses_another_dtype(tmp_path, capsys, stats_dir):
@@ -162,16 +174,17 @@ def test_run_log_receives_every_package(tmp_path):
     """util, dsets and every method's package log into run.log, not only experiments/nse."""
     import logging
 
-    from experiments.runner import PROJECT_PACKAGES, _log_file
+    from experiments.run_log import project_packages, run_log
 
-    with _log_file(tmp_path):
-        for name in PROJECT_PACKAGES:
+    packages = project_packages()
+    with run_log(tmp_path):
+        for name in packages:
             logging.getLogger(f"{name}.some_module").info("line from %s", name)
     logging.getLogger("util.after").info("after the run")
     text = (tmp_path / "run.log").read_text()
-    assert all(f"line from {name}" in text for name in PROJECT_PACKAGES)
+    assert all(f"line from {name}" in text for name in packages)
     assert "after the run" not in text  # the handler does not outlive the run
-    assert {"memit", "alphaedit", "rome", "baselines", "util"} <= set(PROJECT_PACKAGES)
+    assert {"nse", "memit", "alphaedit", "rome", "baselines", "util", "dsets", "experiments"} <= set(packages)
 
 
 # The runner paths that differ by method: a finish() step (PRUNE), a projector cache (AlphaEdit), the

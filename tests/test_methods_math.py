@@ -92,7 +92,7 @@ def test_one_pass_gives_the_last_residuals_and_the_keys_cp_takes(tiny_llama, tmp
     assert calls == [[], names[:1], names[1:], names]
     assert all(not torch.equal(before[l], editor.regulariser[l]) for l in (0, 1))  # Cp did accumulate
     assert {"values", "residual reads", "key reads", "solves", "key accumulation"} <= report.phase_seconds.keys()
-    assert all(s >= 0 for s in report.phase_seconds.values())
+    assert report.phase_seconds["values"] > 0 and report.phase_seconds["solves"] > 0  # timed, not left at 0
 
 
 # -- AlphaEdit ---------------------------------------------------------------------------------------

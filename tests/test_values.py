@@ -146,3 +146,44 @@ def test_kl_term_reads_the_final_logits(tiny_llama):
                                   output_of=[spec.final_layer, spec.loss_layer])
     assert torch.allclose(kl_hidden, outs[spec.final_layer][0], atol=1e-5)
     assert not torch.allclose(kl_hidden, outs[spec.loss_layer][0], atol=1e-2)
+
+
+def test_the_stopping_rule_belongs_to_the_value_spec(tiny_llama):
+    """A method brings its own rule in its ValueSpec; the default is the original's loss threshold."""
+    import dataclasses
+
+    from util.values import DEFAULT_STOP, LossBelow, StepState
+
+    model, tok, hp, reqs = _setup(tiny_llama, v_num_grad_steps=8)
+    spec = hp.value_spec(model)
+    assert spec.stop == DEFAULT_STOP == LossBelow(5e-2)
+    seen = []
+
+    def first_request_at_once(state: StepState) -> torch.Tensor:
+        seen.append(state)
+        return torch.arange(len(state.loss)) == 0  # request 0 stops before its first step; the others never
+
+    out = compute_values(model, tok, reqs, dataclasses.replace(spec, stop=first_request_at_once), TEMPLATES)
+    assert out.updates == [0] + [7] * (len(reqs) - 1)
+    assert torch.allclose(out.z[0], out.h0[0])
+    assert seen[0].target_lp.shape == seen[0].target_request.shape and seen[0].nll.shape == (len(reqs),)
+    never = compute_values(model, tok, reqs, dataclasses.replace(spec, stop=LossBelow(-1.0)), TEMPLATES)
+    assert never.updates == [7] * len(reqs)
+
+
+def test_value_cache_folders_do_not_move_with_the_default_rule(tmp_path, tiny_llama):
+    """Caches written before the rule was a field stay valid: its default is not in the folder's digest."""
+    import dataclasses
+    import hashlib
+    import json
+
+    from util.value_cache import ValueCache
+    from util.values import LossBelow
+
+    model, tok, hp, _ = _setup(tiny_llama)
+    spec = hp.value_spec(model)
+    before = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec) if f.name != "stop"}
+    digest = hashlib.sha1(json.dumps([before, TEMPLATES], sort_keys=True).encode()).hexdigest()[:10]
+    assert ValueCache(tmp_path, "m", "mcf", spec, TEMPLATES).folder.name.endswith(digest)
+    other = ValueCache(tmp_path, "m", "mcf", dataclasses.replace(spec, stop=LossBelow(1e-3)), TEMPLATES)
+    assert not other.folder.name.endswith(digest)

@@ -33,7 +33,8 @@ def write_error(path: str | Path, err: OSError) -> WriteError:
                 "then resume (--continue_from_run)")
     else:
         hint = "the folder is not writable: pass a writable folder (--results_dir, --stats_dir)"
-    return WriteError(err.errno, f"cannot write {path} ({err.strerror or err}); {hint}")
+    # The path as filename too: a caller with its own flags to suggest can restate the message.
+    return WriteError(err.errno, f"cannot write {path} ({err.strerror or err}); {hint}", str(path))
 
 
 @contextmanager

@@ -97,6 +97,7 @@ class EditReport:
 class Editor(ABC):
     """Applies one method's edits batch after batch to ``model`` in place."""
 
+    hparams_class: ClassVar[type]  # the method's hyperparameter dataclass (from_json); every method sets it
     report_class: ClassVar[type[EditReport]] = EditReport
     has_values: ClassVar[bool] = False  # whether --use_cache means anything for this method
 

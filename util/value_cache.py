@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from util.atomic_files import save_torch_atomic
-from util.values import ValueSpec
+from util.values import DEFAULT_STOP, ValueSpec
 
 
 class ValueCache:
@@ -25,7 +25,9 @@ class ValueCache:
         """``model_id`` should identify the weights and dtype (name + fingerprint), not just a name;
         ``spec`` says where and how z is optimised (it names the site, so ROME's values at the MLP
         output never mix with the MEMIT family's at the block output)."""
-        settings = dataclasses.asdict(spec)
+        settings = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec) if f.name != "stop"}
+        if spec.stop != DEFAULT_STOP:  # the default rule is left out: caches written before it was a field stay valid
+            settings["stop"] = repr(spec.stop)
         digest = hashlib.sha1(json.dumps([settings, templates], sort_keys=True).encode()).hexdigest()[:10]
         safe_model = model_id.replace("/", "_")
         tag = f"{spec.site}_clamp{spec.clamp_norm_factor}_{digest}"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -25,10 +25,35 @@ from util.requests import fill_prompt
 from util.tokens import encode, encode_target, fact_token_index, pad, pad_token_id
 
 log = logging.getLogger(__name__)
-STOP_LOSS = 5e-2  # the original's early-stopping threshold on the total loss
 # Where delta is added: the block output (residual stream) for the MEMIT family, the MLP output
 # of the edited layer for ROME.
 SITES = ("block_output", "mlp_output")
+
+
+@dataclass(frozen=True)
+class StepState:
+    """What a stopping rule sees after each step's forward pass (n requests, T target tokens)."""
+
+    loss: torch.Tensor       # (n,) NLL + KL + weight decay, per request
+    nll: torch.Tensor        # (n,) the target's weighted NLL, per request
+    target_lp: torch.Tensor  # (T,) log-probability of each target token
+    target_request: torch.Tensor  # (T,) the request each target token belongs to
+
+
+@dataclass(frozen=True)
+class LossBelow:
+    """The original's rule: a request stops once its total loss is below ``threshold``."""
+
+    threshold: float = 5e-2
+
+    def __call__(self, state: StepState) -> torch.Tensor:
+        return state.loss < self.threshold
+
+
+# A stopping rule: (StepState) -> (n,) bool, True where a request has reached its target; a stopped
+# request takes no more steps. A method with its own rule (ENCORE's, say) puts it in its ValueSpec.
+StopRule = Callable[[StepState], torch.Tensor]
+DEFAULT_STOP = LossBelow()
 
 
 @dataclass(frozen=True)
@@ -49,6 +74,7 @@ class ValueSpec:
     # Each step runs only the positions from the fact token on, through the layers above the site
     # (util.prefix_cache); False, or a model it does not support, runs the whole model every step.
     suffix_only: bool = True
+    stop: StopRule = DEFAULT_STOP
 
 
 @dataclass
@@ -262,7 +288,7 @@ def _optimise(model: nn.Module, tok, requests: Sequence[dict], spec: ValueSpec, 
             decay = spec.weight_decay * delta.norm(dim=1) / h0.norm(dim=1) ** 2
             loss = nll + kl + decay
             losses = torch.where(stopped, losses, loss.detach())
-            stopped = stopped | (loss.detach() < STOP_LOSS)
+            stopped = stopped | spec.stop(StepState(loss.detach(), nll.detach(), target_lp.detach(), b.tgt_req))
             bar.set_postfix(loss=f"{float(losses.mean()):.3f}", active=int((~stopped).sum()))
             bar.update()
             if it == spec.num_steps - 1 or bool(stopped.all()):

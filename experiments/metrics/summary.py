@@ -7,6 +7,7 @@ harmonic mean of the three averaged rates, so it has no per-case spread (its std
 """
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
@@ -95,6 +96,55 @@ PER_CASE: dict[str, Callable[[Post], dict[str, float | None]]] = {
     "zsre": _per_case_zsre,
 }
 REQUIRED_KEY = {"counterfact": "rewrite_prompts_probs", "zsre": "rewrite_prompts_correct"}
+GROUPS = ("rewrite", "paraphrase", "neighborhood")
+GENERATION_KEYS = ("ngram_entropy", "reference_score", "essence_score")
+
+
+def json_type(value: Any) -> str:
+    """The JSON name of ``value``'s type, for messages about files of the wrong shape."""
+    names = {dict: "object", list: "list", str: "string", bool: "true/false", type(None): "null"}
+    return names.get(type(value), "number" if isinstance(value, (int, float)) else type(value).__name__)
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float))  # bools too: the correctness lists hold them
+
+
+def _is_nll_pair(x: Any) -> bool:
+    return isinstance(x, dict) and all(_is_number(x.get(k)) for k in ("target_new", "target_true"))
+
+
+# The per-case lists summarize_cases reads: key suffix, test of one element, the element in words.
+NLL_PAIRS = ("_prompts_probs", _is_nll_pair, "a {target_new, target_true} pair of NLLs")
+CORRECT = ("_prompts_correct", _is_number, "true/false")
+READ_LISTS = {"counterfact": (NLL_PAIRS, CORRECT), "zsre": (CORRECT,)}  # the first of each is required
+
+
+def _list_problem(value: Any, key: str, is_item: Callable[[Any], bool], item: str) -> str | None:
+    if not isinstance(value, list):
+        return f"its {key!r} is a JSON {json_type(value)}, not a list"
+    bad = next((i for i, x in enumerate(value) if not is_item(x)), None)
+    return None if bad is None else f"its {key!r}[{bad}] is {json.dumps(value[bad])[:40]}, not {item}"
+
+
+def post_problem(post: Any, ds_kind: str) -> str | None:
+    """What keeps ``post`` (one case's metrics) from :func:`summarize_cases` as a ``ds_kind`` case,
+    in words ("it lacks ...", "its 'x' is ..."); None when nothing does. Checked per case, so one
+    damaged case file can be left out instead of stopping the summary of all the others."""
+    if not isinstance(post, dict):
+        return f"it is a JSON {json_type(post)}, not an object of metrics"
+    required = [f"{g}{READ_LISTS[ds_kind][0][0]}" for g in GROUPS]
+    missing = [k for k in required if k not in post]
+    if missing:
+        return f"it lacks {', '.join(map(repr, missing))} (is it a {ds_kind} case?)"
+    for group in GROUPS:
+        for suffix, is_item, item in READ_LISTS[ds_kind]:
+            key = group + suffix
+            problem = _list_problem(post[key], key, is_item, item) if key in post else None
+            if problem:
+                return problem
+    bad = [k for k in GENERATION_KEYS if k in post and not _is_number(post[k])]
+    return f"its {bad[0]!r} is a JSON {json_type(post[bad[0]])}, not a number" if bad else None
 
 
 def harmonic_mean(values: Sequence[float]) -> float:

@@ -1,0 +1,110 @@
+"""Resuming: which run folder a run continues, what it may change, and what the run started from.
+
+A run continues ``--continue_from_run`` only when every setting that changes what is computed or
+scored equals the run's (``resumable`` settings, experiments.settings, may differ), and its
+hyperparameters equal ``params.json`` by content. A fresh run may also start from a saved editor
+state (``--save_model`` folder, ``--load_editor_state``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from experiments.run_files import RUN_PATTERN, check_run_files, read_json
+from experiments.saved_model import editor_state_path
+from experiments.settings import RunConfig, RunError, default_settings, resumable_settings
+from experiments.timings import TIMINGS_FILE
+from util.atomic_files import write_json_atomic
+from util.editor import read_state
+
+log = logging.getLogger("experiments")
+
+
+class ResumeError(RunError):
+    """A run that cannot be resumed as asked; the message says how to resume it or to start anew."""
+
+
+def _same_setting(saved: Any, now: Any) -> bool:
+    if saved == now:
+        return True
+    if isinstance(saved, str) and isinstance(now, str):  # the same path written differently
+        return Path(saved).expanduser().resolve() == Path(now).expanduser().resolve()
+    return False
+
+
+def resume_dir(cfg: RunConfig, results: Path, hparams) -> Path | None:
+    """The run folder to continue; refused when a setting that changes the results differs from the run's."""
+    if not cfg.continue_from_run:
+        return None
+    if not RUN_PATTERN.match(cfg.continue_from_run):  # a path would resume a run of another method or folder
+        raise ResumeError(f"--continue_from_run={cfg.continue_from_run!r} is not a run folder name; pass the name of "
+                          f"a folder in {results / cfg.alg_name} (run_NNN), and --results_dir for another results "
+                          "folder")
+    run_dir = results / cfg.alg_name / cfg.continue_from_run
+    if not (run_dir / "config.json").is_file():
+        raise ResumeError(f"--continue_from_run={cfg.continue_from_run}: {run_dir} holds no config.json to resume")
+    check_run_files(run_dir)
+    _check_same_settings(cfg, read_json(run_dir / "config.json")["args"])
+    _check_same_hparams(run_dir, hparams.to_dict())
+    return run_dir
+
+
+def _check_same_settings(cfg: RunConfig, saved: dict[str, Any]) -> None:
+    defaults, free = default_settings(), resumable_settings()  # defaults: a setting added since the run began
+    differ = [f"{key}={value!r} differs from the run's {saved.get(key, defaults.get(key))!r}"
+              for key, value in dataclasses.asdict(cfg).items()
+              if key not in free and not _same_setting(saved.get(key, defaults.get(key)), value)]
+    if differ:
+        raise ResumeError(f"--continue_from_run={cfg.continue_from_run}: {'; '.join(differ)}. These change what is "
+                          "computed or scored: resume with the run's flags (config.json) or start a new run")
+
+
+def _check_same_hparams(run_dir: Path, now: dict[str, Any]) -> None:
+    path = run_dir / "params.json"
+    saved = read_json(path) if path.is_file() else None
+    if saved is not None and saved != now:
+        keys = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
+        changes = "; ".join(f"{k}: run {saved.get(k)!r}, now {now.get(k)!r}" for k in keys)
+        raise ResumeError(f"--continue_from_run: the hyperparameters differ from {path} ({changes}); "
+                          "resume with the run's hyperparameters or start a new run")
+
+
+def record_resume(cfg: RunConfig, run_dir: Path, config: dict) -> None:
+    """config.json keeps, per resume, the settings it changed (resumable ones only: the others are refused)."""
+    args = config["args"]
+    changed = {k: v for k, v in dataclasses.asdict(cfg).items()
+               if k in resumable_settings() - {"continue_from_run"} and args.get(k) != v}
+    config.setdefault("resumed", []).append({"time": time.ctime(), "changed": changed})
+    write_json_atomic(run_dir / "config.json", config)
+
+
+def continued_from(cfg: RunConfig) -> tuple[dict | None, list | None]:
+    """The saved editor state a fresh run continues from ({editor_state, num_batches, num_edits}, read
+    memory-mapped) and its context templates; (None, None) when it starts from unedited weights."""
+    path = editor_state_path(cfg.model_name, cfg.load_editor_state)
+    if path is None:
+        return None, None
+    state = read_state(path, mmap=True)
+    info = {"editor_state": str(path.resolve()), "num_batches": int(state["num_batches"]),
+            "num_edits": int(state["num_edits"])}
+    templates = state.get("context_templates")
+    return info, templates if isinstance(templates, list) else None
+
+
+def earlier_timings(run_dir: Path) -> dict | None:
+    """The timings of the run's earlier processes; a damaged file (diagnostics only) starts afresh."""
+    path = run_dir / TIMINGS_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = read_json(path)
+    except (ValueError, UnicodeDecodeError):
+        data = None
+    if isinstance(data, dict) and all(isinstance(data.get(k), t) for k, t in
+                                      (("segments", list), ("batches", list), ("before_edits", dict), ("final", dict))):
+        return data
+    log.warning("%s is damaged or not a timings file; its earlier segments are dropped and it is written anew", path)
+    return None

@@ -1,0 +1,71 @@
+"""The run's settings are declared once (experiments.settings.RunConfig): the CLI, the checks and the
+resume rules follow from the fields; progress on a redirected stream is plain lines."""
+from __future__ import annotations
+
+import dataclasses
+import io
+import re
+
+import pytest
+from tqdm import tqdm
+
+from experiments.evaluate import build_parser
+from experiments.settings import RunConfig, SettingError, check_values, default_settings, resumable_settings
+from util.progress import PlainProgress
+
+
+def _flags(parser) -> dict[str, object]:
+    return {a.dest: a for a in parser._actions if a.dest not in ("help", "log_level")}
+
+
+def test_every_setting_is_one_flag_with_its_default_and_help():
+    actions = _flags(build_parser())
+    fields = {f.name: f for f in dataclasses.fields(RunConfig)}
+    assert set(actions) == set(fields)
+    defaults = default_settings()
+    for name, action in actions.items():
+        assert action.help, name
+        assert action.required == (name not in defaults), name
+        if name in defaults:
+            assert action.default == defaults[name], name
+
+
+def test_parsing_yields_a_config_equal_to_the_dataclass_defaults():
+    args = vars(build_parser().parse_args(["--alg_name=nse", "--model_name=m", "--hparams_fname=h.json",
+                                           "--ds_name=ZSRE"]))
+    args.pop("log_level")
+    assert RunConfig(**args) == RunConfig(alg_name="NSE", model_name="m", hparams_fname="h.json", ds_name="zsre")
+
+
+def test_the_settings_a_resume_may_change_are_those_that_change_no_result():
+    assert resumable_settings() == {"continue_from_run", "stop_after_batches", "device", "device_map",
+                                    "conserve_memory", "use_cache", "stats_dir", "results_dir", "save_model",
+                                    "hparams_fname", "mom2_dataset"}
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("num_edits", 0, "--num_edits must be >= 1 (edits per batch), got 0"),
+    ("generation_test_interval", -2, "--generation_test_interval must be >= 1 or -1"),
+    ("seed", 2**32, "--seed must be between 0 and 4294967295"),
+    ("ds_name", "MCF", "--ds_name='MCF' is not one of cf, mcf, zsre"),  # Python callers pass canonical names
+])
+def test_check_values_applies_the_flags_rules(field, value, message):
+    cfg = RunConfig(alg_name="NSE", model_name="m", hparams_fname="h", ds_name="mcf")
+    check_values(cfg)
+    with pytest.raises(SettingError, match=re.escape(message)):
+        check_values(dataclasses.replace(cfg, **{field: value}))
+    assert check_values(dataclasses.replace(cfg, generation_test_interval=-1)) is None
+
+
+def test_redirected_progress_is_plain_lines_at_most_every_interval():
+    out, now = io.StringIO(), [0.0]
+    stream = PlainProgress(out, every=30.0, clock=lambda: now[0])
+    for _ in tqdm(range(100), desc="editing", file=stream, mininterval=0):
+        now[0] += 1.0  # one second per step: a line at 0, 30, 60, 90 s and the last state
+    print("a log line", file=stream)
+    text = out.getvalue()
+    assert "\r" not in text
+    lines = text.splitlines()
+    assert [line.split("|")[0].strip() for line in lines[:-1]] == ["editing:   0%", "editing:  30%", "editing:  60%",
+                                                                    "editing:  90%", "editing: 100%"]
+    assert lines[-1] == "a log line"
