@@ -166,7 +166,8 @@ def _x_axis(ax) -> None:
     from matplotlib.ticker import MaxNLocator
 
     ax.set_xlabel("number of edits")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    # At most 5 ticks: panels are narrow and four-digit edit counts otherwise run into each other.
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
 
 
 def _style(i: int) -> dict[str, Any]:
