@@ -39,8 +39,12 @@ def _check_prompt_list(record: dict[str, Any], key: str, where: str, required: b
     if key not in record and not required:
         return
     prompts = record.get(key)
-    if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
+    if not isinstance(prompts, list):
         raise DatasetFormatError(f"{where}: '{key}' must be a list of prompt strings, got {type(prompts).__name__}")
+    for index, prompt in enumerate(prompts):
+        if not isinstance(prompt, str):
+            raise DatasetFormatError(f"{where}: '{key}' must be a list of prompt strings, but element {index} is "
+                                     f"{prompt!r} ({type(prompt).__name__})")
 
 
 def validate_counterfact_record(record: Any, source: Path, index: int) -> None:

@@ -174,6 +174,13 @@ def test_counterfact_prompt_needs_exactly_one_placeholder(tmp_path, prompt):
         CounterFactDataset(tmp_path / "cf.json")
 
 
+def test_counterfact_prompt_list_of_wrong_elements_names_the_element(tmp_path):
+    record = {**cf_record(42), "neighborhood_prompts": ["A is in", 7]}
+    write_json(tmp_path / "cf.json", [cf_record(0), record])
+    with pytest.raises(DatasetFormatError, match=r"case_id=42: 'neighborhood_prompts' .* element 1 is 7 \(int\)"):
+        CounterFactDataset(tmp_path / "cf.json")
+
+
 def test_counterfact_size_only_validates_kept_records(tmp_path):
     write_json(tmp_path / "cf.json", [cf_record(0), cf_record(1, prompt="no placeholder")])
     assert len(CounterFactDataset(tmp_path / "cf.json", size=1)) == 1

@@ -134,6 +134,16 @@ def test_cache_layout_is_plain_and_described(model, tok, tmp_path):
     assert not list((tmp_path / "stats").rglob("partial-*"))  # the checkpoint went with the pass
 
 
+def test_more_samples_than_the_corpus_holds_warns_and_names_the_cache_by_what_was_used(model, tok, tmp_path, caplog):
+    corpus = write_corpus(tmp_path / "corpus", n=12)
+    with caplog.at_level(logging.WARNING, logger="util.corpus"):
+        files = stats_cache_paths(model, tok, NAMES, str(corpus), 20, 48, torch.float64, tmp_path / "stats")
+    assert "mom2_n_samples=20" in caplog.text and "holds 12 non-empty texts" in caplog.text
+    assert files[NAMES[0]].stem.startswith("model.layers.0.mlp.down_proj_corpus-12x48-float64-")
+    # Asking for 12 or for 20 from these 12 texts is the same C0: one cache file.
+    assert stats_cache_paths(model, tok, NAMES, str(corpus), 12, 48, torch.float64, tmp_path / "stats") == files
+
+
 # -- damaged files ---------------------------------------------------------------------------------------
 def test_truncated_cache_file_is_named_and_recomputed(model, tok, tmp_path, caplog):
     corpus = write_corpus(tmp_path / "corpus")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ class CorpusUnavailable(RuntimeError):
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+log = logging.getLogger(__name__)
 
 
 def local_path(spec: str) -> Path | None:
@@ -88,8 +90,13 @@ def resolve_corpus(spec: str, n_samples: int) -> CorpusRef:
         key = {"hub_dataset": name, "config": config, "n_samples": n_samples}
         return CorpusRef(spec, n_samples, key, {"spec": spec, "label": corpus_id(spec)})
     texts = load_corpus_texts(spec, n_samples)
+    if len(texts) < n_samples:
+        # The statistics are over what is there; the cache file is named by that count, not the request.
+        log.warning("mom2_n_samples=%d but statistics corpus %s holds %d non-empty texts: C0 is estimated from "
+                    "those %d (lower mom2_n_samples to silence this, or point mom2_dataset at a larger corpus)",
+                    n_samples, path, len(texts), len(texts))
     key = {"texts_sha256": texts_digest(texts), "n_texts": len(texts)}
-    return CorpusRef(spec, n_samples, key, {"spec": spec, "path": str(path), "label": path.stem}, texts)
+    return CorpusRef(spec, len(texts), key, {"spec": spec, "path": str(path), "label": path.stem}, texts)
 
 
 def texts_digest(texts: list[str]) -> str:
