@@ -21,7 +21,6 @@ from dsets.data_dir import (
 )
 from dsets.knowns import KnownsDataset
 from dsets.records import DatasetFormatError, RecordList
-from dsets.registry import DS_NAMES, load_edit_dataset
 from dsets.tfidf_stats import (
     fit_tfidf,
     load_tfidf_stats,
@@ -33,7 +32,6 @@ from dsets.zsre import ZsreDataset, zsre_record_to_case
 __all__ = [
     "AttributeSnippets",
     "CounterFactDataset",
-    "DS_NAMES",
     "DataFileMissing",
     "DatasetFormatError",
     "KnownsDataset",
@@ -44,7 +42,6 @@ __all__ = [
     "download_file",
     "ensure_file",
     "fit_tfidf",
-    "load_edit_dataset",
     "load_globals",
     "load_tfidf_stats",
     "load_tfidf_vectorizer",

@@ -14,9 +14,9 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from experiments.metrics.counterfact import generation_metrics_many, probability_metrics_many
+from experiments.ds_kinds import kind_of
+from experiments.metrics.counterfact import generation_metrics_many
 from experiments.metrics.fluency import MetricOptions
-from experiments.metrics.zsre import compute_rewrite_quality_zsre_many
 
 CHUNK_CASES = 32  # cases whose teacher-forced prompts are scored together (~800 sequences)
 GENERATION_CASES = 8  # cases whose generation prompts are sampled together (80 CounterFact rows)
@@ -29,7 +29,7 @@ def no_timer(_name: str) -> contextlib.AbstractContextManager:
 
 @dataclass
 class CaseScorer:
-    """Scores CounterFact or zsRE records on ``model`` as it is now."""
+    """Scores records of ``ds_name`` on ``model`` as it is now, as its dataset kind scores them."""
 
     model: Any
     tok: Any
@@ -42,13 +42,11 @@ class CaseScorer:
     generation_chunk: int = GENERATION_CASES
 
     def teacher_forced(self, records: Sequence[dict]) -> list[dict[str, Any]]:
-        if self.ds_name == "zsre":
-            return compute_rewrite_quality_zsre_many(self.model, self.tok, records)
-        return probability_metrics_many(self.model, self.tok, records)
+        return kind_of(self.ds_name).teacher_forced(self.model, self.tok, records)
 
     def has_generation(self, index: int, record: dict) -> bool:
         """Whether the case at ``index`` (its position in the run's records) gets generation metrics."""
-        return (self.ds_name != "zsre" and self.generation_every > 0 and index % self.generation_every == 0
+        return (kind_of(self.ds_name).generation and self.generation_every > 0 and index % self.generation_every == 0
                 and bool(record.get("generation_prompts")))
 
     def generation(self, records: Sequence[dict]) -> list[dict[str, Any]]:

@@ -29,6 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from experiments.case_scoring import CHUNK_CASES
+from experiments.ds_kinds import all_kinds, kind_of
 from experiments.metrics.summary import summarize_cases
 from util.atomic_files import write_json_atomic
 
@@ -36,7 +37,6 @@ log = logging.getLogger("experiments")
 
 CURVES_DIR = "curves"
 CURVE_FILE = re.compile(r"^edits_(\d+)\.json$")
-DS_KINDS = {"mcf": "counterfact", "cf": "counterfact", "zsre": "zsre"}
 
 
 class CurveFileError(ValueError):
@@ -76,7 +76,7 @@ def maybe_write_curve_point(run_dir: Path, every: int, batch_index: int, num_edi
     path = curve_file(run_dir, num_edits)
     if path.is_file():
         return None
-    ds_kind = DS_KINDS[ds_name]
+    ds_kind = kind_of(ds_name).name
     posts = {}
     with tqdm(total=len(edited), desc=f"curve after {num_edits} edits", unit="case", leave=False) as bar:
         for begin in range(0, len(edited), chunk):
@@ -124,8 +124,9 @@ def read_curve_file(path: Path) -> dict[str, Any]:
     num_edits = point["num_edits"]
     if not isinstance(num_edits, int) or isinstance(num_edits, bool) or num_edits < 0:
         raise CurveFileError(f"{path} is not a curve point: its num_edits is {num_edits!r}, not a whole number")
-    if point["ds_kind"] not in DS_KINDS.values() or not isinstance(point["cases"], dict):
-        raise CurveFileError(f"{path} is not a curve point: ds_kind must be counterfact or zsre and cases an "
+    if point["ds_kind"] not in {kind.name for kind in all_kinds()} or not isinstance(point["cases"], dict):
+        raise CurveFileError(f"{path} is not a curve point: ds_kind must be one of "
+                             f"{', '.join(kind.name for kind in all_kinds())} and cases an "
                              "object {case_id: metrics}")
     return point
 

@@ -25,19 +25,16 @@ from pathlib import Path
 from typing import Any
 
 from experiments.curves import CurveFileError, curve_paths, read_curve_file
+from experiments.ds_kinds import all_kinds, kind_named
 from experiments.metrics.summary import post_problem, summarize_cases
 from experiments.run_files import COMPLETE_MARKER
-from experiments.summarize_runs import DOWNSTREAM_METRICS, DS_TITLES, RunSummary, SummaryError
+from experiments.summarize_runs import DOWNSTREAM_METRICS, RunSummary, SummaryError
 from util.atomic_files import atomic_path, write_text_atomic
 
 METRICS_FIGURE, DOWNSTREAM_FIGURE = "metrics_vs_edits", "downstream_vs_edits"
-# The curve panels per dataset kind: (key of summarize_cases, paper name); teacher-forced metrics only.
-CURVE_METRICS: dict[str, list[tuple[str, str]]] = {
-    "counterfact": [("rewrite_success", "Efficacy"), ("paraphrase_success", "Generalization"),
-                    ("neighborhood_success", "Specificity"), ("score", "Score")],
-    "zsre": [("rewrite_acc", "Efficacy"), ("paraphrase_acc", "Generalization"), ("neighborhood_acc", "Specificity")],
-}
-PANELS = ["Efficacy", "Generalization", "Specificity", "Score"]
+def panels() -> list[str]:
+    """Every kind's curve panel names (DsKind.curve_metrics), in order; a kind draws those it has."""
+    return list(dict.fromkeys(name for kind in all_kinds() for _, name in kind.curve_metrics))
 CURVE_FIX = "delete it or move it out of curves/"
 CURVE_HINT = "run experiments.evaluate with --curve_every=N to add a point every N batches"
 DOWNSTREAM_RANGE = {"accuracy": (-0.03, 1.03), "f1": (-0.03, 1.03), "mcc": (-1.05, 1.05)}
@@ -91,7 +88,7 @@ def _curve_points(s: RunSummary) -> list[dict[str, Any]]:
 def metric_points(s: RunSummary) -> list[dict[str, Any]]:
     """The run's points: its curve files, then (complete runs) the final result of the case files,
     which replaces a curve point at the same number of edits."""
-    if s.ds_kind not in CURVE_METRICS:
+    if s.kind is None:
         return []
     points: dict[int, dict[str, Any]] = {}
     for point in _curve_points(s):
@@ -106,7 +103,7 @@ def metric_points(s: RunSummary) -> list[dict[str, Any]]:
     for n in sorted(points):
         p = points[n]
         row = {k: p[k] for k in ("source", "num_edits", "batch_index", "n_cases")}
-        for key, name in CURVE_METRICS[s.ds_kind]:
+        for key, name in s.kind.curve_metrics:
             mean = p["values"].get(key, (math.nan, math.nan))[0]
             row[name] = mean if math.isfinite(mean) else None
         rows.append(row)
@@ -122,12 +119,13 @@ def _csv(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def metrics_table(summaries: Sequence[RunSummary]) -> tuple[list[str], list[list[Any]]]:
-    header = ["label", "alg_name", "run", "ds_kind", "source", "num_edits", "batch_index", "n_cases", *PANELS]
+    names = panels()
+    header = ["label", "alg_name", "run", "ds_kind", "source", "num_edits", "batch_index", "n_cases", *names]
     rows = []
     for s in summaries:
         for p in metric_points(s):
             rows.append([run_label(s, summaries), s.alg_name, s.run, s.ds_kind, p["source"], p["num_edits"],
-                         p["batch_index"], p["n_cases"], *(p.get(name) for name in PANELS)])
+                         p["batch_index"], p["n_cases"], *(p.get(name) for name in names)])
     return header, rows
 
 
@@ -183,20 +181,20 @@ def _grid(n: int, max_cols: int) -> tuple[int, int]:
 
 def _metrics_title(rows: list[list[Any]], header: list[str], ds_kind: str) -> str:
     if any(r[header.index("source")] == "curve" for r in rows):
-        return (f"{DS_TITLES[ds_kind]}: edited cases so far vs number of edits "
+        return (f"{kind_named(ds_kind).title}: edited cases so far vs number of edits "
                 "(teacher-forced; last point: final case files)")
     # One dot per run says nothing about the path there; say how to get the path.
-    return f"{DS_TITLES[ds_kind]}: final results only; no curve points ({CURVE_HINT})"
+    return f"{kind_named(ds_kind).title}: final results only; no curve points ({CURVE_HINT})"
 
 
 def draw_metrics(header: list[str], rows: list[list[Any]], path: Path, order: dict[str, int],
                  ds_kind: str = "counterfact") -> Path:
     Figure = _figure_class()
-    panels = [name for name in PANELS if any(r[header.index(name)] is not None for r in rows)]
-    fig = Figure(figsize=(3.6 * len(panels), 3.6), layout="constrained")
-    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    drawn = [name for name in panels() if name in header and any(r[header.index(name)] is not None for r in rows)]
+    fig = Figure(figsize=(3.6 * len(drawn), 3.6), layout="constrained")
+    axes = fig.subplots(1, len(drawn), squeeze=False)[0]
     labels = list(dict.fromkeys(r[0] for r in rows))
-    for ax, name in zip(axes, panels):
+    for ax, name in zip(axes, drawn):
         col = header.index(name)
         for label in labels:
             pts = [(r[header.index("num_edits")], r[col]) for r in rows if r[0] == label and r[col] is not None]
@@ -260,7 +258,7 @@ def _note_missing_curves(summaries: Sequence[RunSummary], header: list[str], row
     """A note on each run drawn without curve points: how to get them (main() prints new notes)."""
     for s in summaries:
         mine = [r for r in rows if r[0] == run_label(s, summaries)]
-        if s.ds_kind not in CURVE_METRICS or not s.n_cases or any(r[header.index("source")] == "curve" for r in mine):
+        if s.kind is None or not s.n_cases or any(r[header.index("source")] == "curve" for r in mine):
             continue
         if mine:
             s.notes.append(f"{METRICS_FIGURE}: only the final point (the run has no curves/ points); {CURVE_HINT}")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 
-from dsets import load_edit_dataset
+from experiments.ds_kinds import load_edit_dataset
 from experiments.run_paths import RunPaths
 from experiments.settings import RunConfig, RunError
 from util.requests import normalize_request

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from experiments.metrics.summary import PAPER_COLUMNS
-from experiments.summarize_runs import DOWNSTREAM_METRICS, DS_TITLES, RunSummary
+from experiments.ds_kinds import all_kinds
+from experiments.summarize_runs import DOWNSTREAM_METRICS, RunSummary
 from util.atomic_files import write_text_atomic
 
 # The settings worth a row in the report (config.json "args"), in this order; the rest follow.
@@ -80,10 +80,10 @@ def _settings(s: RunSummary) -> str:
 
 def _results(summaries: Sequence[RunSummary]) -> list[str]:
     blocks = []
-    for ds_kind, columns in PAPER_COLUMNS.items():
-        rows = []
+    for kind in all_kinds():
+        columns, rows = kind.columns, []
         for s in summaries:
-            if s.ds_kind != ds_kind:
+            if s.ds_kind != kind.name:
                 continue
             if s.pre is not None:
                 rows.append([f"{s.label} pre-edited", s.n_pre_cases, *(_mean_std(s.pre.get(k)) for k in columns)])
@@ -91,9 +91,7 @@ def _results(summaries: Sequence[RunSummary]) -> list[str]:
                 mark = "" if s.complete else " (INCOMPLETE)"
                 rows.append([f"{s.label}{mark}", s.n_cases, *(_mean_std(s.post.get(k)) for k in columns)])
         if rows:
-            scale = ("×100; Score = harmonic mean of Efficacy, Generalization, Specificity"
-                     if ds_kind == "counterfact" else "×100, token-level top-1 accuracy")
-            blocks.append(f"### {DS_TITLES[ds_kind]}\n\nMean ± std over cases ({scale}).\n\n"
+            blocks.append(f"### {kind.title}\n\nMean ± std over cases ({kind.scale}).\n\n"
                           + md_table(["run", "cases", *columns.values()], rows))
     for s in summaries:
         if not s.downstream:

@@ -20,6 +20,7 @@ from dsets import AttributeSnippets, DataFileMissing, load_tfidf_vectorizer
 from experiments.case_scoring import CaseScorer, Timer, no_timer
 from experiments.curves import maybe_write_curve_point, read_curve_point, weights_digest
 from experiments.downstream import run_downstream_eval, write_downstream_result
+from experiments.ds_kinds import kind_of
 from experiments.metrics.fluency import MetricOptions
 from experiments.run_files import EDIT_REPORTS, case_file, read_json
 from experiments.run_paths import RunPaths
@@ -38,7 +39,7 @@ class ScoringPass(Protocol):
 
 def generation_every(cfg: RunConfig) -> int:
     """Generation tests on every N-th case (0: none), as CaseScorer runs them."""
-    if cfg.skip_generation_tests or cfg.ds_name == "zsre":
+    if cfg.skip_generation_tests or not kind_of(cfg.ds_name).generation:
         return 0
     return max(cfg.generation_test_interval, 0)
 
@@ -54,7 +55,7 @@ class Scorers:
     def __call__(self, generation: bool = True) -> CaseScorer:
         cfg = self.cfg
         if generation and self._extras is None:
-            self._extras = _generation_resources(cfg, self.paths) if cfg.ds_name != "zsre" else (None, None)
+            self._extras = _generation_resources(cfg, self.paths) if generation_every(cfg) else (None, None)
         return CaseScorer(self.model, self.tok, cfg.ds_name, generation_every(cfg) if generation else 0, cfg.seed,
                           MetricOptions.from_names(cfg.metric_departures),
                           self._extras if generation else (None, None))

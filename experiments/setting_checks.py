@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from experiments.algorithms import get_algorithm
+from experiments.ds_kinds import kind_of
 from experiments.metrics.fluency import MetricOptions
 from experiments.run_paths import RunPaths
 from experiments.saved_model import edit_info, editor_state_path, save_dir_problem
@@ -22,9 +23,9 @@ def check_settings(cfg: RunConfig, paths: RunPaths) -> None:
     except ValueError as err:
         raise RunError(str(err)) from None
     check_values(cfg)
-    if cfg.ds_name == "cf" and cfg.num_edits > 1:
-        raise RunError("--ds_name=cf allows only --num_edits=1 (CounterFact repeats subjects across records); "
-                       "use --ds_name=mcf for batches of edits")
+    why = kind_of(cfg.ds_name).rule_for_batches(cfg.ds_name, cfg.num_edits)
+    if why:
+        raise RunError(f"--ds_name={cfg.ds_name} allows only --num_edits=1: {why}")
     try:
         MetricOptions.from_names(cfg.metric_departures)
     except ValueError as err:

@@ -71,9 +71,9 @@ def _algorithms() -> list[str]:
 
 
 def _ds_names() -> Sequence[str]:
-    from dsets import DS_NAMES
+    from experiments.ds_kinds import ds_names
 
-    return DS_NAMES
+    return ds_names()
 
 
 @dataclass

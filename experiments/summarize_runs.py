@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
+from experiments.ds_kinds import DsKind, all_kinds, ds_names, kind_named, kind_of, kind_of_post
 from experiments.metrics.summary import (
     METRIC_DESCRIPTIONS,
-    PAPER_COLUMNS,
     json_type,
     post_problem,
     summarize_cases,
@@ -35,8 +35,6 @@ from util.atomic_files import write_text_atomic
 CASE_FILE = re.compile(r"^(\d+)_edits-case_(.+)\.json$")  # experiments.run_files.case_file names
 PRE_EDIT_DIR, PRE_EDIT_FILE = "pre_edit", re.compile(r"^case_(.+)\.json$")  # --eval_pre_edit scores
 DOWNSTREAM_DIR, DOWNSTREAM_FILE = "downstream", re.compile(r"^edits_\d+\.json$")
-DS_KINDS = {"mcf": "counterfact", "cf": "counterfact", "zsre": "zsre"}
-DS_TITLES = {"counterfact": "CounterFact", "zsre": "zsRE"}
 DOWNSTREAM_METRICS = ("accuracy", "f1", "mcc")
 HELP_WIDTH = 100
 
@@ -48,8 +46,8 @@ RUN_KEY_DESCRIPTIONS: dict[str, str] = {
               "with --stop_after_batches, or crashed): its numbers cover only the cases scored so far.",
     "path": "The run folder.",
     "model_name": "Model edited (config.json).",
-    "ds_name": "Dataset (config.json): mcf/cf = CounterFact, zsre = zsRE.",
-    "ds_kind": "Which paper table the run belongs to: counterfact or zsre.",
+    "ds_name": "Dataset (config.json): " + ", ".join(f"{'/'.join(k.loaders)} = {k.title}" for k in all_kinds()) + ".",
+    "ds_kind": "Which paper table the run belongs to: " + " or ".join(k.name for k in all_kinds()) + ".",
     "num_edits": "Edits per batch (config.json; the paper: 100).",
     "dataset_size_limit": "Records edited in all (config.json; null = the whole dataset).",
     "n_cases": "Cases summarized (case files read, after --first_n_cases).",
@@ -95,7 +93,7 @@ class RunSummary:
     path: Path
     complete: bool
     config: dict[str, Any]
-    ds_kind: str | None
+    ds_kind: str | None  # the DsKind's name
     n_cases: int = 0
     n_generation_cases: int = 0
     n_pre_cases: int = 0
@@ -114,13 +112,17 @@ class RunSummary:
         return f"{self.alg_name}/{self.run}"
 
     @property
+    def kind(self) -> DsKind | None:
+        return kind_named(self.ds_kind) if self.ds_kind else None
+
+    @property
     def status(self) -> str:
         return "complete" if self.complete else "INCOMPLETE"
 
     def paper(self, metrics: dict[str, tuple[float, float]] | None) -> dict[str, Stat] | None:
-        if metrics is None or self.ds_kind is None:
+        if metrics is None or self.kind is None:
             return None
-        return {name: _stat(metrics[key]) for key, name in PAPER_COLUMNS[self.ds_kind].items() if key in metrics}
+        return {name: _stat(metrics[key]) for key, name in self.kind.columns.items() if key in metrics}
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -276,14 +278,11 @@ def _run_config(run_dir: Path, notes: list[str]) -> dict[str, Any]:
 
 
 def _ds_kind(config: dict[str, Any], posts: Sequence[Any]) -> str | None:
-    if config.get("ds_name") in DS_KINDS:
-        return DS_KINDS[config["ds_name"]]
-    for post in posts:  # no (usable) config: tell by the metrics' shape
-        if isinstance(post, dict) and "rewrite_prompts_probs" in post:
-            return "counterfact"
-        if isinstance(post, dict) and "rewrite_prompts_correct" in post:
-            return "zsre"
-    return None
+    """The name of the run's dataset kind: from config.json's ds_name, else by the metrics' shape."""
+    if config.get("ds_name") in ds_names():
+        return kind_of(config["ds_name"]).name
+    kinds = (kind_of_post(post) for post in posts)
+    return next((kind.name for kind in kinds if kind), None)
 
 
 @dataclass
@@ -389,7 +388,7 @@ def _read_pre_edit(path: Path, ds_kind: str | None, warnings: list[str]) -> dict
     """One ``pre_edit/case_<id>.json``; None (and a warning) when it is unreadable or of the wrong shape."""
     try:
         post = _read_json(path)
-        problem = post_problem(post, ds_kind or _ds_kind({}, [post]) or "counterfact")
+        problem = post_problem(post, ds_kind or _ds_kind({}, [post]) or all_kinds()[0].name)
         if problem:
             raise FileProblem(path, f"not pre-edit scores of the right shape: {problem}")
     except FileProblem as err:
@@ -505,7 +504,7 @@ def summarize_run(run_dir: str | Path, first_n_cases: int | None = None) -> RunS
     ds_kind = _ds_kind(config, [c.data["post"] for c in cases])
     if cases and ds_kind is None:
         raise SummaryError(f"{run_dir}: cannot tell the dataset: ds_name={config.get('ds_name')!r} in config.json "
-                           f"(not one of {', '.join(DS_KINDS)}) and the case files' metrics are of neither kind")
+                           f"(not one of {', '.join(ds_names())}) and the case files' metrics are of no known kind")
     cases = _usable_cases(cases, ds_kind, warnings) if cases else []
     if n_files and not cases:
         raise _nothing_usable(run_dir, n_files, warnings)
@@ -582,13 +581,13 @@ def _run_line(s: RunSummary) -> str:
     parts = [f"model={c.get('model_name', '?')}", f"ds={c.get('ds_name', '?')}",
              f"edits/batch={c.get('num_edits', '?')}", f"size_limit={'all' if limit is None else limit}",
              f"cases={s.n_cases}"]
-    if s.n_cases and s.ds_kind == "counterfact":
+    if s.n_cases and s.kind and s.kind.generation:
         parts.append(f"generation cases={s.n_generation_cases}")
     return f"{s.label}  [{s.status}]  " + ", ".join(parts) + f"  ({s.path})"
 
 
-def _metrics_table(summaries: Sequence[RunSummary], ds_kind: str) -> str:
-    columns = PAPER_COLUMNS[ds_kind]
+def _metrics_table(summaries: Sequence[RunSummary], kind: DsKind) -> str:
+    columns = kind.columns
     rows = []
     for s in summaries:
         mark = "" if s.complete else " (INCOMPLETE)"
@@ -596,9 +595,7 @@ def _metrics_table(summaries: Sequence[RunSummary], ds_kind: str) -> str:
             rows.append([f"{s.label} pre-edited", str(s.n_pre_cases), *(_cell(s.pre.get(k)) for k in columns)])
         if s.n_cases:
             rows.append([f"{s.label}{mark}", str(s.n_cases), *(_cell(s.post.get(k)) for k in columns)])
-    scale = "×100; Score = harmonic mean of Efficacy, Generalization, Specificity" if ds_kind == "counterfact" \
-        else "×100, token-level top-1 accuracy"
-    title = f"{DS_TITLES[ds_kind]}: mean ± std over cases ({scale})"
+    title = f"{kind.title}: mean ± std over cases ({kind.scale})"
     return title + "\n" + format_table(["run", "cases", *columns.values()], rows)
 
 
@@ -626,10 +623,10 @@ def format_report(summaries: Sequence[RunSummary], skipped: Sequence[str] = ()) 
         blocks[0] += "".join(f"\n    note: {n}" for n in s.notes)
     for line in skipped:
         blocks[0] += f"\n  {line}"
-    for ds_kind in PAPER_COLUMNS:
-        chosen = [s for s in summaries if s.ds_kind == ds_kind and (s.n_cases or s.pre is not None)]
+    for kind in all_kinds():
+        chosen = [s for s in summaries if s.ds_kind == kind.name and (s.n_cases or s.pre is not None)]
         if chosen:
-            blocks.append(_metrics_table(chosen, ds_kind))
+            blocks.append(_metrics_table(chosen, kind))
     blocks.extend(_downstream_table(s) for s in summaries if s.downstream)
     return "\n\n".join(blocks) + "\n"
 
@@ -717,9 +714,9 @@ def describe_outputs() -> str:
                                subsequent_indent=" " * (width + 4)) for k, v in table.items()]
         return title + "\n" + "\n".join(lines)
 
-    columns = "\n".join(textwrap.fill(f"{DS_TITLES[kind]}: " + ", ".join(f"{name} = {key}" for key, name in cols.items()),
+    columns = "\n".join(textwrap.fill(f"{kind.title}: " + ", ".join(f"{name} = {key}" for key, name in kind.columns.items()),
                                      HELP_WIDTH, initial_indent="  ", subsequent_indent="    ")
-                       for kind, cols in PAPER_COLUMNS.items())
+                       for kind in all_kinds())
     return "\n\n".join([
         "Paper columns (printed tables, and 'paper' in the JSON):\n" + columns,
         block("Per-run keys:", RUN_KEY_DESCRIPTIONS),

@@ -24,6 +24,7 @@ from dsets import (
     zsre_record_to_case,
 )
 from dsets import data_dir as data_dir_module
+from experiments.ds_kinds import load_edit_dataset
 
 CANONICAL = "https://memit.baulab.info/data/dsets/"
 
@@ -150,7 +151,7 @@ def test_counterfact_from_data_folder_single_and_multi(tmp_path, offline):
     assert [r["case_id"] for r in CounterFactDataset(tmp_path)] == [0, 1]
     assert [r["case_id"] for r in CounterFactDataset(tmp_path, multi=True)] == [5]
     assert [r["case_id"] for r in MultiCounterFactDataset(tmp_path)] == [5]
-    assert [r["case_id"] for r in dsets.load_edit_dataset("cf", tmp_path)] == [0, 1]
+    assert [r["case_id"] for r in load_edit_dataset("cf", tmp_path)] == [0, 1]
     assert offline == []  # files present: no download attempted
 
 
@@ -306,11 +307,11 @@ def test_zsre_empty_answers_and_missing_field(tiny_tok):
 
 def test_zsre_folder_and_registry(tmp_path, tiny_tok, offline):
     write_json(tmp_path / "zsre_mend_eval.json", [zsre_raw(), zsre_raw(subject="Where")])
-    assert len(dsets.load_edit_dataset("zsre", tmp_path, tok=tiny_tok)) == 2
+    assert len(load_edit_dataset("zsre", tmp_path, tok=tiny_tok)) == 2
     with pytest.raises(ValueError, match="tokenizer"):
-        dsets.load_edit_dataset("zsre", tmp_path)
+        load_edit_dataset("zsre", tmp_path)
     with pytest.raises(ValueError, match="cf, mcf, zsre"):
-        dsets.load_edit_dataset("wiki", tmp_path)
+        load_edit_dataset("wiki", tmp_path)
 
 
 # --- knowns, snippets, TF-IDF ----------------------------------------------------------------

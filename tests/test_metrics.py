@@ -12,7 +12,6 @@ from helpers import COUNTERFACT, ZSRE_POSTS, cf_post
 from dsets import AttributeSnippets, vectorizer_from_stats
 from experiments.metrics import (
     METRIC_DESCRIPTIONS,
-    PAPER_COLUMNS,
     MetricOptions,
     compute_rewrite_quality_counterfact,
     compute_rewrite_quality_zsre,
@@ -25,6 +24,7 @@ from experiments.metrics import (
     tfidf_similarity,
     word_tokenize,
 )
+from experiments.ds_kinds import kind_named
 from util.tokens import encode
 
 
@@ -399,7 +399,7 @@ def test_summarize_counterfact_hand_computed():
     score, spread = summary["score"]
     assert score == pytest.approx(3 / (1 / 100 + 1 / 25 + 1 / 50)) and math.isnan(spread)
     assert "essence_score" not in summary
-    assert set(summary) <= set(METRIC_DESCRIPTIONS) and set(PAPER_COLUMNS["counterfact"]) <= set(summary)
+    assert set(summary) <= set(METRIC_DESCRIPTIONS) and set(kind_named("counterfact").columns) <= set(summary)
 
 
 def test_summarize_ties_count_for_neither_and_zero_sinks_score():
@@ -418,7 +418,7 @@ def test_summarize_zsre_hand_computed():
 
 
 def test_summarize_bad_input():
-    with pytest.raises(ValueError, match="ds_kind"):
+    with pytest.raises(ValueError, match="unknown dataset kind 'mcf'; known: counterfact, zsre"):
         summarize_cases([{}], "mcf")
     with pytest.raises(ValueError, match="rewrite_prompts_probs"):
         summarize_cases([{"rewrite_prompts_correct": [True]}], "counterfact")

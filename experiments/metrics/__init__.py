@@ -21,7 +21,6 @@ from experiments.metrics.scoring import (
 )
 from experiments.metrics.summary import (
     METRIC_DESCRIPTIONS,
-    PAPER_COLUMNS,
     harmonic_mean,
     summarize_cases,
 )
@@ -30,7 +29,6 @@ from experiments.metrics.zsre import compute_rewrite_quality_zsre
 __all__ = [
     "DEPARTURES",
     "METRIC_DESCRIPTIONS",
-    "PAPER_COLUMNS",
     "ContinuationScore",
     "MetricOptions",
     "compute_rewrite_quality_counterfact",

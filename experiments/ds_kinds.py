@@ -1,0 +1,123 @@
+"""Dataset kinds as data: what the harness knows about each kind of edit dataset, in one entry.
+
+A kind says how its records load (per ``--ds_name``), how a case is scored teacher-forced, whether
+it has generation tests, how a case's scores reduce to per-case numbers, which of those form the
+paper's table and the curve panels, and how the table reads. Nothing else branches on dataset
+names: a new kind (multi-hop, long-form...) is a loader in ``dsets/``, its metrics in
+``experiments/metrics/`` and one :class:`DsKind` in :data:`KINDS`.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dsets.counterfact import CounterFactDataset
+from dsets.records import RecordList
+from dsets.zsre import ZsreDataset
+from experiments.metrics.counterfact import probability_metrics_many
+from experiments.metrics.per_case import CORRECT, NLL_PAIRS, PostList, Row, counterfact_row, zsre_row
+from experiments.metrics.zsre import compute_rewrite_quality_zsre_many
+
+Loader = Callable[[str | Path, Any, int | None], RecordList]  # (data dir or file, tokenizer, size)
+Scorer = Callable[[Any, Any, Sequence[dict]], list[dict[str, Any]]]  # (model, tok, records) -> posts
+
+
+@dataclass(frozen=True)
+class DsKind:
+    name: str                              # written in curve files and summaries
+    title: str                             # tables and figures
+    loaders: Mapping[str, Loader]          # --ds_name -> its records
+    teacher_forced: Scorer                 # a case's metrics on the model as it is
+    per_case: Callable[[dict[str, Any]], Row]  # a case's post -> one number per metric
+    post_lists: tuple[PostList, ...]       # the lists a post holds per group; the first is required
+    columns: Mapping[str, str]             # the paper's table: per-case metric key -> column name
+    curve_metrics: tuple[tuple[str, str], ...]  # curve panels (teacher-forced metrics only)
+    scale: str                             # how the table's numbers read
+    generation: bool = False               # generation tests (Fluency, Consistency) on some cases
+    score_of: tuple[str, ...] = ()         # rates whose harmonic mean is "score" (none: no Score)
+    one_edit_per_batch: Mapping[str, str] | None = None  # --ds_name -> why batches are refused
+
+    def rule_for_batches(self, ds_name: str, num_edits: int) -> str | None:
+        """Why ``num_edits`` edits per batch cannot be read from ``ds_name``; None when they can."""
+        why = (self.one_edit_per_batch or {}).get(ds_name)
+        return why if why and num_edits > 1 else None
+
+
+def _counterfact(data_dir: str | Path, tok: Any, size: int | None) -> RecordList:
+    return CounterFactDataset(data_dir, multi=False, size=size)
+
+
+def _multi_counterfact(data_dir: str | Path, tok: Any, size: int | None) -> RecordList:
+    return CounterFactDataset(data_dir, multi=True, size=size)
+
+
+def _zsre(data_dir: str | Path, tok: Any, size: int | None) -> RecordList:
+    if tok is None:
+        raise ValueError("the zsre dataset needs the model's tokenizer (its neighborhood prompts are per token)")
+    return ZsreDataset(data_dir, tok, size=size)
+
+
+COUNTERFACT = DsKind(
+    name="counterfact", title="CounterFact",
+    loaders={"cf": _counterfact, "mcf": _multi_counterfact},
+    teacher_forced=probability_metrics_many, per_case=counterfact_row, post_lists=(NLL_PAIRS, CORRECT),
+    columns={"rewrite_success": "Efficacy", "paraphrase_success": "Generalization",
+             "neighborhood_success": "Specificity", "ngram_entropy": "Fluency", "reference_score": "Consistency",
+             "score": "Score"},
+    curve_metrics=(("rewrite_success", "Efficacy"), ("paraphrase_success", "Generalization"),
+                   ("neighborhood_success", "Specificity"), ("score", "Score")),
+    scale="×100; Score = harmonic mean of Efficacy, Generalization, Specificity",
+    generation=True, score_of=("rewrite_success", "paraphrase_success", "neighborhood_success"),
+    one_edit_per_batch={"cf": "CounterFact repeats subjects across records; use --ds_name=mcf "
+                              "(MultiCounterFact, no subject twice) for batches of edits"},
+)
+ZSRE = DsKind(
+    name="zsre", title="zsRE", loaders={"zsre": _zsre},
+    teacher_forced=compute_rewrite_quality_zsre_many, per_case=zsre_row, post_lists=(CORRECT,),
+    columns={"rewrite_acc": "Efficacy", "paraphrase_acc": "Generalization", "neighborhood_acc": "Specificity"},
+    curve_metrics=(("rewrite_acc", "Efficacy"), ("paraphrase_acc", "Generalization"),
+                   ("neighborhood_acc", "Specificity")),
+    scale="×100, token-level top-1 accuracy",
+)
+KINDS: tuple[DsKind, ...] = (COUNTERFACT, ZSRE)
+
+
+# Callers ask these functions rather than holding KINDS, so a kind added to it is seen everywhere.
+def all_kinds() -> tuple[DsKind, ...]:
+    return KINDS
+
+
+def ds_names() -> tuple[str, ...]:
+    """Every --ds_name value, in the order of KINDS."""
+    return tuple(name for kind in KINDS for name in kind.loaders)
+
+
+def kind_named(name: str) -> DsKind:
+    """The kind called ``name`` (as curve files and summaries write it)."""
+    for kind in KINDS:
+        if kind.name == name:
+            return kind
+    raise ValueError(f"unknown dataset kind {name!r}; known: {', '.join(k.name for k in KINDS)}")
+
+
+def kind_of(ds_name: str) -> DsKind:
+    """The kind ``--ds_name`` reads."""
+    for kind in KINDS:
+        if ds_name in kind.loaders:
+            return kind
+    raise ValueError(f"unknown dataset {ds_name!r}; choose one of {', '.join(ds_names())}")
+
+
+def kind_of_post(post: Any) -> DsKind | None:
+    """The kind whose required per-prompt list ``post`` holds (run folders without a usable config)."""
+    for kind in KINDS:
+        if isinstance(post, dict) and f"rewrite{kind.post_lists[0].suffix}" in post:
+            return kind
+    return None
+
+
+def load_edit_dataset(ds_name: str, data_dir: str | Path, tok: Any = None, size: int | None = None) -> RecordList:
+    """Records of ``ds_name`` in the common schema (zsRE needs the tokenizer)."""
+    return kind_of(ds_name).loaders[ds_name](data_dir, tok, size)

@@ -1,0 +1,78 @@
+"""Dataset kinds are data (experiments/ds_kinds.py): no other module branches on a dataset's name,
+and a kind added as one entry runs, scores, summarizes and plots with nothing else changed."""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import re
+from pathlib import Path
+
+import pytest
+from helpers import CORPUS, COUNTERFACT, TINY_LLAMA
+
+import summarize
+from experiments import ds_kinds
+from experiments.evaluate import main as evaluate
+
+ROOT = Path(__file__).resolve().parents[1]
+# Where a kind's own code lives: the registry, and the metric modules its entry points at.
+KIND_MODULES = {"ds_kinds.py", "metrics/counterfact.py", "metrics/zsre.py", "metrics/per_case.py"}
+NAMES = "|".join(["cf", "mcf", "zsre", "counterfact"])
+BRANCH = re.compile(rf'(==|!=)\s*"({NAMES})"|"({NAMES})"\s*(==|!=)|\bin \(("({NAMES})",?\s*)+\)|"({NAMES})":')
+
+
+def test_no_module_branches_on_a_dataset_name():
+    found = []
+    for path in sorted((ROOT / "experiments").rglob("*.py")):
+        if str(path.relative_to(ROOT / "experiments")) in KIND_MODULES:
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if BRANCH.search(line):
+                found.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+    assert not found, "dataset names branched on outside experiments/ds_kinds.py:\n" + "\n".join(found)
+
+
+def test_the_branch_pattern_finds_branches():
+    assert BRANCH.search('if cfg.ds_name == "zsre":') and BRANCH.search('DS = {"mcf": "counterfact"}')
+    assert BRANCH.search('if name in ("cf", "mcf"):') and not BRANCH.search('help="--ds_name=mcf"')
+
+
+LITE = dataclasses.replace(
+    ds_kinds.COUNTERFACT, name="cf_lite", title="CounterFact-lite",
+    loaders={"cflite": ds_kinds.COUNTERFACT.loaders["mcf"]},
+    columns={"rewrite_success": "Efficacy", "neighborhood_success": "Specificity"},
+    curve_metrics=(("rewrite_success", "Efficacy"),), generation=False, score_of=(), one_edit_per_batch=None)
+
+
+def test_a_kind_added_as_one_entry_runs_end_to_end(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(ds_kinds, "KINDS", (*ds_kinds.KINDS, LITE))
+    hp = json.loads((ROOT / "hparams/NSE/tinystories-260k.json").read_text())
+    (tmp_path / "hp.json").write_text(json.dumps({**hp, "mom2_n_samples": 60, "mom2_max_length": 64}))
+    args = {"alg_name": "NSE", "model_name": str(TINY_LLAMA), "hparams_fname": str(tmp_path / "hp.json"),
+            "ds_name": "cflite", "ds_file": str(COUNTERFACT), "dataset_size_limit": "2", "num_edits": "1",
+            "mom2_dataset": CORPUS, "curve_every": "1", "results_dir": str(tmp_path / "results"),
+            "stats_dir": str(tmp_path / "stats"), "data_dir": str(tmp_path / "no_data")}
+    assert evaluate([f"--{k}={v}" for k, v in args.items()]) == 0
+    run = tmp_path / "results" / "NSE" / "run_000"
+    cases = [json.loads(p.read_text()) for p in run.glob("*_edits-case_*.json")]
+    assert len(cases) == 2 and not any("ngram_entropy" in c["post"] for c in cases)  # generation=False
+    point = json.loads(sorted((run / "curves").iterdir())[-1].read_text())
+    assert point["ds_kind"] == "cf_lite" and point["n_cases"] == 2
+    capsys.readouterr()
+    out = tmp_path / "summary"
+    assert summarize.main(["--dir_name=NSE", f"--results_dir={tmp_path / 'results'}", f"--out={out}", "--plot"]) == 0
+    printed = capsys.readouterr().out
+    assert "CounterFact-lite: mean ± std over cases" in printed
+    header = next(line for line in printed.splitlines() if line.startswith("run "))
+    assert header.split()[2:] == ["Efficacy", "Specificity"]
+    summary = json.loads((out.parent / "summary.json").read_text())
+    assert summary["runs"][0]["ds_kind"] == "cf_lite"
+    efficacy = 100 * sum(sum(p["target_new"] < p["target_true"] for p in c["post"]["rewrite_prompts_probs"])
+                         / len(c["post"]["rewrite_prompts_probs"]) for c in cases) / 2
+    assert summary["runs"][0]["paper"]["post"]["Efficacy"]["mean"] == pytest.approx(efficacy)
+    with (tmp_path / "summary_figures" / "metrics_vs_edits.csv").open() as f:
+        rows = list(csv.DictReader(f))  # the columns of every kind; this kind fills its own
+    assert [(r["ds_kind"], r["source"]) for r in rows] == [("cf_lite", "curve"), ("cf_lite", "final")]
+    assert float(rows[-1]["Efficacy"]) == pytest.approx(efficacy) and rows[-1]["Generalization"] == ""
+    assert (tmp_path / "summary_figures" / "metrics_vs_edits.png").is_file()
