@@ -46,12 +46,27 @@ class MEMITPruneHyperParams(MEMITHyperParams):
             raise HyperParamsError(f"'prune_svd_dtype' must be one of {SVD_DTYPES}, got {self.prune_svd_dtype!r}")
 
 
+RECT_TIMINGS = ("after_layers", "per_layer")
+RECT_RULES = ("original", "exact_share")
+
+
 @dataclass(kw_only=True)
 class MEMITRectHyperParams(MEMITHyperParams):
     # Share (in %) of each update's entries kept: those with the largest relative change.
     rect_top_percent: float = 40.0
+    # "after_layers" (the original): every layer's update is computed unrectified, as MEMIT does, then
+    # each is rectified and applied. "per_layer": each layer applies its rectified update at once, so
+    # later layers solve for what was actually applied.
+    rect_timing: str = "after_layers"
+    # "original": keep entries with |Δ/(W+1e-8)| >= the k-th smallest, k = int(numel (100-p)/100), ties
+    # kept (one entry more than the share). "exact_share": exactly round(p/100 numel) entries, by |Δ|/(|W|+1e-8).
+    rect_rule: str = "original"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if not 0 < self.rect_top_percent <= 100:
             raise HyperParamsError(f"'rect_top_percent' must be in (0, 100], got {self.rect_top_percent}")
+        if self.rect_timing not in RECT_TIMINGS:
+            raise HyperParamsError(f"'rect_timing' must be one of {RECT_TIMINGS}, got {self.rect_timing!r}")
+        if self.rect_rule not in RECT_RULES:
+            raise HyperParamsError(f"'rect_rule' must be one of {RECT_RULES}, got {self.rect_rule!r}")

@@ -154,15 +154,61 @@ def test_prune_sets_theta0_plus_restrained_change(tiny_llama):
 
 # -- RECT ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("percent", [40.0, 12.5, 100.0])
-def test_rect_keeps_exactly_the_stated_share(percent):
+def test_rect_exact_share_keeps_exactly_the_stated_share(percent):
     delta, weight = _randn(20, 30), _randn(20, 30)
-    kept = rectify(delta, weight, percent)
+    kept = rectify(delta, weight, percent, rule="exact_share")
     mask = kept != 0
     assert int(mask.sum()) == round(percent / 100 * delta.numel())
     relative = delta.abs() / (weight.abs() + 1e-8)
     if percent < 100:
         assert relative[mask].min() >= relative[~mask].max()  # the largest relative changes
     assert torch.equal(kept[mask], delta[mask])
+
+
+def test_rect_original_rule_cuts_at_the_kth_smallest_and_keeps_ties():
+    """As the original: |delta / (W + 1e-8)| (W signed), threshold = k-th smallest with
+    k = int(numel * 0.6), kept where >= threshold: 600 entries -> k = 360 -> 241 kept."""
+    delta, weight = _randn(20, 30), _randn(20, 30)
+    kept = rectify(delta, weight, 40.0)
+    relative = (delta / (weight + 1e-8)).abs().flatten()
+    threshold = relative.sort().values[359]
+    assert int((kept != 0).sum()) == 241 == int((relative >= threshold).sum())
+    assert torch.equal(kept, delta * (relative >= threshold).view_as(delta))
+    tied = torch.ones(4, 5, dtype=torch.float64)  # all relative changes equal: every entry is kept
+    assert torch.equal(rectify(tied, torch.ones_like(tied), 40.0), tied)
+    assert torch.equal(rectify(delta, weight, 100.0), delta)
+
+
+def _rect_after_one_batch(tok, tmp_path, **options):
+    from helpers import REQUESTS
+
+    from memit.hparams import MEMITRectHyperParams
+    from memit.rect import MEMITRectEditor
+
+    editor = MEMITRectEditor(tiny_model("llama"), tok, _memit_hparams(MEMITRectHyperParams, **options),
+                             stats_dir=tmp_path, progress=False)
+    editor.edit(REQUESTS[:2])
+    return editor
+
+
+def test_rect_rectifies_after_all_layers_as_the_original(tiny_llama, tmp_path):
+    """Default: every layer computed as plain MEMIT, then W = W0 + rectified(W_memit - W0, W0)."""
+    from helpers import REQUESTS
+
+    _, tok = tiny_llama
+    memit = MEMITEditor(tiny_model("llama"), tok, _memit_hparams(), stats_dir=tmp_path, progress=False)
+    memit.edit(REQUESTS[:2])
+    rect = _rect_after_one_batch(tok, tmp_path)
+    for layer in (0, 1):
+        w0 = memit.original[layer].double()
+        expected = w0 + rectify(memit.weights[layer].detach().double() - w0, w0, 40.0)
+        assert torch.allclose(rect.weights[layer].detach().double(), expected, atol=1e-6)
+        assert not torch.allclose(rect.weights[layer].detach(), memit.weights[layer].detach(), atol=1e-6)
+    per_layer = _rect_after_one_batch(tok, tmp_path, rect_timing="per_layer")
+    # The first layer sees nothing rectified before it either way; the second solves for what layer 0
+    # actually received, so it differs.
+    assert torch.allclose(per_layer.weights[0].detach(), rect.weights[0].detach(), atol=1e-6)
+    assert not torch.allclose(per_layer.weights[1].detach(), rect.weights[1].detach(), atol=1e-6)
 
 
 # -- FT -----------------------------------------------------------------------------------------------
