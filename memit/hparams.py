@@ -7,7 +7,8 @@ from typing import ClassVar
 from util.hparams import HyperParamsError
 from util.value_hparams import ValueHyperParams
 
-PRUNE_TIMINGS = ("every_batch", "final")
+PRUNE_TIMINGS = ("final", "every_batch")
+PRUNE_ONTO = ("theta0", "edited_weight")
 SVD_DTYPES = ("float32", "float64")
 
 
@@ -33,15 +34,22 @@ class MEMITHyperParams(ValueHyperParams):
 
 @dataclass(kw_only=True)
 class MEMITPruneHyperParams(MEMITHyperParams):
-    # When the accumulated change is restrained: after every batch (the model scored at any point
-    # is restrained, the paper's sequential intent) or once after the last (the original's timing).
-    prune_timing: str = "every_batch"
+    # When the accumulated change is restrained: once after the last batch (the original's timing) or
+    # after every batch (the model scored at any point is restrained, the paper's sequential intent).
+    prune_timing: str = "final"
     prune_svd_dtype: str = "float32"
+    # Where the restrained change goes: "theta0" (W = theta0 + restrained(W - theta0), the paper's
+    # formula) or "edited_weight" (W + restrained(W - theta0): the original code's line, which counts
+    # the change twice; a bug kept only to reproduce its numbers).
+    prune_restrained_onto: str = "theta0"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.prune_timing not in PRUNE_TIMINGS:
             raise HyperParamsError(f"'prune_timing' must be one of {PRUNE_TIMINGS}, got {self.prune_timing!r}")
+        if self.prune_restrained_onto not in PRUNE_ONTO:
+            raise HyperParamsError(f"'prune_restrained_onto' must be one of {PRUNE_ONTO}, "
+                                   f"got {self.prune_restrained_onto!r}")
         if self.prune_svd_dtype not in SVD_DTYPES:
             raise HyperParamsError(f"'prune_svd_dtype' must be one of {SVD_DTYPES}, got {self.prune_svd_dtype!r}")
 

@@ -19,10 +19,9 @@ def restrain_singular_values(update: torch.Tensor, sigma_max: float, dtype: torc
 
 
 class MEMITPruneEditor(MEMITEditor):
-    """Restrains ``W - theta0`` after every batch or once after the last (``prune_timing``).
-
-    The original adds the restrained change to the already edited W (counting it twice) and only
-    after the last batch; here ``W = theta0 + restrained(W - theta0)``.
+    """Restrains ``W - theta0`` once after the last batch (in finish(), as the original) or after every
+    batch (``prune_timing``). ``W = theta0 + restrained(W - theta0)``; the original adds the restrained
+    change to the already edited W, counting it twice (``prune_restrained_onto="edited_weight"``).
     """
 
     hparams_class = MEMITPruneHyperParams
@@ -50,4 +49,5 @@ class MEMITPruneEditor(MEMITEditor):
             if layer not in self._sigma_max:
                 self._sigma_max[layer] = float(torch.linalg.matrix_norm(theta0, ord=2))
             change = restrain_singular_values(w.to(dtype) - theta0, self._sigma_max[layer], dtype)
-            w.copy_((theta0 + change).to(w.dtype))
+            base = theta0 if self.hparams.prune_restrained_onto == "theta0" else w.to(dtype)
+            w.copy_((base + change).to(w.dtype))

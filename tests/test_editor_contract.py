@@ -21,8 +21,8 @@ TINY_HPARAMS = {
     "NSE": dict(_MEMIT, alpha=0.01, upper_bound=1e4, max_iterations=3, neuron_threshold=0.9),
     "MEMIT": _MEMIT,
     "MEMIT_seq": _MEMIT,
-    # "final": restrain once after the last batch; with "every_batch" PRUNE undoes much of a tiny
-    # model's edit (its weights' largest singular value is small). The restraint has its own tests.
+    # "final" (the original's timing): restrained in finish(); with "every_batch" PRUNE undoes much of
+    # a tiny model's edit (its weights' largest singular value is small). Both timings: below.
     "MEMIT_prune": dict(_MEMIT, prune_timing="final"),
     "MEMIT_rect": dict(_MEMIT, rect_top_percent=60.0),
     "AlphaEdit": dict(_MEMIT, nullspace_threshold=0.5, L2=0.1),
@@ -157,3 +157,57 @@ def test_every_method_finds_its_modules_on_every_architecture(arch, tok):
 
             for name in (editor.value_spec.site, editor.value_spec.final_layer, editor.value_spec.lm_head):
                 get_module(editor.model, name)
+
+
+def _prune(tok, stats_dir, timing):
+    alg = ALGORITHMS["MEMIT_prune"]
+    hparams = alg.hparams_class.from_dict(dict(copy.deepcopy(TINY_HPARAMS["MEMIT_prune"]), prune_timing=timing))
+    return alg.make_editor(tiny_model("llama"), tok, hparams, stats_dir=stats_dir, context_templates=TEMPLATES,
+                           progress=False)
+
+
+def _restrained(editor):
+    """theta0 + restrained(W - theta0) of every edited weight, computed here from the editor's weights."""
+    from memit.prune import restrain_singular_values
+
+    out = {}
+    for layer, w in editor.weights.items():
+        theta0 = editor.original[layer].double()
+        sigma_max = float(torch.linalg.matrix_norm(theta0, ord=2))
+        out[layer] = theta0 + restrain_singular_values(w.detach().double() - theta0, sigma_max, torch.float64)
+    return out
+
+
+@pytest.mark.parametrize("timing", ["final", "every_batch"])
+def test_prune_restrains_when_its_timing_says_and_resumes(timing, tok, stats_dir, tmp_path):
+    """MEMIT_prune through the contract with finish(): "final" edits as MEMIT and restrains once in
+    finish(); "every_batch" restrains after each batch and finish() changes nothing. A run saved after
+    batch 1 and resumed ends where the unbroken run ends."""
+    memit = _editor("MEMIT", "llama", tok, stats_dir)
+    prune = _prune(tok, stats_dir, timing)
+    memit.edit(REQUESTS[:2])
+    prune.edit(REQUESTS[:2])
+    for layer, w in prune.weights.items():
+        if timing == "final":  # the first batch is plain MEMIT
+            assert torch.allclose(w, memit.weights[layer], atol=1e-6)
+        else:
+            assert not torch.allclose(w, memit.weights[layer], atol=1e-4)  # restrained: the test could fail
+    prune.edit(REQUESTS[2:])
+    before_finish = _restrained(prune)
+    kept = {l: w.detach().clone() for l, w in prune.weights.items()}
+    prune.finish()
+    for layer, w in prune.weights.items():
+        if timing == "final":
+            assert torch.allclose(w.double(), before_finish[layer], atol=1e-5)
+            assert not torch.allclose(w, kept[layer], atol=1e-4)  # finish() did restrain
+        else:
+            assert torch.equal(w, kept[layer])
+    first = _prune(tok, stats_dir, timing)
+    first.edit(REQUESTS[:2])
+    first.save(tmp_path / "state.pt")
+    resumed = _prune(tok, stats_dir, timing)
+    resumed.load(tmp_path / "state.pt")
+    resumed.edit(REQUESTS[2:])
+    resumed.finish()
+    for layer, w in prune.weights.items():
+        assert torch.allclose(resumed.weights[layer], w, rtol=1e-5, atol=1e-6)

@@ -135,21 +135,29 @@ def test_prune_restraint_bounds_every_singular_value():
     assert (s_after <= bound + 1e-10).all() and s.max() > bound  # the test could fail
 
 
-def test_prune_sets_theta0_plus_restrained_change(tiny_llama):
-    """Pinned: W = theta0 + restrained(W - theta0); the original adds the restrained change to the
-    already edited W, counting it twice."""
+@pytest.mark.parametrize("onto", ["theta0", "edited_weight"])
+def test_prune_sets_theta0_plus_restrained_change(tiny_llama, onto):
+    """Default: W = theta0 + restrained(W - theta0). ``edited_weight`` reproduces the original code,
+    which adds the restrained change to the already edited W, counting it twice."""
     _, tok = tiny_llama
-    editor = MEMITPruneEditor(tiny_model("llama"), tok, _memit_hparams(MEMITPruneHyperParams, prune_svd_dtype="float64"),
-                              progress=False)
+    hparams = _memit_hparams(MEMITPruneHyperParams, prune_svd_dtype="float64", prune_restrained_onto=onto)
+    editor = MEMITPruneEditor(tiny_model("llama"), tok, hparams, progress=False)
     w, theta0 = editor.weights[0], editor.original[0]
     with torch.no_grad():
         w.add_(torch.randn(w.shape, generator=G).float() * 10)  # a change with large singular values
     change = (w.detach() - theta0).double()
     sigma_max = float(torch.linalg.matrix_norm(theta0.double(), ord=2))
     editor.restrain()
-    expected = theta0.double() + restrain_singular_values(change, sigma_max, torch.float64)
+    restrained = restrain_singular_values(change, sigma_max, torch.float64)
+    paper, original = theta0.double() + restrained, theta0.double() + change + restrained
+    expected, other = (paper, original) if onto == "theta0" else (original, paper)
     assert torch.allclose(w.double(), expected, atol=1e-4)
-    assert not torch.allclose(w.double(), theta0.double() + change + restrain_singular_values(change, sigma_max, torch.float64), atol=1e-2)
+    assert not torch.allclose(w.double(), other, atol=1e-2)
+
+
+def test_prune_defaults_are_the_originals_timing_and_the_papers_formula():
+    hp = _memit_hparams(MEMITPruneHyperParams)
+    assert (hp.prune_timing, hp.prune_restrained_onto) == ("final", "theta0")
 
 
 # -- RECT ---------------------------------------------------------------------------------------------
