@@ -57,7 +57,8 @@ RUN_KEY_DESCRIPTIONS: dict[str, str] = {
             "an undefined std (Score's) is null in the JSON and empty in the CSV.",
     "pre": "The same metrics on the unedited model (case files' 'pre', else the run's pre_edit/ folder); "
            "null when the run did not score the unedited model (--eval_pre_edit).",
-    "case_time_s": "Seconds spent scoring one case (the case files' 'time'), {mean, std}.",
+    "case_time_s": "Seconds of the edit of the batch a case was in (the case files' 'time'; every case of a "
+                   "batch has the same), {mean, std}; not a scoring time.",
     "paper": "The paper's columns for this dataset, {column: {mean, std}}, for post and pre.",
     "downstream": "General-capability evaluation points, by number of edits so far: "
                   "[{num_edits, batch_index, tasks: {task: {accuracy, f1, mcc, n}}}].",
