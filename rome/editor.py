@@ -33,7 +33,8 @@ class ROMEReport(EditReport):
 class ROMEEditor(Editor):
     """For each request: ``v*`` optimised at the MLP output, ``k*`` the mean key over ROME's context
     templates, ``u = C0^-1 k*`` (``k*`` when ``mom2_adjustment`` is false), then
-    ``W += (v* - W k*) u^T / (u^T k*)``. No state across batches."""
+    ``W += (v* - W k) u^T / (u^T k)`` with ``k`` the key at the request's own prompt, as the original
+    (``write_key="template_mean"``: ``k = k*``). No state across batches."""
 
     hparams_class: ClassVar[type] = ROMEHyperParams
     report_class = ROMEReport
@@ -93,14 +94,18 @@ class ROMEEditor(Editor):
 
     @torch.no_grad()
     def _write(self, request: dict, v_star: torch.Tensor) -> float:
-        name = self.hparams.rewrite_module(self.layer)
-        keys, _ = compute_keys_and_outputs(self.model, self.tok, [request], self.context_templates, [name],
-                                           self.hparams.fact_token, stop_after=name, batch_size=self.batch_size,
-                                           two_stage=False)
         w = self.weights[self.layer]
-        k_star = keys[name][0].to(w.device)  # (f,)
-        current_out = self.module(k_star.to(w.dtype)[None])[0]  # W k* (+ bias), (d,)
+        k_star = self._key(request, self.context_templates).to(w.device)  # (f,): u's input
+        k_write = k_star if self.hparams.write_key == "template_mean" else self._key(request, [["{}"]]).to(w.device)
+        current_out = self.module(k_write.to(w.dtype)[None])[0]  # W k (+ bias), (d,)
         u = key_direction(k_star, self.cov)
-        delta = rank_one_update(current_out, v_star, k_star, u)
+        delta = rank_one_update(current_out, v_star, k_write, u)
         w.add_(delta.to(device=w.device, dtype=w.dtype))
         return float(delta.norm())
+
+    def _key(self, request: dict, templates: list[list[str]]) -> torch.Tensor:
+        """The rewrite module's input at the subject token, one mean over ``templates``.  (f,)"""
+        name = self.hparams.rewrite_module(self.layer)
+        keys, _ = compute_keys_and_outputs(self.model, self.tok, [request], templates, [name], self.hparams.fact_token,
+                                           stop_after=name, batch_size=self.batch_size, two_stage=False)
+        return keys[name][0]

@@ -123,6 +123,35 @@ def test_rome_update_is_rank_one_and_sends_k_star_to_v_star():
     assert torch.allclose(key_direction(k_star, None), k_star)  # mom2_adjustment false: u = k*
 
 
+@pytest.mark.parametrize("write_key", ["plain_prompt", "template_mean"])
+def test_rome_writes_v_star_at_the_key_the_original_uses(tiny_llama, tmp_path, write_key):
+    """Default (the original's compute_v): W' k_plain = v* at the request's own prompt, u = C0^-1 k*
+    from the mean key over the templates. ``template_mean``: W' k* = v*."""
+    from helpers import REQUESTS
+
+    from rome import ROMEEditor, ROMEHyperParams
+
+    _, tok = tiny_llama
+    hp = ROMEHyperParams(layers=[1], fact_token="subject_last", v_num_grad_steps=3, v_lr=0.5, v_loss_layer=2,
+                         v_weight_decay=0.01, clamp_norm_factor=50.0, kl_factor=0.0625, mom2_adjustment=True,
+                         mom2_dataset=CORPUS, mom2_n_samples=10, mom2_dtype="float32", mom2_max_length=32,
+                         context_template_length_params=[[5, 5]], write_key=write_key)
+    editor = ROMEEditor(tiny_model("llama"), tok, hp, stats_dir=tmp_path, progress=False)
+    editor.prepare()
+    request = REQUESTS[0]
+    k_star, k_plain = editor._key(request, editor.context_templates), editor._key(request, [["{}"]])
+    assert not torch.allclose(k_star, k_plain, atol=1e-4)  # the two keys differ: the test could fail
+    v_star, _ = editor._value(request)
+    w0 = editor.weights[1].detach().clone()
+    editor._write(request, v_star)
+    delta = (editor.weights[1].detach() - w0).double()
+    written = k_plain if write_key == "plain_prompt" else k_star
+    assert torch.allclose(editor.module(written[None])[0], v_star, atol=1e-4)
+    u = torch.linalg.solve(editor.cov.double(), k_star.double())
+    right = torch.linalg.svd(delta).Vh[0]  # the update's one direction in key space
+    assert abs(float(right @ u / u.norm())) == pytest.approx(1.0, abs=1e-5)
+
+
 # -- PRUNE ----------------------------------------------------------------------------------------------
 def test_prune_restraint_bounds_every_singular_value():
     update, sigma_max = _randn(8, 12) * 5, 3.0
