@@ -144,6 +144,40 @@ def test_more_samples_than_the_corpus_holds_warns_and_names_the_cache_by_what_wa
     assert stats_cache_paths(model, tok, NAMES, str(corpus), 12, 48, torch.float64, tmp_path / "stats") == files
 
 
+def test_texts_are_cut_where_the_original_cuts_them():
+    from transformers import GPT2Config, LlamaConfig, MistralConfig, Qwen2Config
+
+    from util.stats_cache import effective_max_length, original_context_length
+
+    assert original_context_length(GPT2Config(n_positions=1024)) == 1024
+    assert original_context_length(LlamaConfig(max_position_embeddings=8192)) == 8192
+    assert original_context_length(MistralConfig(sliding_window=None)) == 4096
+    assert original_context_length(MistralConfig(sliding_window=2048)) == 2048
+    assert original_context_length(Qwen2Config(max_position_embeddings=32768)) == 4096
+    model = tiny_model("llama")
+    context = model.config.max_position_embeddings
+    assert effective_max_length(model, None) == context  # the file sets no cap: the model's context
+    assert effective_max_length(model, 16) == 16 and effective_max_length(model, 10 * context) == context
+
+
+def test_a_hub_corpus_is_the_originals_seeded_random_subset(monkeypatch):
+    """random.Random(1) shuffles every row index of the split and the first N are read (the
+    original's FixedRandomSubsetSampler), not the first N rows."""
+    import random
+    import sys
+    import types
+
+    from util.corpus import hub_sample_indices, load_corpus_texts
+
+    rows = [{"text": f"article {i}"} for i in range(50)]
+    fake = types.SimpleNamespace(load_dataset=lambda name, config, split: rows)
+    monkeypatch.setitem(sys.modules, "datasets", fake)
+    order = list(range(50))
+    random.Random(1).shuffle(order)
+    assert hub_sample_indices(50, 7) == order[:7] != list(range(7))
+    assert load_corpus_texts("wikitext", 7) == [f"article {i}" for i in order[:7]]
+
+
 # -- damaged files ---------------------------------------------------------------------------------------
 def test_truncated_cache_file_is_named_and_recomputed(model, tok, tmp_path, caplog):
     corpus = write_corpus(tmp_path / "corpus")

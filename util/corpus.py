@@ -4,13 +4,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 # Hub names of the original project and the (dataset, config) they stand for. The original's
 # ("wikipedia", "20200501.en") is gone from the hub: its name now means the current English dump
-# of the maintained Wikipedia dataset (streamed, so nothing is downloaded in full).
+# of the maintained Wikipedia dataset.
 WIKIPEDIA = ("wikimedia/wikipedia", "20231101.en")
 HUB_CORPORA = {
     "wikipedia": WIKIPEDIA,
@@ -183,13 +184,25 @@ def _text_of(item, where: str) -> str:
     raise CorpusFormatError(f"{where}: each item must be a string or an object with a 'text' field, got {item!r:.80}")
 
 
+HUB_SAMPLE_SEED = 1  # the original's FixedRandomSubsetSampler(seed=1)
+
+
+def hub_sample_indices(n_rows: int, n_samples: int) -> list[int]:
+    """The original's sample of a hub split: ``random.Random(1)`` shuffles every row index and the
+    first ``n_samples`` are read, so it depends on the split's length and order (not the first N)."""
+    order = list(range(n_rows))
+    random.Random(HUB_SAMPLE_SEED).shuffle(order)
+    return order[:n_samples]
+
+
 def _read_hub(spec: str, n_samples: int) -> list[str]:
     name, config = hub_dataset(spec)
     try:
         import datasets
 
-        ds = datasets.load_dataset(name, config, split="train", streaming=True)
-        return [row["text"] for row, _ in zip(ds, range(n_samples))]
+        # The whole split, not a stream: the original's sample needs its length (Wikipedia: a large download).
+        ds = datasets.load_dataset(name, config, split="train")
+        return [ds[i]["text"] for i in hub_sample_indices(len(ds), n_samples)]
     except Exception as err:  # offline, removed dataset, missing 'text' column...
         raise CorpusUnavailable(
             f"could not load the statistics corpus {spec!r} from the Hugging Face hub "

@@ -104,7 +104,7 @@ def collect_second_moments(
     tok,
     module_names: Sequence[str],
     texts: Sequence[str],
-    max_length: int,
+    max_length: int | None,
     dtype: torch.dtype = torch.float32,
     progress: bool = True,
     *,
@@ -263,7 +263,7 @@ def stats_cache_paths(
     module_names: Sequence[str],
     corpus: str,
     n_samples: int,
-    max_length: int,
+    max_length: int | None,
     dtype: torch.dtype,
     cache_dir: str | Path | None,
 ) -> dict[str, Path | None]:
@@ -283,7 +283,7 @@ def cached_second_moments(
     module_names: Sequence[str],
     corpus: str,
     n_samples: int,
-    max_length: int,
+    max_length: int | None,
     dtype: torch.dtype,
     cache_dir: str | Path | None,
     progress: bool = True,
@@ -309,7 +309,8 @@ def cached_second_moments(
     paths = [entries[n] for n in missing if entries[n] is not None]
     checkpoint = partial_path(paths) if paths else None
     log.info("collecting C0 for %s over %s (%d samples, max length %d, %s)%s", ", ".join(missing), corpus,
-             n_samples, max_length, str(dtype).removeprefix("torch."), f"; cache {paths[0].path.parent}" if paths else "")
+             n_samples, effective_max_length(model, max_length), str(dtype).removeprefix("torch."),
+             f"; cache {paths[0].path.parent}" if paths else "")
     start = time.perf_counter()
     stats = collect_second_moments(model, tok, missing, ref.load(), max_length, dtype, progress,
                                    batch_tokens=batch_tokens, checkpoint=checkpoint, checkpoint_every=checkpoint_every)

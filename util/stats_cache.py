@@ -103,10 +103,30 @@ def tokenizer_digest(tok) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def effective_max_length(model: nn.Module, max_length: int) -> int:
-    """Texts longer than the model's context would overrun its positions: clamp to it."""
+# Texts are cut here when the model's config names no context length (the original would fail).
+FALLBACK_CONTEXT = 2048
+
+
+def original_context_length(config) -> int:
+    """Where the original's layer_stats cuts a text: Mistral at its sliding window (or 4096), Qwen2 at
+    4096, any other model at the first of n_positions, max_sequence_length, max_position_embeddings,
+    seq_length its config has."""
+    config = config.get_text_config()
+    if config.model_type == "mistral":
+        return getattr(config, "sliding_window", None) or 4096
+    if config.model_type == "qwen2":
+        return 4096
+    for name in ("n_positions", "max_sequence_length", "max_position_embeddings", "seq_length"):
+        if getattr(config, name, None):
+            return int(getattr(config, name))
+    return FALLBACK_CONTEXT
+
+
+def effective_max_length(model: nn.Module, max_length: int | None) -> int:
+    """Texts are cut at ``max_length`` (None: as the original) and never past the model's positions."""
     context = getattr(model.config.get_text_config(), "max_position_embeddings", None)
-    return min(max_length, context) if context else max_length
+    wanted = original_context_length(model.config) if max_length is None else max_length
+    return min(wanted, context) if context else wanted
 
 
 def digest_of(key: dict) -> str:
@@ -118,7 +138,7 @@ def stats_cache_entries(
     tok,
     module_names: Sequence[str],
     corpus: CorpusRef,
-    max_length: int,
+    max_length: int | None,
     dtype: torch.dtype,
     cache_dir: str | Path | None,
 ) -> dict[str, CacheEntry | None]:

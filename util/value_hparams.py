@@ -31,8 +31,9 @@ class ValueHyperParams(ModuleHyperParams):
     mom2_dataset: str
     mom2_n_samples: int
     mom2_dtype: str
-    # Texts longer than this are truncated for statistics (the original's 8192 for Llama3 OOMs).
-    mom2_max_length: int = 1024
+    # Texts longer than this many tokens are cut for statistics; None: at the model's context, as the
+    # original's layer_stats (util.stats_cache.original_context_length). Files may set a cap.
+    mom2_max_length: int | None = None
 
     USED_MODULE_KEYS: ClassVar[tuple[str, ...]] = ("rewrite_module_tmp", "layer_module_tmp", "ln_f_module",
                                                    "lm_head_module")
@@ -45,7 +46,7 @@ class ValueHyperParams(ModuleHyperParams):
         if self.mom2_dtype not in MOM2_DTYPES:
             raise HyperParamsError(f"'mom2_dtype' must be one of {MOM2_DTYPES}, got {self.mom2_dtype!r}")
         for name in ("v_num_grad_steps", "v_lr", "mom2_n_samples", "mom2_max_length", "clamp_norm_factor"):
-            if getattr(self, name) <= 0:
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise HyperParamsError(f"'{name}' must be > 0, got {getattr(self, name)}")
         for name in ("v_weight_decay", "kl_factor"):
             if getattr(self, name) < 0:
