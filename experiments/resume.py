@@ -15,7 +15,7 @@ from typing import Any
 
 from experiments.run_files import RUN_PATTERN, check_run_files, read_json
 from experiments.saved_model import editor_state_path
-from experiments.settings import RunConfig, RunError, default_settings, resumable_settings
+from experiments.settings import RunConfig, RunError, resumable_settings, settings_before
 from experiments.timings import TIMINGS_FILE
 from util.atomic_files import write_json_atomic
 from util.editor import read_state
@@ -53,7 +53,7 @@ def resume_dir(cfg: RunConfig, results: Path, hparams) -> Path | None:
 
 
 def _check_same_settings(cfg: RunConfig, saved: dict[str, Any]) -> None:
-    defaults, free = default_settings(), resumable_settings()  # defaults: a setting added since the run began
+    defaults, free = settings_before(), resumable_settings()  # what a setting added since the run began meant
     differ = [f"{key}={value!r} differs from the run's {saved.get(key, defaults.get(key))!r}"
               for key, value in dataclasses.asdict(cfg).items()
               if key not in free and not _same_setting(saved.get(key, defaults.get(key)), value)]

@@ -93,7 +93,7 @@ class DownstreamPass:
             return
         log.info("downstream after %d edits: starting", editor.num_edits)
         result = run_downstream_eval(self.model, self.tok, self.paths.glue, n_per_task=self.cfg.downstream_n_per_task,
-                                     seed=self.cfg.seed)
+                                     seed=self.cfg.seed, protocol=self.cfg.downstream_protocol)
         write_downstream_result(path, result, num_edits=editor.num_edits, batch_index=editor.num_batches)
         log.info("downstream after %d edits: %s", editor.num_edits,
                  ", ".join(f"{t} acc {m['accuracy']:.3f}" for t, m in result.items()))

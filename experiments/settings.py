@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from experiments.algorithms import ALGORITHMS
+from experiments.downstream.evaluation import PROTOCOLS
 from experiments.metrics.fluency import DEPARTURES
 from util.model_loading import DEVICE_MAPS, DTYPES
 
@@ -47,10 +48,13 @@ class Rule:
 
 def setting(default: Any = dataclasses.MISSING, help: str = "", *, group: str, rule: Rule | None = None,
             choices: Callable[[], Sequence[str]] | None = None, resumable: bool = False, metavar: str | None = None,
-            factory: Callable[[], Any] | None = None) -> Any:
-    """A RunConfig field with what the CLI and the checks need to know about it."""
+            factory: Callable[[], Any] | None = None, before: Any = dataclasses.MISSING) -> Any:
+    """A RunConfig field with what the CLI and the checks need to know about it.
+
+    ``before``: what a run folder written before this setting existed meant, where that is not the
+    default (a default that changed what is computed); resuming such a run keeps that meaning."""
     metadata = {"help": help, "group": group, "rule": rule, "choices": choices, "resumable": resumable,
-                "metavar": metavar}
+                "metavar": metavar, "before": before}
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -123,6 +127,10 @@ class RunConfig:
                                    group="folders")
     downstream_n_per_task: int = setting(100, "examples per general-capability task", group="scoring",
                                          rule=Rule(1, "examples per task"))
+    downstream_protocol: str = setting(
+        "original", "how the general-capability tasks are scored: original (the original code's prompts, greedy "
+        "answers, weighted F1) or likelihood (the label word of highest likelihood)", group="scoring",
+        choices=lambda: PROTOCOLS, before="likelihood")
     values_batch_size: int | None = setting(
         None, "requests whose values are optimised together (default: the whole batch; lower it if memory runs out)",
         group="compute", rule=Rule(1, "leave it out for the whole batch"))
@@ -158,9 +166,16 @@ def resumable_settings() -> frozenset[str]:
 
 
 def default_settings() -> dict[str, Any]:
-    """Every optional setting's default (what a run folder written before a setting existed meant)."""
+    """Every optional setting's default."""
     return {f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
             for f in dataclasses.fields(RunConfig) if not _required(f)}
+
+
+def settings_before() -> dict[str, Any]:
+    """What a run folder that lacks a setting meant: the setting's ``before``, else its default."""
+    marked = {f.name: f.metadata["before"] for f in dataclasses.fields(RunConfig)
+              if f.metadata.get("before", dataclasses.MISSING) is not dataclasses.MISSING}
+    return {**default_settings(), **marked}
 
 
 def check_values(cfg: RunConfig) -> None:

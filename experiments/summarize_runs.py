@@ -47,6 +47,8 @@ RUN_KEY_DESCRIPTIONS: dict[str, str] = {
     "path": "The run folder.",
     "model_name": "Model edited (config.json).",
     "ds_name": "Dataset (config.json): " + ", ".join(f"{'/'.join(k.loaders)} = {k.title}" for k in all_kinds()) + ".",
+    "downstream_protocol": "How the general-capability tasks were scored: original (the original code's prompts, "
+                           "greedy answers, weighted F1) or likelihood; null without downstream points.",
     "ds_kind": "Which paper table the run belongs to: " + " or ".join(k.name for k in all_kinds()) + ".",
     "num_edits": "Edits per batch (config.json; the paper: 100).",
     "dataset_size_limit": "Records edited in all (config.json; null = the whole dataset).",
@@ -117,6 +119,11 @@ class RunSummary:
         return kind_named(self.ds_kind) if self.ds_kind else None
 
     @property
+    def downstream_protocol(self) -> str:
+        """How its general-capability tasks were scored (runs from before the setting: likelihood)."""
+        return str(self.config.get("downstream_protocol", "likelihood"))
+
+    @property
     def status(self) -> str:
         return "complete" if self.complete else "INCOMPLETE"
 
@@ -133,6 +140,7 @@ class RunSummary:
             "status": self.status,
             **{key: self.config.get(key) for key in ("model_name", "ds_name", "num_edits", "dataset_size_limit")},
             "ds_kind": self.ds_kind,
+            "downstream_protocol": self.downstream_protocol if self.downstream else None,
             "n_cases": self.n_cases,
             "n_generation_cases": self.n_generation_cases,
             "n_pre_cases": self.n_pre_cases,
@@ -613,7 +621,8 @@ def _downstream_table(s: RunSummary) -> str:
                 cells.append("-" if value is None else f"{value:.3f}")
             rows.append([task, metric, *cells])
     n = sorted({p["tasks"][t].get("n") for p in points for t in p["tasks"]} - {None})
-    title = f"Downstream {s.label}{'' if s.complete else ' (INCOMPLETE)'}: zero-shot, 0-1 (n per task: {_listing([str(x) for x in n])})"
+    title = (f"Downstream {s.label}{'' if s.complete else ' (INCOMPLETE)'}: zero-shot, {s.downstream_protocol} "
+             f"protocol, 0-1 (n per task: {_listing([str(x) for x in n])})")
     return title + "\n" + format_table(header, rows, n_label_columns=2)
 
 

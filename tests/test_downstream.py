@@ -114,7 +114,7 @@ def test_higher_likelihood_label_wins_and_metrics_match_hand_values(tmp_path):
     model, tok = _hint_model()
     model.train()  # the eval must switch to eval mode and give the caller's mode back
     result = run_downstream_eval(model, tok, tmp_path, tasks=("sst2",), n_per_task=6, batch_size=4,
-                                 progress=False)
+                                 progress=False, protocol="likelihood")
     assert model.training
     # TP=2 FP=1 FN=1 TN=2: accuracy 4/6, F1 = 2/3, MCC = (2*2 - 1*1) / sqrt(3*3*3*3) = 1/3.
     assert result == {"sst2": pytest.approx({"accuracy": 4 / 6, "f1": 2 / 3, "mcc": 1 / 3, "n": 6})}
@@ -142,7 +142,8 @@ def test_fit_prompt_keeps_bos_and_the_end():
 def test_long_prompts_are_truncated_to_the_model_context(tmp_path):
     _write_json(tmp_path / "sst2.json", HAND_MADE_SST2)
     model, tok = _hint_model(max_len=6)  # every sst2 prompt here is ~14 words
-    result = run_downstream_eval(model, tok, tmp_path, tasks=("sst2",), n_per_task=6, progress=False)
+    result = run_downstream_eval(model, tok, tmp_path, tasks=("sst2",), n_per_task=6, progress=False,
+                                 protocol="likelihood")
     assert result["sst2"]["n"] == 6
     assert max(model.lengths_seen) <= 6
 
@@ -186,7 +187,7 @@ def test_label_words_continue_the_prompt_as_joint_tokenization_would(tiny_llama)
 def test_tiny_model_all_tasks_in_range_and_result_file(tiny_llama, tmp_path):
     model, tok = tiny_llama
     result = run_downstream_eval(model, tok, TASKS_DIR, tasks=tuple(TASKS), n_per_task=8,
-                                 batch_size=16, progress=False)
+                                 batch_size=16, progress=False, protocol="likelihood")
     assert set(result) == set(TASKS)
     for name, metrics in result.items():
         assert metrics["n"] == 8, name

@@ -4,6 +4,7 @@
 the tasks and writes one result file per evaluation point.
 """
 from .evaluation import (
+    PROTOCOLS,
     classification_metrics,
     run_downstream_eval,
     write_downstream_result,
@@ -16,6 +17,7 @@ __all__ = [
     "SHIPPED_GLUE_DIR",
     "TASKS",
     "DownstreamTask",
+    "PROTOCOLS",
     "classification_metrics",
     "run_downstream_eval",
     "write_downstream_result",

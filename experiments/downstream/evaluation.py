@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from util.atomic_files import write_json_atomic
 from util.tokens import pad_token_id
 
+from .original_protocol import ORIGINAL_TASKS, evaluate_original, examples_after_pool
 from .scoring import build_pairs, context_limit, continuation_ids, mean_logprobs
 from .tasks import (
     DEFAULT_TASKS,
@@ -24,7 +25,10 @@ from .tasks import (
     select_subset,
 )
 
-TaskMetrics = dict[str, float | int]  # {"accuracy", "f1", "mcc", "n"}
+TaskMetrics = dict[str, float | int]  # {"accuracy", "f1", "mcc", "n"} (+ "invalid": original protocol)
+# "original": the original code's prompts, greedy answers and metrics (original_protocol.py);
+# "likelihood": this harness's prompts, the label word of highest likelihood, binary/macro F1.
+PROTOCOLS = ("original", "likelihood")
 log = logging.getLogger(__name__)
 
 
@@ -68,19 +72,27 @@ def evaluate_task(model: nn.Module, tok, task: DownstreamTask, records: Sequence
 
 def run_downstream_eval(model: nn.Module, tok, glue_dir: str | Path, tasks: Sequence[str] = DEFAULT_TASKS,
                         n_per_task: int = 100, batch_size: int = 16, seed: int = 0,
-                        progress: bool = True) -> dict[str, TaskMetrics]:
+                        progress: bool = True, protocol: str = "original") -> dict[str, TaskMetrics]:
     """``{task: {"accuracy", "f1", "mcc", "n"}}`` for each task name in ``tasks``.
 
-    The same ``(glue_dir, n_per_task, seed)`` always picks the same examples, so evaluation
-    points along a run of edits are comparable. All task names and files are checked before
-    the model runs, so a typo fails in seconds rather than after the first task.
+    ``protocol`` (PROTOCOLS): "original" reads examples ``[10:10+n]`` of each file and answers by
+    greedy generation as the original; "likelihood" a label-balanced seeded choice scored by
+    likelihood. The same arguments always pick the same examples, so evaluation points along a run
+    are comparable. All task names and files are checked before the model runs.
     """
     if isinstance(tasks, str):
         raise TypeError(f"tasks must be a sequence of task names, e.g. ({tasks!r},)")
-    check_glue_dir(glue_dir)
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown downstream protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
     chosen = {name: get_task(name) for name in tasks}
-    subsets = {name: select_subset(task, load_records(task, glue_dir), n_per_task, seed)
-               for name, task in chosen.items()}
+    unsupported = [name for name in tasks if protocol == "original" and name not in ORIGINAL_TASKS]
+    if unsupported:
+        raise ValueError(f"task(s) {', '.join(unsupported)} have no original protocol (the original ran "
+                         f"{', '.join(ORIGINAL_TASKS)}); use protocol 'likelihood' for them")
+    check_glue_dir(glue_dir)
+    pick = ((lambda task, records: examples_after_pool(records, n_per_task)) if protocol == "original"
+            else (lambda task, records: select_subset(task, records, n_per_task, seed)))
+    subsets = {name: pick(task, load_records(task, glue_dir)) for name, task in chosen.items()}
     was_training = model.training
     model.eval()  # dropout would make the scores random
     start = time.time()
@@ -88,7 +100,10 @@ def run_downstream_eval(model: nn.Module, tok, glue_dir: str | Path, tasks: Sequ
     results = {}
     try:
         for i, name in enumerate(chosen, 1):  # a pass takes minutes on a large model: show each task end
-            results[name] = evaluate_task(model, tok, chosen[name], subsets[name], batch_size, progress)
+            if protocol == "original":
+                results[name] = evaluate_original(model, tok, ORIGINAL_TASKS[name], subsets[name], batch_size)
+            else:
+                results[name] = evaluate_task(model, tok, chosen[name], subsets[name], batch_size, progress)
             log.info("general-capability task %d/%d %s: accuracy %.3f on %d examples", i, len(chosen), name,
                      results[name]["accuracy"], results[name]["n"])
     finally:
