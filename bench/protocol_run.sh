@@ -5,6 +5,8 @@
 #   bash bench/protocol_run.sh NSE                       # a new run in results/stream/NSE/run_NNN
 #   bash bench/protocol_run.sh NSE --continue_from_run=run_000   # resume a killed one
 #   DTYPE=bfloat16 bash bench/protocol_run.sh NSE        # the opt-in bf16 row
+# The published runs scored the general-capability tasks by likelihood (the only protocol then), so
+# that stays this script's default; DOWNSTREAM=original scores them as the original code did.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 alg=${1:?usage: bench/protocol_run.sh ALG [extra flags]}; shift
@@ -12,4 +14,5 @@ gguf=$(python -c "import sys; sys.path.insert(0, 'bench'); from smollm2 import s
 python -m experiments.evaluate --alg_name="$alg" --model_name="$gguf" --hparams_fname=SmolLM2-135M.json \
     --ds_name=mcf --ds_file=assets/counterfact_test2191_first2000.json --dataset_size_limit=2000 \
     --num_edits=100 --downstream_eval_steps=5 --curve_every=5 --generation_test_interval=10 \
-    --dtype="${DTYPE:-float32}" --results_dir="${RESULTS:-results/stream}" "$@"
+    --dtype="${DTYPE:-float32}" --downstream_protocol="${DOWNSTREAM:-likelihood}" \
+    --results_dir="${RESULTS:-results/stream}" "$@"
