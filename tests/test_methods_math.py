@@ -255,24 +255,53 @@ def _ft(tok, **overrides):
     return FTEditor(tiny_model("llama"), tok, hp, progress=False)
 
 
-def test_ft_respects_the_norm_constraint(tiny_llama):
+@pytest.mark.parametrize("theta0", ["batch_start", "pre_edit"])
+def test_ft_respects_the_norm_constraint(tiny_llama, theta0):
+    """Every entry stays within theta0 +- eps; theta0 is the weights when the batch began (the
+    original) or before the first batch (``pre_edit``)."""
     _, tok = tiny_llama
     request = {"case_id": 0, "prompt": "One day Tom met {}", "subject": "Lily", "target_new": {"str": "happy"}}
-    editor = _ft(tok)
+    editor = _ft(tok, ft_theta0=theta0)
     editor.edit([request])
-    editor.edit([dict(request, case_id=1, subject="Max")])  # theta0 is the weights before the first batch
+    after_first = {k: w.detach().clone() for k, w in editor.weights.items()}
+    editor.edit([dict(request, case_id=1, subject="Max")])
     for k, w in editor.weights.items():
-        change = (w.detach() - editor.original[k]).abs().max()
+        base = after_first[k] if theta0 == "batch_start" else editor.original[k]
+        change = (w.detach() - base).abs().max()
         assert 0.9e-3 < change <= 1e-3 + 1e-7, k  # moved, to the bound and not past it
+        total = (w.detach() - editor.original[k]).abs().max()
+        assert (total > 1.1e-3) == (theta0 == "batch_start"), k  # two batches may move it 2 eps
     free = _ft(tok, norm_constraint=False)
     free.edit([request])
     assert max((w.detach() - free.original[k]).abs().max() for k, w in free.weights.items()) > 1e-2
 
 
-def test_ft_loss_is_teacher_forced(tiny_llama):
-    """Each target token is scored at its own position (the original reads all at the last prompt one)."""
+def test_ft_loss_is_the_originals_last_position_bag_of_tokens(tiny_llama):
+    """Default: every token of tok(" " + target) (BOS included for Llama; no unk token here, so
+    nothing masked) is scored at the last prompt position; per request the mean, then over requests."""
     _, tok = tiny_llama
     editor = _ft(tok)
+    requests = [{"case_id": 0, "prompt": "One day Tom met {}", "subject": "Lily", "target_new": {"str": "happy dog"}},
+                {"case_id": 1, "prompt": "The dog was named {}", "subject": "Max", "target_new": {"str": " red"}}]
+    from util.tokens import encode
+
+    expected = []
+    for r, text in zip(requests, (" happy dog", " red")):
+        prompt = encode(tok, r["prompt"].replace("{}", r["subject"]))
+        target = tok(text)["input_ids"]
+        with torch.no_grad():
+            lp = torch.log_softmax(editor.model(torch.tensor([prompt])).logits[0, -1], -1)
+        padded = target + [tok.pad_token_id or tok.eos_token_id] * (len(tok(" happy dog")["input_ids"]) - len(target))
+        expected.append(-sum(lp[t] for t in padded) / len(padded))  # no unk token: the padding counts
+    assert tok.unk_token_id is None or tok.unk_token_id not in sum((tok(t)["input_ids"] for t in (" happy dog", " red")), [])
+    with torch.no_grad():
+        assert torch.allclose(editor._loss(requests), sum(expected) / 2, atol=1e-5)
+
+
+def test_ft_loss_teacher_forced_on_request(tiny_llama):
+    """``ft_loss="teacher_forced"``: each target token is scored at its own position."""
+    _, tok = tiny_llama
+    editor = _ft(tok, ft_loss="teacher_forced")
     request = {"case_id": 0, "prompt": "One day Tom met {}", "subject": "Lily", "target_new": {"str": " happy dog"}}
     from util.tokens import encode, encode_target
 
@@ -282,6 +311,32 @@ def test_ft_loss_is_teacher_forced(tiny_llama):
         lp = torch.log_softmax(editor.model(torch.tensor([prompt + target])).logits[0], -1)
         expected = -sum(lp[len(prompt) - 1 + i, t] for i, t in enumerate(target)) / len(target)
         assert torch.allclose(editor._loss([request]), expected, atol=1e-5)
+
+
+def test_ft_weight_decay_power_law_only_on_request(tiny_llama):
+    _, tok = tiny_llama
+    assert _ft(tok, wd_power_law=[-0.5, 0.0], weight_decay=0)._weight_decay(4) == 0.0  # as the original
+    assert _ft(tok, wd_power_law=[-0.5, 0.0], apply_wd_power_law=True)._weight_decay(4) == pytest.approx(0.5)
+
+
+def test_ft_a_block_template_trains_every_parameter_under_it(tiny_llama):
+    """The original's GPT-J ``_wd`` file names a whole block (``transformer.h.{}``)."""
+    _, tok = tiny_llama
+    editor = _ft(tok, rewrite_module_tmp="model.layers.{}")
+    names = set(editor.weights)
+    block = {f"model.layers.1.{n}" for n, _ in editor.model.model.layers[1].named_parameters()}
+    assert names == block and any("self_attn" in n for n in names) and any("mlp" in n for n in names)
+
+
+def test_ft_the_original_gptj_wd_file_names_a_block_that_trains():
+    """hparams/FT/EleutherAI_gpt-j-6B_wd.json (verbatim) on a tiny GPT-J, at a layer it has."""
+    import dataclasses
+
+    hp = dataclasses.replace(FTHyperParams.from_json(ROOT / "hparams/FT/EleutherAI_gpt-j-6B_wd.json"), layers=[1])
+    model = tiny_model("gptj")
+    hp.check_against(model)
+    names = set(hp.parameters_of(model, 1))
+    assert names == {f"transformer.h.1.{n}" for n, _ in model.transformer.h[1].named_parameters()} and len(names) > 4
 
 
 # -- NSE's original selection rule --------------------------------------------------------------------

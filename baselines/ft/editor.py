@@ -31,9 +31,9 @@ class FTEditor(Editor):
     """Adam on the weights ``rewrite_module_tmp`` names, ``num_steps`` epochs or until the loss is
     below 1e-2; after each step every entry is clamped to ``theta0 +- norm_constraint``.
 
-    Targets are teacher forced (each target token predicted at its own position); the original
-    reads every target token off the last prompt position. ``theta0`` is the weights before the
-    first batch (the original clamps around the weights at the start of each batch).
+    As the original by default: every target token is read off the last prompt position
+    (``ft_loss``), ``theta0`` is the weights when the batch began (``ft_theta0``), and
+    ``wd_power_law`` is not applied (``apply_wd_power_law``).
     """
 
     hparams_class: ClassVar[type] = FTHyperParams
@@ -46,7 +46,7 @@ class FTEditor(Editor):
         return params
 
     def _weight_decay(self, n_requests: int) -> float:
-        if self.hparams.wd_power_law is not None:
+        if self.hparams.wd_power_law is not None and self.hparams.apply_wd_power_law:
             a, b = self.hparams.wd_power_law
             return n_requests ** a * math.exp(b)
         return float(self.hparams.weight_decay or 0.0)
@@ -55,6 +55,8 @@ class FTEditor(Editor):
         hp = self.hparams
         # Adam steps float32 master copies: in float16 its eps (1e-8) underflows and steps blow up.
         masters = {k: w.detach().float().clone() for k, w in self.weights.items()}
+        self._theta0 = ({k: m.clone() for k, m in masters.items()} if hp.ft_theta0 == "batch_start"
+                        else {k: w.detach().float() for k, w in self.original.items()})
         optimizer = torch.optim.Adam(masters.values(), lr=hp.lr, weight_decay=self._weight_decay(len(requests)))
         chunks = [requests[s : s + hp.batch_size] for s in range(0, len(requests), hp.batch_size)]
         with frozen(self.model), self.timer("training"):
@@ -83,11 +85,37 @@ class FTEditor(Editor):
         eps = self.hparams.norm_constraint
         for k, w in self.weights.items():
             if not isinstance(eps, bool):  # false: unconstrained
-                theta0 = self.original[k].to(w.device).float()
+                theta0 = self._theta0[k].to(w.device)
                 masters[k].copy_(torch.clamp(masters[k], min=theta0 - eps, max=theta0 + eps))
             w.copy_(masters[k].to(w.dtype))
 
     def _loss(self, requests: list[dict]) -> torch.Tensor:
+        if self.hparams.ft_loss == "last_position":
+            return self._loss_at_last_position(requests)
+        return self._loss_teacher_forced(requests)
+
+    def _loss_at_last_position(self, requests: list[dict]) -> torch.Tensor:
+        """The original's loss: the log-probabilities at the last prompt position of every token of
+        ``" " + target`` (the tokenizer's specials included, so Llama's BOS counts), masked where the
+        token is unk (no unk token: nothing masked, so target padding counts too); per request the
+        masked mean, then the mean over requests."""
+        pad_id = pad_token_id(self.tok)
+        prompts = [encode(self.tok, fill_prompt(r["prompt"], r["subject"])) for r in requests]
+        texts = [r["target_new"]["str"] for r in requests]
+        targets = [list(self.tok(t if t.startswith(" ") else " " + t)["input_ids"]) for t in texts]
+        device = model_device(self.model)
+        ids, mask = pad(prompts, pad_id, side="right")
+        target_ids, _ = pad(targets, pad_id, side="right")
+        target_ids = target_ids.to(device)
+        logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
+        last = mask.sum(1).to(device) - 1
+        log_probs = torch.log_softmax(logits[torch.arange(len(requests), device=device), last].float(), dim=-1)
+        unk = self.tok.unk_token_id
+        keep = (target_ids != unk).float() if unk is not None else torch.ones_like(target_ids, dtype=torch.float)
+        picked = log_probs.gather(1, target_ids)
+        return -((picked * keep).sum(1) / keep.sum(1)).mean()
+
+    def _loss_teacher_forced(self, requests: list[dict]) -> torch.Tensor:
         """Mean over requests of the mean NLL of the target tokens, teacher forced."""
         seqs, rows, positions, targets, weights = [], [], [], [], []
         for i, r in enumerate(requests):

@@ -9,6 +9,9 @@ from torch import nn
 from util.hparams import HyperParamsError
 from util.module_hparams import ModuleHyperParams
 
+FT_LOSSES = ("last_position", "teacher_forced")
+FT_THETA0 = ("batch_start", "pre_edit")
+
 
 @dataclass(kw_only=True)
 class FTHyperParams(ModuleHyperParams):
@@ -19,6 +22,16 @@ class FTHyperParams(ModuleHyperParams):
     norm_constraint: float | bool       # a number: every entry stays within theta0 +- it; false: none
     batch_size: int = 64                # requests per optimiser step
     wd_power_law: list[float] | None = None  # weight decay n^a * e^b for n edits, [a, b]
+    # The original tested wd_power_law for a tuple, and JSON gives a list, so the law never applied
+    # (weight decay = weight_decay); true applies it.
+    apply_wd_power_law: bool = False
+    # "last_position" (the original): every target token is scored at the last prompt position, a
+    # bag of tokens, the target encoded as " " + target with the tokenizer's specials, masked where it
+    # is the unk token. "teacher_forced": each target token at its own position.
+    ft_loss: str = "last_position"
+    # The norm constraint's theta0: "batch_start" (the original: the weights when this batch began)
+    # or "pre_edit" (the weights before the first batch).
+    ft_theta0: str = "batch_start"
 
     USED_MODULE_KEYS: ClassVar[tuple[str, ...]] = ()
 
@@ -31,6 +44,9 @@ class FTHyperParams(ModuleHyperParams):
             raise HyperParamsError(f"FT here has no KL term: set 'kl_factor' to 0 (got {self.kl_factor})")
         if self.norm_constraint is True or (not isinstance(self.norm_constraint, bool) and self.norm_constraint <= 0):
             raise HyperParamsError(f"'norm_constraint' must be a number > 0 or false, got {self.norm_constraint!r}")
+        for name, allowed in (("ft_loss", FT_LOSSES), ("ft_theta0", FT_THETA0)):
+            if getattr(self, name) not in allowed:
+                raise HyperParamsError(f"'{name}' must be one of {allowed}, got {getattr(self, name)!r}")
         if self.wd_power_law is not None and len(self.wd_power_law) != 2:
             raise HyperParamsError(f"'wd_power_law' must be [a, b] (weight decay n^a * e^b), got {self.wd_power_law!r}")
 
@@ -41,7 +57,9 @@ class FTHyperParams(ModuleHyperParams):
 
     def parameters_of(self, model: nn.Module, layer: int) -> dict[str, nn.Parameter]:
         """What ``rewrite_module_tmp`` names at ``layer``: a parameter (``...down_proj.weight``) or a
-        module, whose own parameters (weight and bias) are all trained, as in the original."""
+        module, every parameter under which is trained (a block: all of its weights), as the original.
+        The original matched names as substrings, so ``transformer.h.2`` also took ``h.20``-``h.29``;
+        here a module is a module (that side effect was a bug)."""
         name = self.rewrite_module(layer)
         params = dict(model.named_parameters())
         if name in params:
@@ -53,7 +71,7 @@ class FTHyperParams(ModuleHyperParams):
                 f"'rewrite_module_tmp'={self.rewrite_module_tmp!r} names neither a parameter nor a module of this "
                 f"{model.config.model_type} model (e.g. {name!r}); fix it or omit it to use the built-in table"
             ) from None
-        own = {f"{name}.{n}": p for n, p in module.named_parameters(recurse=False)}
-        if not own:
-            raise HyperParamsError(f"'rewrite_module_tmp': module {name!r} has no parameters of its own")
-        return own
+        under = {f"{name}.{n}": p for n, p in module.named_parameters()}
+        if not under:
+            raise HyperParamsError(f"'rewrite_module_tmp': module {name!r} has no parameters")
+        return under
