@@ -62,7 +62,7 @@ class MEMITEditor(Editor):
     # -- statistics and templates -------------------------------------------------------------
     @classmethod
     def make_context_templates(cls, model, tok, hparams, seed: int) -> list[list[str]]:
-        return generate_context_templates(model, tok, seed=seed)
+        return generate_context_templates(model, tok, seed=seed, counted=hparams.context_template_length)
 
     def _prepare(self) -> None:
         if self.context_templates is None:

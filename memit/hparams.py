@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from util.context_templates import TEMPLATE_LENGTHS
 from util.hparams import HyperParamsError
 from util.value_hparams import ValueHyperParams
 
@@ -16,12 +17,18 @@ SVD_DTYPES = ("float32", "float64")
 class MEMITHyperParams(ValueHyperParams):
     # Delta = R K^T (lambda * C0 + K K^T)^-1; lambda weighs the preserved keys of the corpus.
     mom2_update_weight: float
+    # Context templates' prefixes: 10 tokens in "total" (start word and BOS included, the original's
+    # generate_fast) or 10 "new_tokens" after the start word (this harness before).
+    context_template_length: str = "total"
 
     LEGACY_IGNORED: ClassVar[tuple[str, ...]] = ("model_name", "layer_selection")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self._check_lambda()
+        if self.context_template_length not in TEMPLATE_LENGTHS:
+            raise HyperParamsError(f"'context_template_length' must be one of {TEMPLATE_LENGTHS}, "
+                                   f"got {self.context_template_length!r}")
 
     def _check_lambda(self) -> None:
         if not self.mom2_adjustment or self.mom2_update_weight <= 0:
