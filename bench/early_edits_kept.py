@@ -7,7 +7,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from util.total_edits import total_edits_of  # noqa: E402  (curve files before the rename: num_edits)
 
 
 def _rates(case: dict) -> tuple[float, float]:
@@ -23,7 +28,7 @@ def kept(run_dir: Path, first: int) -> dict:
     early = json.loads((run_dir / "curves" / f"edits_{first:06d}.json").read_text())
     last = json.loads(points[-1].read_text())
     ids = [str(i) for i in early["case_ids"]]
-    out = {"run": str(run_dir), "first_edits": first, "last_point_edits": last["num_edits"]}
+    out = {"run": str(run_dir), "first_edits": first, "last_point_edits": total_edits_of(last)}
     for name, point in (("just_after", early), ("at_last_point", last)):
         rates = [_rates(point["cases"][i]) for i in ids]
         out[name] = {"efficacy": 100 * sum(r[0] for r in rates) / len(rates),

@@ -12,7 +12,12 @@ import itertools
 import json
 import math
 import statistics
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from util.total_edits import total_edits_of  # noqa: E402  (curve files before the rename: num_edits)
 
 # (metric, prompt list, which NLL must be lower for the case to count as a hit)
 RATES = (("Efficacy", "rewrite_prompts_probs", "target_new"),
@@ -58,7 +63,7 @@ def main() -> None:
     rows = []
     for (name_a, a), (name_b, b) in itertools.combinations(points.items(), 2):
         gaps = paired(a, b)
-        rows.append({"a": name_a, "b": name_b, "edits": [a["num_edits"], b["num_edits"]], "gaps": gaps})
+        rows.append({"a": name_a, "b": name_b, "edits": [total_edits_of(a), total_edits_of(b)], "gaps": gaps})
         print(f"{name_a} - {name_b}: " + ", ".join(
             f"{m} {g['mean']:+.2f} ± {g['standard_error']:.2f}" for m, g in gaps.items()) + f" ({gaps['Efficacy']['cases']} cases)")
     if args.out:

@@ -6,13 +6,14 @@ cases of this run edited so far are scored teacher-forced only (no generation: E
 Generalization, Specificity and their magnitudes; zsRE accuracies) and written to
 ``<run>/curves/edits_<NNNNNN>.json``::
 
-    {"num_edits", "batch_index", "n_cases", "ds_kind", "case_ids": [...],
+    {"total_edits", "batch_index", "n_cases", "ds_kind", "case_ids": [...],
      "summary": {metric: {"mean", "std"}},     # experiments.metrics.summarize_cases, ×100
      "cases": {case_id: post}}                 # the per-case teacher-forced metrics
 
 An existing point is never recomputed, and a missing one (a run killed while scoring it) is
 scored when the run resumes, before its next batch. Scoring reads the model only, so the final
 results are the same with and without curves. ``summarize.py --plot`` draws these points.
+Points written before the rename hold ``num_edits`` for ``total_edits``; the readers accept both.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from experiments.case_scoring import CHUNK_CASES
 from experiments.ds_kinds import all_kinds, kind_of
 from experiments.metrics.summary import summarize_cases
 from util.atomic_files import write_json_atomic
+from util.total_edits import TOTAL_EDITS, total_edits_of, with_total_edits
 
 log = logging.getLogger("experiments")
 
@@ -43,8 +45,8 @@ class CurveFileError(ValueError):
     """A curve file that cannot be read; the message names it."""
 
 
-def curve_file(run_dir: Path, num_edits: int) -> Path:
-    return Path(run_dir) / CURVES_DIR / f"edits_{num_edits:06d}.json"
+def curve_file(run_dir: Path, total_edits: int) -> Path:
+    return Path(run_dir) / CURVES_DIR / f"edits_{total_edits:06d}.json"
 
 
 def is_curve_point(every: int, batch_index: int) -> bool:
@@ -65,7 +67,7 @@ def weights_digest(tensors) -> str:
     return h.hexdigest()
 
 
-def maybe_write_curve_point(run_dir: Path, every: int, batch_index: int, num_edits: int, ds_name: str,
+def maybe_write_curve_point(run_dir: Path, every: int, batch_index: int, total_edits: int, ds_name: str,
                             edited: Sequence[dict], score_many: Callable[[Sequence[dict]], list[dict[str, Any]]],
                             weights_digest: Callable[[], str] | None = None, chunk: int = CHUNK_CASES) -> Path | None:
     """Score ``edited`` (the records edited so far) with ``score_many(records) -> posts``, ``chunk``
@@ -73,12 +75,12 @@ def maybe_write_curve_point(run_dir: Path, every: int, batch_index: int, num_edi
     not exist yet. ``weights_digest`` (optional) is recorded, so the final scoring can reuse it."""
     if not is_curve_point(every, batch_index) or not edited:
         return None
-    path = curve_file(run_dir, num_edits)
+    path = curve_file(run_dir, total_edits)
     if path.is_file():
         return None
     ds_kind = kind_of(ds_name).name
     posts = {}
-    with tqdm(total=len(edited), desc=f"curve after {num_edits} edits", unit="case", leave=False) as bar:
+    with tqdm(total=len(edited), desc=f"curve after {total_edits} edits", unit="case", leave=False) as bar:
         for begin in range(0, len(edited), chunk):
             part = edited[begin : begin + chunk]
             for record, post in zip(part, score_many(part)):
@@ -86,7 +88,7 @@ def maybe_write_curve_point(run_dir: Path, every: int, batch_index: int, num_edi
             bar.update(len(part))
     summary = summarize_cases(list(posts.values()), ds_kind)  # type: ignore[arg-type]
     point = {
-        "num_edits": int(num_edits), "batch_index": int(batch_index), "n_cases": len(posts), "ds_kind": ds_kind,
+        TOTAL_EDITS: int(total_edits), "batch_index": int(batch_index), "n_cases": len(posts), "ds_kind": ds_kind,
         "case_ids": [record["case_id"] for record in edited],
         "summary": {k: _stat(v) for k, v in summary.items()}, "cases": posts,
     }
@@ -94,18 +96,18 @@ def maybe_write_curve_point(run_dir: Path, every: int, batch_index: int, num_edi
         point["weights_digest"] = weights_digest()
     write_json_atomic(path, point)
     shown = ", ".join(f"{k} {v[0]:.1f}" for k, v in summary.items() if k.endswith(("_success", "_acc")))
-    log.info("curve after %d edits (%d cases): %s", num_edits, len(posts), shown)
+    log.info("curve after %d edits (%d cases): %s", total_edits, len(posts), shown)
     return path
 
 
-def read_curve_point(run_dir: str | Path, num_edits: int) -> dict[str, Any] | None:
-    """The run's curve point after ``num_edits`` edits; None when there is none (or it is unreadable:
+def read_curve_point(run_dir: str | Path, total_edits: int) -> dict[str, Any] | None:
+    """The run's curve point after ``total_edits`` edits; None when there is none (or it is unreadable:
     it is only ever a shortcut)."""
     try:
-        point = json.loads(curve_file(Path(run_dir), num_edits).read_text(encoding="utf-8"))
+        point = json.loads(curve_file(Path(run_dir), total_edits).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return point if isinstance(point, dict) and isinstance(point.get("cases"), dict) else None
+    return with_total_edits(point) if isinstance(point, dict) and isinstance(point.get("cases"), dict) else None
 
 
 def read_curve_file(path: Path) -> dict[str, Any]:
@@ -118,12 +120,13 @@ def read_curve_file(path: Path) -> dict[str, Any]:
         raise CurveFileError(f"{path} is not UTF-8 text (binary, or another encoding such as latin-1)") from None
     except OSError as exc:
         raise CurveFileError(f"{path} cannot be read ({exc.strerror})") from None
-    keys = {"num_edits", "n_cases", "cases", "ds_kind"}
-    if not isinstance(point, dict) or not keys <= set(point):
-        raise CurveFileError(f"{path} is not a curve point ({{num_edits, n_cases, ds_kind, cases, ...}})")
-    num_edits = point["num_edits"]
-    if not isinstance(num_edits, int) or isinstance(num_edits, bool) or num_edits < 0:
-        raise CurveFileError(f"{path} is not a curve point: its num_edits is {num_edits!r}, not a whole number")
+    keys = {"n_cases", "cases", "ds_kind"}
+    if not isinstance(point, dict) or not keys <= set(point) or total_edits_of(point) is None:
+        raise CurveFileError(f"{path} is not a curve point ({{total_edits, n_cases, ds_kind, cases, ...}})")
+    point = with_total_edits(point)  # a point written before the rename holds num_edits
+    total_edits = point[TOTAL_EDITS]
+    if not isinstance(total_edits, int) or isinstance(total_edits, bool) or total_edits < 0:
+        raise CurveFileError(f"{path} is not a curve point: its total_edits is {total_edits!r}, not a whole number")
     if point["ds_kind"] not in {kind.name for kind in all_kinds()} or not isinstance(point["cases"], dict):
         raise CurveFileError(f"{path} is not a curve point: ds_kind must be one of "
                              f"{', '.join(kind.name for kind in all_kinds())} and cases an "

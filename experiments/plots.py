@@ -30,6 +30,7 @@ from experiments.metrics.summary import post_problem, summarize_cases
 from experiments.run_files import COMPLETE_MARKER
 from experiments.summarize_runs import DOWNSTREAM_METRICS, RunSummary, SummaryError
 from util.atomic_files import atomic_path, write_text_atomic
+from util.total_edits import TOTAL_EDITS
 
 METRICS_FIGURE, DOWNSTREAM_FIGURE = "metrics_vs_edits", "downstream_vs_edits"
 def panels() -> list[str]:
@@ -93,16 +94,16 @@ def metric_points(s: RunSummary) -> list[dict[str, Any]]:
     points: dict[int, dict[str, Any]] = {}
     for point in _curve_points(s):
         values = summarize_cases(list(point["cases"].values()), s.ds_kind)  # type: ignore[arg-type]
-        points[int(point["num_edits"])] = {"source": "curve", "num_edits": int(point["num_edits"]),
+        points[point[TOTAL_EDITS]] = {"source": "curve", TOTAL_EDITS: point[TOTAL_EDITS],
                                            "batch_index": point.get("batch_index"), "n_cases": len(point["cases"]),
                                            "values": values}
-    if s.complete and s.n_cases and s.final_num_edits is not None:
-        points[s.final_num_edits] = {"source": "final", "num_edits": s.final_num_edits,
+    if s.complete and s.n_cases and s.final_total_edits is not None:
+        points[s.final_total_edits] = {"source": "final", TOTAL_EDITS: s.final_total_edits,
                                      "batch_index": s.final_num_batches, "n_cases": s.n_cases, "values": s.post}
     rows = []
     for n in sorted(points):
         p = points[n]
-        row = {k: p[k] for k in ("source", "num_edits", "batch_index", "n_cases")}
+        row = {k: p[k] for k in ("source", TOTAL_EDITS, "batch_index", "n_cases")}
         for key, name in s.kind.curve_metrics:
             mean = p["values"].get(key, (math.nan, math.nan))[0]
             row[name] = mean if math.isfinite(mean) else None
@@ -120,22 +121,22 @@ def _csv(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 def metrics_table(summaries: Sequence[RunSummary]) -> tuple[list[str], list[list[Any]]]:
     names = panels()
-    header = ["label", "alg_name", "run", "ds_kind", "source", "num_edits", "batch_index", "n_cases", *names]
+    header = ["label", "alg_name", "run", "ds_kind", "source", TOTAL_EDITS, "batch_index", "n_cases", *names]
     rows = []
     for s in summaries:
         for p in metric_points(s):
-            rows.append([run_label(s, summaries), s.alg_name, s.run, s.ds_kind, p["source"], p["num_edits"],
+            rows.append([run_label(s, summaries), s.alg_name, s.run, s.ds_kind, p["source"], p[TOTAL_EDITS],
                          p["batch_index"], p["n_cases"], *(p.get(name) for name in names)])
     return header, rows
 
 
 def downstream_table(summaries: Sequence[RunSummary]) -> tuple[list[str], list[list[Any]]]:
-    header = ["label", "alg_name", "run", "num_edits", "batch_index", "task", *DOWNSTREAM_METRICS, "n"]
+    header = ["label", "alg_name", "run", TOTAL_EDITS, "batch_index", "task", *DOWNSTREAM_METRICS, "n"]
     rows = []
     for s in summaries:
         for point in s.downstream:
             for task, m in sorted(point["tasks"].items()):
-                rows.append([run_label(s, summaries), s.alg_name, s.run, point["num_edits"], point.get("batch_index"),
+                rows.append([run_label(s, summaries), s.alg_name, s.run, point[TOTAL_EDITS], point.get("batch_index"),
                              task, *(m.get(k) for k in DOWNSTREAM_METRICS), m.get("n")])
     return header, rows
 
@@ -197,7 +198,7 @@ def draw_metrics(header: list[str], rows: list[list[Any]], path: Path, order: di
     for ax, name in zip(axes, drawn):
         col = header.index(name)
         for label in labels:
-            pts = [(r[header.index("num_edits")], r[col]) for r in rows if r[0] == label and r[col] is not None]
+            pts = [(r[header.index(TOTAL_EDITS)], r[col]) for r in rows if r[0] == label and r[col] is not None]
             if pts:
                 ax.plot(*zip(*pts), label=label, **_style(order[label]))
         ax.set_title(name)
@@ -206,7 +207,7 @@ def draw_metrics(header: list[str], rows: list[list[Any]], path: Path, order: di
         ax.grid(alpha=0.3)
     if not any(r[header.index("source")] == "curve" for r in rows):  # lone dots: from 0 edits, not ±0.16
         for ax in axes:
-            ax.set_xlim(0, 1.1 * max(1, *(r[header.index("num_edits")] for r in rows)))
+            ax.set_xlim(0, 1.1 * max(1, *(r[header.index(TOTAL_EDITS)] for r in rows)))
     axes[0].set_ylabel("%")
     _legend(fig, axes)
     fig.suptitle(_metrics_title(rows, header, ds_kind), wrap=True)
@@ -220,7 +221,7 @@ def draw_downstream(header: list[str], rows: list[list[Any]], metric: str, path:
     fig = Figure(figsize=(3.6 * ncols, 3.0 * nrows + 0.6), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False).flatten()
     labels = list(dict.fromkeys(r[0] for r in rows))
-    col, x = header.index(metric), header.index("num_edits")
+    col, x = header.index(metric), header.index(TOTAL_EDITS)
     for ax, task in zip(axes, tasks):
         for label in labels:
             pts = sorted((r[x], r[col]) for r in rows if r[0] == label and r[header.index("task")] == task

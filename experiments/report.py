@@ -17,6 +17,7 @@ from typing import Any
 from experiments.ds_kinds import all_kinds
 from experiments.summarize_runs import DOWNSTREAM_METRICS, RunSummary
 from util.atomic_files import write_text_atomic
+from util.total_edits import TOTAL_EDITS, total_edits_of
 
 # The settings worth a row in the report (config.json "args"), in this order; the rest follow.
 KEY_SETTINGS = ("alg_name", "model_name", "hparams_fname", "ds_name", "ds_file", "dataset_size_limit",
@@ -65,8 +66,8 @@ def _settings(s: RunSummary) -> str:
     rows = [[f"`{k}`", f"`{args[k]}`"] for k in ordered]
     raw = _config_file(s)
     c = raw.get("continued_from")
-    if isinstance(c, dict) and c:
-        rows.append(["continued from", f"`{c.get('editor_state')}` ({c.get('num_edits')} edits before this run)"])
+    if isinstance(c, dict) and c:  # total_edits_of: runs continued before the rename wrote "num_edits"
+        rows.append(["continued from", f"`{c.get('editor_state')}` ({total_edits_of(c)} edits before this run)"])
     versions = raw.get("versions")
     for name, version in (versions if isinstance(versions, dict) else {}).items():
         rows.append([f"{name} version", f"`{version}`"])
@@ -97,7 +98,7 @@ def _results(summaries: Sequence[RunSummary]) -> list[str]:
         if not s.downstream:
             continue
         tasks = sorted({t for p in s.downstream for t in p["tasks"]})
-        header = ["task", "metric", *(f"{p['num_edits']} edits" for p in s.downstream)]
+        header = ["task", "metric", *(f"{p[TOTAL_EDITS]} edits" for p in s.downstream)]
         rows = []
         for task in tasks:
             for metric in DOWNSTREAM_METRICS:

@@ -19,6 +19,7 @@ from experiments.settings import RunConfig, RunError, resumable_settings, settin
 from experiments.timings import TIMINGS_FILE
 from util.atomic_files import write_json_atomic
 from util.editor import read_state
+from util.total_edits import TOTAL_EDITS, total_edits_of
 
 log = logging.getLogger("experiments")
 
@@ -82,14 +83,14 @@ def record_resume(cfg: RunConfig, run_dir: Path, config: dict) -> None:
 
 
 def continued_from(cfg: RunConfig) -> tuple[dict | None, list | None]:
-    """The saved editor state a fresh run continues from ({editor_state, num_batches, num_edits}, read
+    """The saved editor state a fresh run continues from ({editor_state, num_batches, total_edits}, read
     memory-mapped) and its context templates; (None, None) when it starts from unedited weights."""
     path = editor_state_path(cfg.model_name, cfg.load_editor_state)
     if path is None:
         return None, None
     state = read_state(path, mmap=True)
     info = {"editor_state": str(path.resolve()), "num_batches": int(state["num_batches"]),
-            "num_edits": int(state["num_edits"])}
+            TOTAL_EDITS: int(total_edits_of(state))}  # read_state accepts a state saved before the rename
     templates = state.get("context_templates")
     return info, templates if isinstance(templates, list) else None
 

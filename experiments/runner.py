@@ -50,6 +50,7 @@ from util.editor import Editor
 from util.hparams import HyperParamsError
 from util.model_loading import load_model_and_tokenizer
 from util.second_moment import model_fingerprint
+from util.total_edits import TOTAL_EDITS
 from util.value_cache import ValueCache
 
 __all__ = ["RunConfig", "RunError", "RunPaths", "run_experiment"]
@@ -143,13 +144,13 @@ def _start(cfg: RunConfig, paths: RunPaths, alg: Algorithm, hparams, model, tok,
     # (--model_name=<--save_model folder>) gets back only from its state.
     if (run_dir / STATE_FILE).is_file():
         editor.load(run_dir / STATE_FILE)
-        log.info("resuming %s after batch %d (%d edits)", run_dir, editor.num_batches, editor.num_edits)
+        log.info("resuming %s after batch %d (%d edits)", run_dir, editor.num_batches, editor.total_edits)
     elif continued:
         editor.load(continued["editor_state"])
         if getattr(editor, "finished", False):
             raise RunError(f"{continued['editor_state']} was saved after the editor finished (finish()); "
                            "it cannot edit more: continue from a state saved before (--save_model stores one)")
-        log.info("continuing from %s: %d edits in %d batches so far", continued["editor_state"], editor.num_edits,
+        log.info("continuing from %s: %d edits in %d batches so far", continued["editor_state"], editor.total_edits,
                  editor.num_batches)
     return editor, continued["num_batches"] if continued else 0
 
@@ -210,9 +211,10 @@ def _finish(cfg: RunConfig, editor: Editor, scorers: Scorers, curves: CurvePass,
     timings.note("final", n_cases=len(records), n_generation_cases=n_generation)
     timings.write()
     write_json_atomic(run_dir / COMPLETE_MARKER, {"finished": time.ctime(), "num_batches": editor.num_batches,
-                                                 "num_edits": editor.num_edits})
+                                                 TOTAL_EDITS: editor.total_edits})
     log.info("run complete: %d edits in %d batches, %d cases scored; summarize with python summarize.py "
-             "--dir_name=%s --runs=%s", editor.num_edits, editor.num_batches, len(records), cfg.alg_name, run_dir.name)
+             "--dir_name=%s --runs=%s", editor.total_edits, editor.num_batches, len(records), cfg.alg_name,
+             run_dir.name)
     return run_dir
 
 

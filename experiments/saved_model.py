@@ -18,6 +18,7 @@ from typing import Any
 
 from experiments.run_files import STATE_FILE, read_json
 from util.editor import move_state, read_state
+from util.total_edits import TOTAL_EDITS, total_edits_of
 
 EDIT_INFO = "editing.json"
 NO_STATE = "none"  # --load_editor_state=none: start from DIR's weights as a fresh model
@@ -54,7 +55,7 @@ def save_edited_model(model, tok, editor, out_dir: str | Path, info: dict[str, A
             move_state(state_file, tmp / STATE_FILE)
         else:
             editor.save(tmp / STATE_FILE)
-        payload = {**info, "num_batches": editor.num_batches, "num_edits": editor.num_edits, "saved": time.ctime()}
+        payload = {**info, "num_batches": editor.num_batches, TOTAL_EDITS: editor.total_edits, "saved": time.ctime()}
         (tmp / EDIT_INFO).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
         old = None
         if out_dir.exists():
@@ -92,20 +93,20 @@ def editor_state_path(model_name: str, load_editor_state: str | None) -> Path | 
 
 
 
-def _saved_by(save_dir: str, run_dir: Path, num_edits: int) -> bool:
-    info = edit_info(save_dir)
-    return bool(info) and info.get("run") == str(run_dir) and info.get("num_edits") == num_edits
+def _saved_by(save_dir: str, run_dir: Path, total_edits: int) -> bool:
+    info = edit_info(save_dir)  # one saved before the rename holds "num_edits"
+    return bool(info) and info.get("run") == str(run_dir) and total_edits_of(info) == total_edits
 
 
 def stage_editor_state(save_dir: str, editor, run_dir: Path) -> Path | None:
     """The editor state before finish() (e.g. PRUNE's final restraint), beside the --save_model folder: a
     run continued from it edits on as the unbroken run would, and finishes at its own end."""
-    if _saved_by(save_dir, run_dir, editor.num_edits):
+    if _saved_by(save_dir, run_dir, editor.total_edits):
         return None
     target = Path(save_dir).expanduser()
     staged = target.with_name(f".{target.name}.{STATE_FILE}")
     if getattr(editor, "finished", False):  # resumed after finish(): a state staged before the kill, if any
-        ok = staged.is_file() and read_state(staged, mmap=True)["num_edits"] == editor.num_edits
+        ok = staged.is_file() and total_edits_of(read_state(staged, mmap=True)) == editor.total_edits
         return staged if ok else None
     editor.save(staged)
     return staged
@@ -114,7 +115,7 @@ def stage_editor_state(save_dir: str, editor, run_dir: Path) -> Path | None:
 def save_model_of_run(cfg, model, tok, editor, run_dir: Path, staged_state: Path | None = None) -> bool:
     """--save_model: the edited model (safetensors) + tokenizer + editor state, once per run (False: a
     resumed run had saved it already)."""
-    if _saved_by(cfg.save_model, run_dir, editor.num_edits):
+    if _saved_by(cfg.save_model, run_dir, editor.total_edits):
         return False
     base = (edit_info(cfg.model_name) or {}).get("base_model", cfg.model_name) if Path(cfg.model_name).is_dir() \
         else cfg.model_name

@@ -88,14 +88,14 @@ class DownstreamPass:
         steps = self.cfg.downstream_eval_steps
         if not steps or editor.num_batches % steps:
             return
-        path = self.run_dir / "downstream" / f"edits_{editor.num_edits:06d}.json"
+        path = self.run_dir / "downstream" / f"edits_{editor.total_edits:06d}.json"
         if path.is_file():
             return
-        log.info("downstream after %d edits: starting", editor.num_edits)
+        log.info("downstream after %d edits: starting", editor.total_edits)
         result = run_downstream_eval(self.model, self.tok, self.paths.glue, n_per_task=self.cfg.downstream_n_per_task,
                                      seed=self.cfg.seed, protocol=self.cfg.downstream_protocol)
-        write_downstream_result(path, result, num_edits=editor.num_edits, batch_index=editor.num_batches)
-        log.info("downstream after %d edits: %s", editor.num_edits,
+        write_downstream_result(path, result, total_edits=editor.total_edits, batch_index=editor.num_batches)
+        log.info("downstream after %d edits: %s", editor.total_edits,
                  ", ".join(f"{t} acc {m['accuracy']:.3f}" for t, m in result.items()))
 
 
@@ -114,7 +114,7 @@ class CurvePass:
         if not self.cfg.curve_every:
             return
         edited = self.records[: (editor.num_batches - self.first_batch) * self.cfg.num_edits]
-        maybe_write_curve_point(self.run_dir, self.cfg.curve_every, editor.num_batches, editor.num_edits,
+        maybe_write_curve_point(self.run_dir, self.cfg.curve_every, editor.num_batches, editor.total_edits,
                                 self.cfg.ds_name, edited, self.scorers(False).teacher_forced,
                                 weights_digest=lambda: weights_digest(editor.weights.values()))
 
@@ -123,7 +123,7 @@ class CurvePass:
         these weights (same digest: finish() changed nothing); else None."""
         if not self.cfg.curve_every:
             return None
-        point = read_curve_point(self.run_dir, editor.num_edits)
+        point = read_curve_point(self.run_dir, editor.total_edits)
         if point is None or point.get("weights_digest") != weights_digest(editor.weights.values()):
             return None
         return lambda record: point["cases"].get(str(record["case_id"]))

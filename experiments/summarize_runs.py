@@ -31,6 +31,7 @@ from experiments.metrics.summary import (
 )
 from experiments.run_files import COMPLETE_MARKER, RUN_PATTERN
 from util.atomic_files import write_text_atomic
+from util.total_edits import TOTAL_EDITS, total_edits_of, with_total_edits
 
 CASE_FILE = re.compile(r"^(\d+)_edits-case_(.+)\.json$")  # experiments.run_files.case_file names
 PRE_EDIT_DIR, PRE_EDIT_FILE = "pre_edit", re.compile(r"^case_(.+)\.json$")  # --eval_pre_edit scores
@@ -63,7 +64,7 @@ RUN_KEY_DESCRIPTIONS: dict[str, str] = {
                    "batch has the same), {mean, std}; not a scoring time.",
     "paper": "The paper's columns for this dataset, {column: {mean, std}}, for post and pre.",
     "downstream": "General-capability evaluation points, by number of edits so far: "
-                  "[{num_edits, batch_index, tasks: {task: {accuracy, f1, mcc, n}}}].",
+                  "[{total_edits, batch_index, tasks: {task: {accuracy, f1, mcc, n}}}].",
     "notes": "Anything the reader should know about this run (incomplete, mixed files, missing parts).",
     "warnings": "Files of the run left out of the summary (unreadable or of the wrong shape), each named with "
                 "what is wrong and the fix.",
@@ -71,7 +72,7 @@ RUN_KEY_DESCRIPTIONS: dict[str, str] = {
     "first_n_cases (top level)": "The --first_n_cases used (null = all cases).",
 }
 DOWNSTREAM_DESCRIPTIONS: dict[str, str] = {
-    "num_edits": "Edits applied before this evaluation point (0 = the unedited model).",
+    "total_edits": "Edits applied before this evaluation point (0 = the unedited model).",
     "batch_index": "Edit batches applied before this evaluation point.",
     "accuracy": "Zero-shot accuracy: the label word with the higher mean log-likelihood is the answer (0-1).",
     "f1": "F1 of the positive class for two-class tasks, macro F1 otherwise (0-1).",
@@ -107,7 +108,7 @@ class RunSummary:
     notes: list[str] = field(default_factory=list)
     # Files left out, one line each (which file, what is wrong, the fix); main() prints them.
     warnings: list[str] = field(default_factory=list)
-    final_num_edits: int | None = None  # run_complete.json: edits applied when the run finished
+    final_total_edits: int | None = None  # run_complete.json: edits applied when the run finished
     final_num_batches: int | None = None
 
     @property
@@ -418,11 +419,12 @@ def _task_problem(task: str, metrics: Any) -> str | None:
 
 
 def _downstream_problem(point: Any) -> str | None:
-    shape = "a downstream result ({num_edits, batch_index, tasks: {task: {accuracy, f1, mcc, n}}})"
-    if not isinstance(point, dict) or not isinstance(point.get("tasks"), dict) or "num_edits" not in point:
+    shape = "a downstream result ({total_edits, batch_index, tasks: {task: {accuracy, f1, mcc, n}}})"
+    if not isinstance(point, dict) or not isinstance(point.get("tasks"), dict) or total_edits_of(point) is None:
         return f"not {shape}"
-    if not _is_count(point["num_edits"]) or not (point.get("batch_index") is None or _is_count(point["batch_index"])):
-        return f"not {shape}: num_edits and batch_index must be whole numbers"
+    if not _is_count(total_edits_of(point)) or not (point.get("batch_index") is None
+                                                   or _is_count(point["batch_index"])):
+        return f"not {shape}: total_edits and batch_index must be whole numbers"
     problem = next(filter(None, (_task_problem(t, m) for t, m in point["tasks"].items())), None)
     if problem:
         return f"not {shape}: {problem}"
@@ -451,24 +453,25 @@ def _read_downstream(run_dir: Path, warnings: list[str]) -> list[dict[str, Any]]
             _skip(warnings, err, "that evaluation point is left out",
                   f"restore it, or move it out of {DOWNSTREAM_DIR}/")
             continue
-        points.append(point)
-    return sorted(points, key=lambda p: p["num_edits"])
+        points.append(with_total_edits(point))  # a point written before the rename holds num_edits
+    return sorted(points, key=lambda p: p[TOTAL_EDITS])
 
 
 def _final_counts(run_dir: Path, warnings: list[str]) -> tuple[int | None, int | None]:
-    """(num_edits, num_batches) the editor had applied when the run finished (run_complete.json);
+    """(total_edits, num_batches) the editor had applied when the run finished (run_complete.json);
     a damaged marker still marks the run complete, but its final point cannot be placed in a figure."""
     path = run_dir / COMPLETE_MARKER
     try:
         done = _read_json(path)
         if not isinstance(done, dict):
-            raise FileProblem(path, f"a JSON {json_type(done)}, not {{finished, num_batches, num_edits}}")
+            raise FileProblem(path, f"a JSON {json_type(done)}, not {{finished, num_batches, total_edits}}")
     except FileProblem as err:
         warnings.append(f"{err}; the run counts as complete, but the figures lack its final point "
                         f"(restore the file from a copy)")
         return None, None
-    num_edits, num_batches = done.get("num_edits"), done.get("num_batches")
-    return (num_edits if _is_count(num_edits) else None), (num_batches if _is_count(num_batches) else None)
+    # total_edits_of: a marker written before the rename holds num_edits
+    total_edits, num_batches = total_edits_of(done), done.get("num_batches")
+    return (total_edits if _is_count(total_edits) else None), (num_batches if _is_count(num_batches) else None)
 
 
 def _summarize(posts: Sequence[dict[str, Any]], ds_kind: str, where: str) -> dict[str, tuple[float, float]]:
@@ -530,7 +533,7 @@ def summarize_run(run_dir: str | Path, first_n_cases: int | None = None) -> RunS
     final_edits, final_batches = _final_counts(run_dir, warnings) if complete else (None, None)
     summary = RunSummary(alg_name=run_dir.parent.name, run=run_dir.name, path=run_dir, complete=complete,
                          config=config, ds_kind=ds_kind or _ds_kind({}, pre_posts), downstream=downstream,
-                         notes=notes, warnings=warnings, final_num_edits=final_edits,
+                         notes=notes, warnings=warnings, final_total_edits=final_edits,
                          final_num_batches=final_batches)
     if cases:
         _case_stats(summary, cases)
@@ -611,7 +614,7 @@ def _metrics_table(summaries: Sequence[RunSummary], kind: DsKind) -> str:
 def _downstream_table(s: RunSummary) -> str:
     points = s.downstream
     tasks = sorted({t for p in points for t in p["tasks"]})
-    header = ["task", "metric", *(f"{p['num_edits']} edits" for p in points)]
+    header = ["task", "metric", *(f"{p[TOTAL_EDITS]} edits" for p in points)]
     rows = []
     for task in tasks:
         for metric in DOWNSTREAM_METRICS:
@@ -685,11 +688,11 @@ def downstream_csv(summaries: Sequence[RunSummary]) -> str:
     """Long format: one row per (run, evaluation point, task)."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["alg_name", "run", "status", "num_edits", "batch_index", "task", *DOWNSTREAM_METRICS, "n"])
+    writer.writerow(["alg_name", "run", "status", TOTAL_EDITS, "batch_index", "task", *DOWNSTREAM_METRICS, "n"])
     for s in summaries:
         for point in s.downstream:
             for task, m in sorted(point["tasks"].items()):
-                writer.writerow([s.alg_name, s.run, s.status, point["num_edits"], point.get("batch_index", ""), task,
+                writer.writerow([s.alg_name, s.run, s.status, point[TOTAL_EDITS], point.get("batch_index", ""), task,
                                  *(m.get(k, "") for k in DOWNSTREAM_METRICS), m.get("n", "")])
     return out.getvalue()
 

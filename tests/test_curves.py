@@ -75,7 +75,7 @@ def test_checkpoints_hold_the_edits_so_far(runs):
     points = _points(run)
     assert sorted(points) == [2, 4, 6]
     for n, point in points.items():
-        assert point["num_edits"] == n and point["batch_index"] == n // 2 and point["n_cases"] == n
+        assert point["total_edits"] == n and point["batch_index"] == n // 2 and point["n_cases"] == n
         assert point["case_ids"] == _record_ids(n) and list(point["cases"]) == [str(i) for i in _record_ids(n)]
         assert point["ds_kind"] == "counterfact"
         for post in point["cases"].values():  # teacher-forced only: no generation metrics
@@ -123,7 +123,7 @@ def test_plot_numbers_equal_the_case_files(runs, tmp_path):
         data = (figures / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
     rows = _read_csv(figures / "metrics_vs_edits.csv")
-    got = [(r["label"], r["source"], int(r["num_edits"]), int(r["n_cases"])) for r in rows]
+    got = [(r["label"], r["source"], int(r["total_edits"]), int(r["n_cases"])) for r in rows]
     assert got == [("NSE/run_000", "curve", 2, 2), ("NSE/run_000", "curve", 4, 4), ("NSE/run_000", "final", 6, 6),
                    ("NSE/run_001", "final", 6, 6)]
     points = _points(curved)
@@ -131,7 +131,7 @@ def test_plot_numbers_equal_the_case_files(runs, tmp_path):
              "neighborhood_success": "Specificity", "score": "Score"}
     for row in rows:
         run = curved if row["run"] == "run_000" else plain
-        posts = list(points[int(row["num_edits"])]["cases"].values()) if row["source"] == "curve" \
+        posts = list(points[int(row["total_edits"])]["cases"].values()) if row["source"] == "curve" \
             else list(_case_posts(run).values())
         expected = summarize_cases(posts, "counterfact")
         for key, name in names.items():
@@ -146,7 +146,7 @@ def test_plot_numbers_equal_the_case_files(runs, tmp_path):
     assert sorted(files) == [0, 6] and {r["run"] for r in downstream} == {"run_000"}
     assert len(downstream) == sum(len(f["tasks"]) for f in files.values())
     for r in downstream:
-        m = files[int(r["num_edits"])]["tasks"][r["task"]]
+        m = files[int(r["total_edits"])]["tasks"][r["task"]]
         assert float(r["f1"]) == m["f1"] and float(r["accuracy"]) == m["accuracy"] and int(r["n"]) == m["n"]
 
 
@@ -162,6 +162,58 @@ def test_report_is_one_flag_away(runs, tmp_path):
     assert all((tmp_path / image).is_file() for image in images)
 
 
+def _count_files(run: Path) -> list[Path]:
+    """The run's files that hold the running count (curve and downstream points, the completion marker)."""
+    return sorted((run / "curves").glob("*.json")) + sorted((run / "downstream").glob("*.json")) \
+        + [run / "run_complete.json"]
+
+
+def test_the_running_count_is_total_edits(runs):
+    """Edits so far are total_edits in every file; num_edits is edits per batch (config, case files)."""
+    import torch
+
+    _, run, _ = runs
+    counts = {p.relative_to(run).as_posix(): json.loads(p.read_text()) for p in _count_files(run)}
+    assert all("total_edits" in data and "num_edits" not in data for data in counts.values()), counts.keys()
+    assert [counts[f"curves/edits_{n:06d}.json"]["total_edits"] for n in (2, 4, 6)] == [2, 4, 6]
+    assert [counts[f"downstream/edits_{n:06d}.json"]["total_edits"] for n in (0, 6)] == [0, 6]
+    assert counts["run_complete.json"]["total_edits"] == 6 and counts["run_complete.json"]["num_batches"] == 3
+    state = torch.load(run / "editor_state.pt", weights_only=True)
+    assert state["total_edits"] == 6 and "num_edits" not in state
+    assert json.loads((run / "config.json").read_text())["args"]["num_edits"] == 2
+    assert all(json.loads(p.read_text())["num_edits"] == 2 for p in run.glob("2_edits-case_*.json"))
+
+
+def _summary_outputs(results: Path, out: Path) -> dict[str, object]:
+    """summary.json (paths aside) and the CSVs summarize.py --plot writes for NSE/run_000."""
+    assert summarize.main(["--dir_name=NSE", "--runs=0", f"--results_dir={results}", f"--out={out / 's'}",
+                           f"--plot={out / 'f'}"]) == 0
+    [run] = json.loads((out / "s.json").read_text())["runs"]
+    run.pop("path")
+    csvs = {name: (out / name).read_text() for name in ("s.csv", "s_downstream.csv", "f/metrics_vs_edits.csv",
+                                                       "f/downstream_vs_edits.csv")}
+    return {"summary": run, **csvs}
+
+
+def test_a_run_folder_from_before_the_rename_summarizes_the_same(runs, tmp_path):
+    """The same run with its files as the code before the rename wrote them (num_edits for edits so
+    far): every number summarize.py writes is the same, and the outputs say total_edits."""
+    import shutil
+
+    results, run, _ = runs
+    old = tmp_path / "old"
+    shutil.copytree(run, old / "NSE" / "run_000", ignore=shutil.ignore_patterns("*.pt"))
+    for path in _count_files(old / "NSE" / "run_000"):
+        data = json.loads(path.read_text())
+        path.write_text(json.dumps({("num_edits" if k == "total_edits" else k): v for k, v in data.items()}))
+    assert '"num_edits": 6' in (old / "NSE" / "run_000" / "run_complete.json").read_text()
+    new_out, old_out = _summary_outputs(results, tmp_path / "new"), _summary_outputs(old, tmp_path / "was")
+    assert old_out == new_out and not old_out["summary"]["warnings"]
+    assert [p["total_edits"] for p in old_out["summary"]["downstream"]] == [0, 6]
+    assert old_out["f/metrics_vs_edits.csv"].splitlines()[0].split(",")[5] == "total_edits"
+    assert ",final,6," in old_out["f/metrics_vs_edits.csv"]  # run_complete.json's count still places the final point
+
+
 def test_plot_without_points_says_so(tmp_path, capsys):
     run = tmp_path / "NSE" / "run_000"
     run.mkdir(parents=True)
@@ -174,7 +226,8 @@ def test_plot_without_points_says_so(tmp_path, capsys):
     assert "nothing to plot" in capsys.readouterr().err
 
 
-def test_zsre_curves_hand_computed(tmp_path):
+@pytest.mark.parametrize("count_key", ["total_edits", "num_edits"])  # num_edits: files written before the rename
+def test_zsre_curves_hand_computed(tmp_path, count_key):
     """A hand-made zsRE run: a curve point after 1 edit, the final result after 2 (helpers.ZSRE_POSTS)."""
     from helpers import ZSRE_POSTS
 
@@ -183,17 +236,17 @@ def test_zsre_curves_hand_computed(tmp_path):
     (run / "config.json").write_text(json.dumps({"args": {"ds_name": "zsre", "num_edits": 1}}))
     for case_id, post in enumerate(ZSRE_POSTS):
         (run / f"1_edits-case_{case_id}.json").write_text(json.dumps({"case_id": case_id, "post": post}))
-    (run / "run_complete.json").write_text(json.dumps({"num_edits": 2, "num_batches": 2}))
-    point = {"num_edits": 1, "batch_index": 1, "n_cases": 1, "ds_kind": "zsre", "case_ids": [0],
+    (run / "run_complete.json").write_text(json.dumps({count_key: 2, "num_batches": 2}))
+    point = {count_key: 1, "batch_index": 1, "n_cases": 1, "ds_kind": "zsre", "case_ids": [0],
              "cases": {"0": ZSRE_POSTS[0]}}
     (run / "curves" / "edits_000001.json").write_text(json.dumps(point))
     assert summarize.main(["--dir_name=NSE", f"--results_dir={tmp_path}", f"--plot={tmp_path / 'f'}"]) == 0
-    rows = [{k: r[k] for k in ("source", "num_edits", "Efficacy", "Generalization", "Specificity", "Score")}
+    rows = [{k: r[k] for k in ("source", "total_edits", "Efficacy", "Generalization", "Specificity", "Score")}
             for r in _read_csv(tmp_path / "f" / "metrics_vs_edits.csv")]
     # Case 0: rewrite 1/2, paraphrase 2/2, neighbourhood 3/4; case 1: 1, 0, 1.
-    assert rows == [{"source": "curve", "num_edits": "1", "Efficacy": "50.0", "Generalization": "100.0",
+    assert rows == [{"source": "curve", "total_edits": "1", "Efficacy": "50.0", "Generalization": "100.0",
                      "Specificity": "75.0", "Score": ""},
-                    {"source": "final", "num_edits": "2", "Efficacy": "75.0", "Generalization": "50.0",
+                    {"source": "final", "total_edits": "2", "Efficacy": "75.0", "Generalization": "50.0",
                      "Specificity": "87.5", "Score": ""}]
     assert not (tmp_path / "f" / "downstream_vs_edits.png").exists()  # no downstream points, no figure
 
@@ -230,7 +283,7 @@ def test_the_final_scoring_scores_anew_when_finish_changed_the_weights(runs, mon
     curves = CurvePass(SimpleNamespace(curve_every=1), None, [], curved, 0)
     state = torch.load(curved / "editor_state.pt", weights_only=True)
     weights = {k: v.clone() for k, v in state["current"].items()}
-    editor = SimpleNamespace(num_edits=6, weights=weights)
+    editor = SimpleNamespace(total_edits=6, weights=weights)
     known = curves.posts_of_these_weights(editor)
     assert known is not None and known({"case_id": int(point["case_ids"][0])}) == point["cases"][str(point["case_ids"][0])]
     next(iter(weights.values()))[0, 0] += 1e-3

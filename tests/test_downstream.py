@@ -194,10 +194,10 @@ def test_tiny_model_all_tasks_in_range_and_result_file(tiny_llama, tmp_path):
         assert 0.0 <= metrics["accuracy"] <= 1.0 and 0.0 <= metrics["f1"] <= 1.0, name
         assert -1.0 <= metrics["mcc"] <= 1.0, name
 
-    out = write_downstream_result(tmp_path / "downstream" / "edits_000010.json", result, num_edits=10,
+    out = write_downstream_result(tmp_path / "downstream" / "edits_000010.json", result, total_edits=10,
                                   batch_index=1)
     saved = json.loads(out.read_text(encoding="utf-8"))
-    assert saved["num_edits"] == 10 and saved["batch_index"] == 1
+    assert saved["total_edits"] == 10 and saved["batch_index"] == 1 and "num_edits" not in saved
     assert saved["tasks"] == result  # JSON round-trips floats exactly
     assert [p.name for p in out.parent.iterdir()] == ["edits_000010.json"]  # no temp file left
 
@@ -256,6 +256,6 @@ def test_result_file_is_replaced_whole(tmp_path):
     write_downstream_result(path, {"sst2": {"accuracy": 0.5, "f1": 0.5, "mcc": 0.0, "n": 2}}, 0, 0)
     write_downstream_result(path, {"sst2": {"accuracy": 1.0, "f1": 1.0, "mcc": 1.0, "n": 2}}, 5, 1)
     saved = json.loads(path.read_text(encoding="utf-8"))
-    assert saved == {"num_edits": 5, "batch_index": 1,
+    assert saved == {"total_edits": 5, "batch_index": 1,
                      "tasks": {"sst2": {"accuracy": 1.0, "f1": 1.0, "mcc": 1.0, "n": 2}}}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["point.json"]

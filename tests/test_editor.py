@@ -65,10 +65,11 @@ def test_cp_accumulates_every_batch(tiny_llama):
         scale = float(expected.abs().max())
         assert torch.allclose(editor.regulariser[l].double(), expected, rtol=1e-4, atol=1e-6 * scale)
         assert not torch.allclose(lambda_c0[l], expected, rtol=1e-4, atol=1e-6 * scale)  # Cp does show
-    assert (editor.num_batches, editor.num_edits) == (2, 4)
+    assert (editor.num_batches, editor.total_edits) == (2, 4)
 
 
-def test_saved_state_resumes_identically(tiny_llama, tiny_llama_path, tmp_path):
+@pytest.mark.parametrize("count_key", ["total_edits", "num_edits"])  # num_edits: states saved before the rename
+def test_saved_state_resumes_identically(tiny_llama, tiny_llama_path, tmp_path, count_key):
     from transformers import AutoModelForCausalLM
 
     model, tok = tiny_llama
@@ -76,10 +77,15 @@ def test_saved_state_resumes_identically(tiny_llama, tiny_llama_path, tmp_path):
     editor = _editor(model, tok, hp)
     editor.edit(REQUESTS[:2])
     editor.save(tmp_path / "state.pt")
+    state = torch.load(tmp_path / "state.pt", weights_only=True)
+    assert state["total_edits"] == 2 and "num_edits" not in state  # the running count's one name
+    if count_key == "num_edits":  # the file as the code before the rename wrote it
+        state["num_edits"] = state.pop("total_edits")
+        torch.save(state, tmp_path / "state.pt")
     resumed_model = AutoModelForCausalLM.from_pretrained(tiny_llama_path, dtype=torch.float32).eval()
     resumed = NSEEditor(resumed_model, tok, hp, progress=False)
     resumed.load(tmp_path / "state.pt")
-    assert resumed.context_templates == TEMPLATES and resumed.num_edits == 2
+    assert resumed.context_templates == TEMPLATES and resumed.total_edits == 2
     editor.edit(REQUESTS[2:])
     resumed.edit(REQUESTS[2:])
     for l, w in _weights(editor).items():
@@ -173,7 +179,7 @@ def test_originals_are_a_copy_the_edits_leave_alone(tiny_llama):
     assert all(w.device.type == "cpu" for w in editor.original.values())
     assert all(editor.original[k].data_ptr() != w.data_ptr() for k, w in editor.weights.items())
     editor.edit(REQUESTS[:1])
-    assert editor.num_edits == 1
+    assert editor.total_edits == 1
     assert any(not torch.equal(before[k], w) for k, w in editor.weights.items())  # the model was edited
     assert all(torch.equal(before[k], editor.original[k]) for k in before)  # its originals were not
 
@@ -214,3 +220,11 @@ def test_original_weights_are_written_once_beside_the_state(tiny_llama, tmp_path
     originals.unlink()
     with pytest.raises(ValueError, match="original weights"):
         _editor(model, tok, stories_hparams(v_num_grad_steps=2)).load(tmp_path / "state.pt")
+
+
+def test_a_state_without_a_count_is_not_an_editor_state(tmp_path):
+    from util.editor import EditorStateError, read_state
+
+    torch.save({"num_batches": 1, "current": {}}, tmp_path / "other.pt")
+    with pytest.raises(EditorStateError, match="is not an editor state \\(no 'total_edits'\\)"):
+        read_state(tmp_path / "other.pt")

@@ -101,7 +101,7 @@ def test_one_batch_takes_and_leaves_no_hook(method, kind, tok, stats_dir):
     report = editor.edit(batch)
     assert all(prefers_new(editor.model, tok, r) for r in batch), report.log_line()
     assert _hooks(editor.model) == 0
-    assert report.n_requests == 2 and report.seconds > 0 and editor.num_edits == 2
+    assert report.n_requests == 2 and report.seconds > 0 and editor.total_edits == 2
 
 
 @pytest.mark.parametrize("method,kind", CASES)
@@ -118,7 +118,7 @@ def test_save_load_then_next_batch_equals_unbroken_run(method, kind, tok, stats_
     resumed.edit(REQUESTS[2:])
     for (name, a), b in zip(unbroken.model.named_parameters(), resumed.model.parameters()):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-6), name
-    assert resumed.num_edits == unbroken.num_edits == 4
+    assert resumed.total_edits == unbroken.total_edits == 4
 
 
 @pytest.mark.parametrize("method,kind", CASES)
@@ -130,7 +130,7 @@ def test_bad_request_fails_before_any_weight_changes(method, kind, tok, stats_di
         editor.edit([REQUESTS[0], bad])
     after = _snapshot(editor.model)
     assert all(torch.equal(before[n], after[n]) for n in before)
-    assert editor.num_edits == 0 and _hooks(editor.model) == 0
+    assert editor.total_edits == 0 and _hooks(editor.model) == 0
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])

@@ -67,7 +67,8 @@ def test_downstream_files_at_the_right_batch_counts(unbroken):
     files = sorted(p.name for p in (unbroken / "downstream").glob("*.json"))
     assert files == ["edits_000000.json", "edits_000010.json", "edits_000020.json"]  # every 2 batches of 5
     point = json.loads((unbroken / "downstream" / "edits_000010.json").read_text())
-    assert point["num_edits"] == 10 and point["batch_index"] == 2 and "sst2" in point["tasks"]
+    assert point["total_edits"] == 10 and point["batch_index"] == 2 and "sst2" in point["tasks"]
+    assert "num_edits" not in point  # edits so far are total_edits; num_edits is edits per batch
 
 
 def test_summarize_on_the_run(unbroken, tmp_path):

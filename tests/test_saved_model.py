@@ -37,13 +37,13 @@ def test_saved_model_reloads_with_the_same_logits(tiny_llama, tmp_path):
     assert not torch.equal(before, edited)  # the edit changed the model
     out = save_edited_model(model, tok, editor, tmp_path / "edited", {"alg_name": "NSE", "run": "r"})
     assert (out / "model.safetensors").is_file() and (out / STATE_FILE).is_file()
-    assert json.loads((out / EDIT_INFO).read_text())["num_edits"] == 2
+    assert json.loads((out / EDIT_INFO).read_text())["total_edits"] == 2
     reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
     tok2 = AutoTokenizer.from_pretrained(out)
     assert tok2(TEXT)["input_ids"] == tok(TEXT)["input_ids"] and tok2.pad_token == tok.pad_token
     assert torch.equal(_logits(reloaded, tok2), edited)
     state = torch.load(out / STATE_FILE, weights_only=True)
-    assert state["num_edits"] == 2 and state["num_batches"] == 1
+    assert state["total_edits"] == 2 and state["num_batches"] == 1 and "num_edits" not in state
     # Saving again replaces the folder; a folder that is not a saved model is refused.
     save_edited_model(model, tok, editor, out, {"alg_name": "NSE"})
     assert save_dir_problem(out) is None
@@ -95,7 +95,7 @@ def test_continuing_a_saved_model_equals_an_unbroken_run(tmp_path, stats_dir):
     saved = tmp_path / "saved"
     assert evaluate(_args(tmp_path / "b", stats_dir, dataset_size_limit="2", save_model=str(saved))) == 0
     run_b = tmp_path / "b" / "NSE" / "run_000"
-    assert json.loads((saved / EDIT_INFO).read_text())["num_edits"] == 2
+    assert json.loads((saved / EDIT_INFO).read_text())["total_edits"] == 2
 
     # The saved folder is the edited model: the unedited model + B's editor state, logit for logit.
     base, tok = load_model_and_tokenizer(str(TINY), "cpu")
@@ -112,11 +112,11 @@ def test_continuing_a_saved_model_equals_an_unbroken_run(tmp_path, stats_dir):
     assert evaluate(c_args + ["--stop_after_batches=0"]) == 0
     run_c = tmp_path / "c" / "NSE" / "run_000"
     continued = json.loads((run_c / "config.json").read_text())["continued_from"]
-    assert continued == {"editor_state": str((saved / STATE_FILE).resolve()), "num_batches": 1, "num_edits": 2}
+    assert continued == {"editor_state": str((saved / STATE_FILE).resolve()), "num_batches": 1, "total_edits": 2}
     assert evaluate(c_args + ["--continue_from_run=run_000"]) == 0
 
     a, c = _state(run_a), _state(run_c)
-    assert (c["num_batches"], c["num_edits"]) == (a["num_batches"], a["num_edits"]) == (2, 4)
+    assert (c["num_batches"], c["total_edits"]) == (a["num_batches"], a["total_edits"]) == (2, 4)
     assert c["context_templates"] == a["context_templates"]
     for part in ("original", "current", "regulariser"):
         assert a[part].keys() == c[part].keys()
@@ -128,7 +128,8 @@ def test_continuing_a_saved_model_equals_an_unbroken_run(tmp_path, stats_dir):
     for name, post in posts_c.items():
         assert_same_scores(post, posts_a[name])  # C scored 2 cases per batch of prompts, A 4
     info = json.loads((tmp_path / "saved_c" / EDIT_INFO).read_text())
-    assert info["num_edits"] == 4 and info["base_model"] == str(TINY) and info["model_name"] == str(saved)
+    assert info["total_edits"] == 4 and info["base_model"] == str(TINY) and info["model_name"] == str(saved)
+    assert "num_edits" not in info
 
 
 def test_continuation_errors(tmp_path, capsys, stats_dir):

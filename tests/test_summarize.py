@@ -39,7 +39,8 @@ CF_PRE = cf_post([LOSE], [LOSE], [LOSE], ngram_entropy=6.3, reference_score=0.2)
 
 def make_run(results: Path, alg: str, run: str, posts: list[dict], ds_name: str = "mcf", num_edits: int = 2,
              pre: list[dict] | None = None, complete: bool = True, downstream: dict[int, dict] | None = None,
-             nest_args: bool = True) -> Path:
+             nest_args: bool = True, count_key: str = "total_edits") -> Path:
+    """A run folder; ``count_key="num_edits"`` writes the running count as runs did before the rename."""
     run_dir = results / alg / run
     run_dir.mkdir(parents=True)
     args = {"alg_name": alg, "model_name": "tiny-llama", "ds_name": ds_name, "num_edits": num_edits,
@@ -55,7 +56,7 @@ def make_run(results: Path, alg: str, run: str, posts: list[dict], ds_name: str 
         (run_dir / f"{num_edits}_edits-case_{case_id}.json").write_text(json.dumps(case))
     for n, tasks in (downstream or {}).items():
         (run_dir / "downstream").mkdir(exist_ok=True)
-        point = {"num_edits": n, "batch_index": n // num_edits, "tasks": tasks}
+        point = {count_key: n, "batch_index": n // num_edits, "tasks": tasks}
         (run_dir / "downstream" / f"edits_{n:06d}.json").write_text(json.dumps(point))
     if complete:
         (run_dir / "run_complete.json").write_text("{}")
@@ -152,13 +153,15 @@ def test_incomplete_run_is_marked(tmp_path):
     assert [r["status"] for r in data["runs"]] == ["complete", "INCOMPLETE"]
 
 
-def test_downstream_table_and_csv(tmp_path):
+@pytest.mark.parametrize("count_key", ["total_edits", "num_edits"])  # num_edits: points written before the rename
+def test_downstream_table_and_csv(tmp_path, count_key):
     def tasks(acc):
         return {"sst2": {"accuracy": acc, "f1": 0.5, "mcc": 0.25, "n": 4}, "mmlu": {"accuracy": 0.25, "f1": 0.2,
                                                                                   "mcc": 0.0, "n": 4}}
-    make_run(tmp_path, "NSE", "run_000", CF_POSTS, downstream={4: tasks(0.5), 0: tasks(0.75)})
+    make_run(tmp_path, "NSE", "run_000", CF_POSTS, downstream={4: tasks(0.5), 0: tasks(0.75)}, count_key=count_key)
     (s,) = summarize_runs(tmp_path, ["NSE"])[0]
-    assert [p["num_edits"] for p in s.downstream] == [0, 4]  # ordered by edits, not by file listing
+    assert [p["total_edits"] for p in s.downstream] == [0, 4]  # ordered by edits, not by file listing
+    assert all("num_edits" not in p for p in s.downstream) and not s.warnings  # one name, whatever the file held
     report = format_report([s])
     table = report[report.index("Downstream NSE/run_000"):].splitlines()
     assert table[1].split() == ["task", "metric", "0", "edits", "4", "edits"]
@@ -166,7 +169,7 @@ def test_downstream_table_and_csv(tmp_path):
     written = write_outputs([s], default_out_prefix(tmp_path, ["NSE"]))
     assert written[2] == tmp_path / "NSE" / "summary_downstream.csv"
     rows = list(csv.DictReader(written[2].open()))
-    assert [(r["num_edits"], r["task"], r["accuracy"]) for r in rows] == [
+    assert [(r["total_edits"], r["task"], r["accuracy"]) for r in rows] == [
         ("0", "mmlu", "0.25"), ("0", "sst2", "0.75"), ("4", "mmlu", "0.25"), ("4", "sst2", "0.5")]
 
 
@@ -262,3 +265,23 @@ def test_atomic_files_get_the_mode_a_plain_write_gives(tmp_path):
         os.umask(old)
     for path in written:
         assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+
+
+@pytest.mark.parametrize("count_key", ["total_edits", "num_edits"])  # num_edits: markers written before the rename
+def test_run_complete_gives_the_final_counts(tmp_path, count_key):
+    run_dir = make_run(tmp_path, "NSE", "run_000", CF_POSTS)
+    (run_dir / "run_complete.json").write_text(json.dumps({"finished": "then", "num_batches": 1, count_key: 2}))
+    s = summarize_run(run_dir)
+    assert (s.final_total_edits, s.final_num_batches) == (2, 1) and not s.warnings
+
+
+@pytest.mark.parametrize("count_key", ["total_edits", "num_edits"])  # num_edits: runs continued before the rename
+def test_report_names_the_edits_a_run_continued_from(tmp_path, count_key):
+    from experiments.report import write_report
+
+    run_dir = make_run(tmp_path, "NSE", "run_000", CF_POSTS)
+    config = json.loads((run_dir / "config.json").read_text())
+    config["continued_from"] = {"editor_state": "/saved/editor_state.pt", "num_batches": 3, count_key: 6}
+    (run_dir / "config.json").write_text(json.dumps(config))
+    report = write_report([summarize_run(run_dir)], tmp_path / "report.md").read_text()
+    assert "| continued from | `/saved/editor_state.pt` (6 edits before this run) |" in report

@@ -34,7 +34,7 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
 def three_case_run(results: Path, **kwargs) -> Path:
     """NSE/run_000 with case files 0, 1, 2 (CF_POSTS twice over) and a final point after 3 edits."""
     run = make_run(results, "NSE", "run_000", [CF_POSTS[0], CF_POSTS[1], CF_POSTS[0]], num_edits=1, **kwargs)
-    (run / "run_complete.json").write_text(json.dumps({"num_edits": 3, "num_batches": 3}))
+    (run / "run_complete.json").write_text(json.dumps({"total_edits": 3, "num_batches": 3}))
     return run
 
 
@@ -142,11 +142,12 @@ def test_a_bad_downstream_point_is_skipped(tmp_path, capsys):
     tasks = {"sst2": {"accuracy": 0.5, "f1": 0.5, "mcc": 0.0, "n": 4}}
     run = three_case_run(tmp_path, downstream={0: tasks})
     bad = {1: (b"\xff\xfe", "is not UTF-8 text"),
-           2: (json.dumps({"num_edits": 2, "tasks": {"sst2": 0.5}}).encode(), "task 'sst2' is a JSON number, not {"),
-           3: (json.dumps({"num_edits": "3", "tasks": tasks}).encode(), "num_edits and batch_index must be whole"),
-           4: (json.dumps({"num_edits": 4, "tasks": {"sst2": {"f1": "0.5"}}}).encode(),
+           2: (json.dumps({"total_edits": 2, "tasks": {"sst2": 0.5}}).encode(), "task 'sst2' is a JSON number, not {"),
+           3: (json.dumps({"total_edits": "3", "tasks": tasks}).encode(), "total_edits and batch_index must be whole"),
+           4: (json.dumps({"total_edits": 4, "tasks": {"sst2": {"f1": "0.5"}}}).encode(),
                "task 'sst2' has a JSON string for 'f1', not a number"),
-           5: (b'{"num_edits": 5, "tasks": {"sst2": {"mcc": NaN}}}', "it holds NaN or Infinity")}
+           5: (b'{"total_edits": 5, "tasks": {"sst2": {"mcc": NaN}}}', "it holds NaN or Infinity"),
+           6: (json.dumps({"batch_index": 6, "tasks": tasks}).encode(), "not a downstream result ({total_edits")}
     for n, (data, _) in bad.items():
         (run / "downstream" / f"edits_{n:06d}.json").write_bytes(data)
     code, out, err = run_cli(capsys, "--dir_name=NSE", f"--results_dir={tmp_path}")
@@ -154,12 +155,12 @@ def test_a_bad_downstream_point_is_skipped(tmp_path, capsys):
     assert code == 0 and len(lines) == len(bad)
     for line, (n, (_, words)) in zip(lines, bad.items()):
         assert f"edits_{n:06d}.json" in line and words in line and "that evaluation point is left out" in line
-    assert [p["num_edits"] for p in summary_json(tmp_path)["runs"][0]["downstream"]] == [0]
+    assert [p["total_edits"] for p in summary_json(tmp_path)["runs"][0]["downstream"]] == [0]
 
 
-def _curve_point(num_edits: int, cases: dict, ds_kind: str = "counterfact") -> bytes:
-    return json.dumps({"num_edits": num_edits, "batch_index": num_edits, "n_cases": len(cases), "ds_kind": ds_kind,
-                       "cases": cases}).encode()
+def _curve_point(total_edits: int, cases: dict, ds_kind: str = "counterfact") -> bytes:
+    return json.dumps({"total_edits": total_edits, "batch_index": total_edits, "n_cases": len(cases),
+                       "ds_kind": ds_kind, "cases": cases}).encode()
 
 
 def test_a_bad_curve_point_is_left_out_of_the_figure(tmp_path, capsys):
@@ -167,7 +168,7 @@ def test_a_bad_curve_point_is_left_out_of_the_figure(tmp_path, capsys):
     (run / "curves").mkdir()
     files = {1: _curve_point(1, {"0": CF_POSTS[0]}), 2: b"\x89PNG\x00", 4: _curve_point(4, ["0"]),
              5: _curve_point(5, {"0": {"rewrite_prompts_probs": []}}), 6: _curve_point(6, {"0": ZSRE_POSTS[0]}, "zsre"),
-             7: b'{"num_edits": 7'}
+             7: b'{"total_edits": 7'}
     for n, data in files.items():
         (run / "curves" / f"edits_{n:06d}.json").write_bytes(data)
     code, out, err = run_cli(capsys, "--dir_name=NSE", f"--results_dir={tmp_path}", f"--plot={tmp_path / 'f'}")
@@ -179,7 +180,7 @@ def test_a_bad_curve_point_is_left_out_of_the_figure(tmp_path, capsys):
         assert f"edits_{n:06d}.json" in err and words in err, words
     with open(tmp_path / "f" / "metrics_vs_edits.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [(r["source"], r["num_edits"]) for r in rows] == [("curve", "1"), ("final", "3")]
+    assert [(r["source"], r["total_edits"]) for r in rows] == [("curve", "1"), ("final", "3")]
 
 
 def test_a_damaged_run_complete_json_warns_and_drops_the_final_point(tmp_path, capsys):
@@ -258,7 +259,7 @@ def test_a_figure_without_curve_points_says_how_to_get_them(tmp_path, capsys):
     assert err == "note: NSE/run_000: metrics_vs_edits: only the final point (the run has no curves/ points); " \
                   "run experiments.evaluate with --curve_every=N to add a point every N batches\n"
     assert "--curve_every=N" in (tmp_path / "NSE" / "summary_report.md").read_text()  # the report's notes
-    header = ["label", "source", "num_edits"]
+    header = ["label", "source", "total_edits"]
     assert "--curve_every=N" in _metrics_title([["x", "final", 3]], header, "counterfact")  # the figure's title
     assert "--curve_every" not in _metrics_title([["x", "curve", 1], ["x", "final", 3]], header, "counterfact")
 
@@ -266,7 +267,7 @@ def test_a_figure_without_curve_points_says_how_to_get_them(tmp_path, capsys):
 def test_counterfact_and_zsre_get_separate_figures(tmp_path, capsys):
     three_case_run(tmp_path)
     zsre = make_run(tmp_path, "MEMIT", "run_000", ZSRE_POSTS, ds_name="zsre", num_edits=1)
-    (zsre / "run_complete.json").write_text(json.dumps({"num_edits": 2, "num_batches": 2}))
+    (zsre / "run_complete.json").write_text(json.dumps({"total_edits": 2, "num_batches": 2}))
     code, out, err = run_cli(capsys, "--dir_name=NSE,MEMIT", f"--results_dir={tmp_path}", f"--plot={tmp_path / 'f'}")
     assert code == 0
     assert sorted(p.name for p in (tmp_path / "f").iterdir()) == [

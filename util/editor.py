@@ -30,6 +30,7 @@ from torch import nn
 from util.atomic_files import save_torch_atomic
 from util.phase_timer import PhaseTimer
 from util.requests import normalize_request
+from util.total_edits import TOTAL_EDITS, total_edits_of
 from util.value_cache import ValueCache
 
 log = logging.getLogger(__name__)
@@ -43,8 +44,8 @@ class EditorStateError(ValueError):
 def read_state(path: str | Path, mmap: bool = False) -> dict[str, Any]:
     """The state dict saved in ``path``; a damaged or truncated file is an :class:`EditorStateError`."""
     state = _load_saved(path, "editor state", mmap)
-    if not isinstance(state, dict) or "num_edits" not in state:
-        raise EditorStateError(f"{path} is not an editor state (no 'num_edits'); is it the right file?")
+    if not isinstance(state, dict) or total_edits_of(state) is None:
+        raise EditorStateError(f"{path} is not an editor state (no '{TOTAL_EDITS}'); is it the right file?")
     return state
 
 
@@ -128,7 +129,7 @@ class Editor(ABC):
         keep_on = torch.device("cpu") if originals_on_cpu else None
         self.original = {k: w.detach().to(keep_on, copy=True) for k, w in self.weights.items()}
         self.num_batches = 0
-        self.num_edits = 0
+        self.total_edits = 0  # edits applied so far (num_edits elsewhere is edits per batch)
         self.finished = False
         self.last_report: EditReport | None = None
         self.timer = PhaseTimer.for_model(model)  # a fresh one per batch; methods time their phases with it
@@ -199,7 +200,7 @@ class Editor(ABC):
         self._check_requests(requests)
         if self.finished:
             raise RuntimeError("this editor has finished (finish() was called); start a new one to edit more")
-        report = self.report_class(self.num_batches, len(requests), self.num_edits + len(requests))
+        report = self.report_class(self.num_batches, len(requests), self.total_edits + len(requests))
         self.timer = PhaseTimer.for_model(self.model)
         if not self._is_prepared():
             with self.timer("preparation"):
@@ -207,7 +208,7 @@ class Editor(ABC):
         self._edit(requests, report)
         report.phase_seconds = self.timer.as_dict()
         self.num_batches += 1
-        self.num_edits += len(requests)
+        self.total_edits += len(requests)
         report.seconds = time.time() - start
         self.last_report = report
         logging.getLogger(type(self).__module__).info(report.log_line())
@@ -221,7 +222,7 @@ class Editor(ABC):
             "hparams": self.hparams.to_dict(),
             "context_templates": self.context_templates,
             "num_batches": self.num_batches,
-            "num_edits": self.num_edits,
+            TOTAL_EDITS: self.total_edits,
             "finished": self.finished,
             # copies: on CPU .cpu() would alias the live tensors, which later edits change in place
             "original": {k: w.detach().to("cpu", copy=True) for k, w in self.original.items()},
@@ -249,7 +250,7 @@ class Editor(ABC):
                 self.original[k] = state["original"][k].to(device=self.original[k].device, dtype=w.dtype)
         self.context_templates = state["context_templates"]
         self.num_batches = state["num_batches"]
-        self.num_edits = state["num_edits"]
+        self.total_edits = int(total_edits_of(state))  # states saved before the rename hold "num_edits"
         self.finished = state.get("finished", False)
         self._load_extra_state(state)
 

@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from util.atomic_files import write_json_atomic
 from util.tokens import pad_token_id
+from util.total_edits import TOTAL_EDITS
 
 from .original_protocol import ORIGINAL_TASKS, evaluate_original, examples_after_pool
 from .scoring import build_pairs, context_limit, continuation_ids, mean_logprobs
@@ -112,8 +113,8 @@ def run_downstream_eval(model: nn.Module, tok, glue_dir: str | Path, tasks: Sequ
     return results
 
 
-def write_downstream_result(path: str | Path, result: dict[str, TaskMetrics], num_edits: int,
+def write_downstream_result(path: str | Path, result: dict[str, TaskMetrics], total_edits: int,
                             batch_index: int) -> Path:
     """Write one evaluation point as JSON, atomically (a reader never sees half a file)."""
-    payload = {"num_edits": int(num_edits), "batch_index": int(batch_index), "tasks": result}
+    payload = {TOTAL_EDITS: int(total_edits), "batch_index": int(batch_index), "tasks": result}
     return write_json_atomic(path, payload)
