@@ -50,18 +50,22 @@ def test_cli_reads_the_shipped_task_files_unless_told_otherwise(monkeypatch, tmp
     assert seen == [SHIPPED_GLUE_DIR, tmp_path]
 
 
-def test_wikipedia_names_the_current_dump_streamed(monkeypatch):
+def test_wikipedia_names_the_current_dump_sampled_as_the_original(monkeypatch):
     import datasets
 
+    from util.corpus import hub_sample_indices
+
     calls = []
+    rows = [{"text": "First article."}, {"text": ""}, {"text": "Second article."}, {"text": "Third."}]
 
     def fake_load_dataset(name, config=None, **kwargs):
         calls.append((name, config, kwargs))
-        return iter([{"text": "First article."}, {"text": ""}, {"text": "Second article."}])
+        return rows
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
-    assert load_corpus_texts("wikipedia", 2) == ["First article."]  # the empty text is dropped after the take
-    assert calls == [("wikimedia/wikipedia", "20231101.en", {"split": "train", "streaming": True})]
+    taken = [rows[i]["text"] for i in hub_sample_indices(len(rows), 3)]
+    assert load_corpus_texts("wikipedia", 3) == [t for t in taken if t]  # empty texts dropped after the take
+    assert calls == [("wikimedia/wikipedia", "20231101.en", {"split": "train"})]  # the whole split
     load_corpus_texts("wikimedia/wikipedia", 1)
     assert calls[-1][:2] == ("wikimedia/wikipedia", "20231101.en")
     assert corpus_id("wikipedia") == corpus_id("wikimedia/wikipedia") == "wikimedia_wikipedia-20231101.en"
