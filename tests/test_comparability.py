@@ -114,10 +114,31 @@ def test_exact_word_tokenize_when_punkt_is_installed(punkt):
     assert metric_settings()["word_tokenizer"] == "nltk.word_tokenize"
 
 
+def test_the_shipped_model_gives_the_exact_pipeline_without_nltk_data(punkt, monkeypatch):
+    """No punkt_tab installed: NLTK's English model shipped in experiments/metrics/punkt_tab runs
+    word_tokenize's own pipeline (trained Punkt sentences, then NLTKWordTokenizer)."""
+    import nltk.tokenize
+    from nltk.tokenize.punkt import PunktSentenceTokenizer
+
+    punkt(False)
+    assert metric_settings()["word_tokenizer"] == "nltk.word_tokenize"
+    # The trained model knows "Mr." is an abbreviation: no sentence ends there, so its period stays.
+    assert word_tokenize("Mr. Smith sat. Mr. Smith sat.") == ["Mr.", "Smith", "sat", ".", "Mr.", "Smith", "sat", "."]
+    trained = PunktSentenceTokenizer()
+    trained._params = fluency.shipped_punkt_params()
+    monkeypatch.setattr(nltk.tokenize, "_get_punkt_tokenizer", lambda language="english": trained)
+    for text in ('He said "no." Then, it\'s 3.5 km away!', "Dr. Who met Mrs. Jones at 5 p.m. on Jan. 3. They left."):
+        assert word_tokenize(text) == nltk.tokenize.word_tokenize(text)
+    # Fluency by hand through it: bigrams (Mr. Smith) 2, (Smith sat) 2, (sat .) 2, (. Mr.) 1.
+    expected = (2 / 3 * bits(2, 2, 2, 1) + 4 / 3 * bits(2, 2, 1, 1)) / 2
+    assert text_ngram_entropy("Mr. Smith sat. Mr. Smith sat.") == pytest.approx(expected)
+
+
 def test_fallback_without_punkt_is_word_tokenize_with_an_untrained_model(punkt, monkeypatch):
     import nltk.tokenize
     from nltk.tokenize.punkt import PunktSentenceTokenizer
 
+    monkeypatch.setattr(fluency, "SHIPPED_PUNKT", fluency.SHIPPED_PUNKT.parent / "missing")
     punkt(False)
     assert metric_settings()["word_tokenizer"] == "nltk-untrained-punkt"
     # Sentence-final periods are split off mid-text (not glued: "there."), as word_tokenize does.

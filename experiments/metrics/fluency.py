@@ -23,6 +23,7 @@ import warnings
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -47,6 +48,8 @@ DEPARTURES = {
 # Names recorded in a run's config.json for the word tokenizer that was used.
 NLTK_EXACT = "nltk.word_tokenize"
 NLTK_FALLBACK = "nltk-untrained-punkt"  # punkt_tab data missing: see word_tokenize
+# NLTK's English punkt_tab model, shipped: word_tokenize's exact pipeline without NLTK's data download.
+SHIPPED_PUNKT = Path(__file__).resolve().parent / "punkt_tab" / "english"
 REGEX_TOKENIZER = "regex"
 
 # The project's older stand-in tokenizer (option regex_word_tokenizer): runs of letters/digits,
@@ -92,11 +95,35 @@ def _nltk_tokenizer() -> tuple[str, Callable[[str], list[str]]]:
         return NLTK_EXACT, nltk_word_tokenize
     from nltk.tokenize.punkt import PunktSentenceTokenizer
 
+    if SHIPPED_PUNKT.is_dir():  # the same English model, shipped (punkt_tab/SOURCES.md)
+        trained = PunktSentenceTokenizer()
+        trained._params = shipped_punkt_params()  # as nltk's PunktTokenizer.load_lang sets it
+        words = NLTKWordTokenizer()
+        return NLTK_EXACT, lambda text: [w for s in trained.tokenize(text) for w in words.tokenize(s)]
+
     # word_tokenize = Punkt sentences, then NLTKWordTokenizer per sentence. Without the trained
     # model only abbreviation knowledge is lost ("Mr." ends a sentence); skipping the sentence
     # split instead would glue every sentence-final period to its word ("sat." in mid-text).
     sentences, words = PunktSentenceTokenizer(), NLTKWordTokenizer()
     return NLTK_FALLBACK, lambda text: [w for s in sentences.tokenize(text) for w in words.tokenize(s)]
+
+
+def shipped_punkt_params():
+    """The shipped model's parameters, decoded as nltk's load_punkt_params decodes them (nltk's own
+    loader opens files under its data paths only, so the files are opened here)."""
+    from nltk.tabdata import PunktDecoder
+    from nltk.tokenize.punkt import PunktParameters
+
+    def read(name: str, decode):
+        with (SHIPPED_PUNKT / name).open(encoding="utf-8") as f:
+            return decode(f)
+
+    params, dec = PunktParameters(), PunktDecoder()
+    params.collocations = set(read("collocations.tab", dec.tab2tups))
+    params.sent_starters = read("sent_starters.txt", dec.txt2set)
+    params.abbrev_types = read("abbrev_types.txt", dec.txt2set)
+    params.ortho_context = read("ortho_context.tab", dec.tab2intdict)
+    return params
 
 
 def word_tokenizer_name(regex: bool = False) -> str:
