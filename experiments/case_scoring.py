@@ -17,6 +17,7 @@ from typing import Any
 from experiments.ds_kinds import kind_of
 from experiments.metrics.counterfact import generation_metrics_many
 from experiments.metrics.fluency import MetricOptions
+from experiments.metrics.generation_eval import generation_eval_many
 
 CHUNK_CASES = 32  # cases whose teacher-forced prompts are scored together (~800 sequences)
 GENERATION_CASES = 8  # cases whose generation prompts are sampled together (80 CounterFact rows)
@@ -40,9 +41,17 @@ class CaseScorer:
     extras: tuple[Any, Any] = (None, None)  # attribute snippets, TF-IDF vectorizer (Consistency)
     chunk: int = CHUNK_CASES
     generation_chunk: int = GENERATION_CASES
+    generation_eval: bool = False           # --generation_eval: greedy answers scored beside teacher forcing
 
     def teacher_forced(self, records: Sequence[dict]) -> list[dict[str, Any]]:
         return kind_of(self.ds_name).teacher_forced(self.model, self.tok, records)
+
+    def answers(self, records: Sequence[dict]) -> list[dict[str, Any]]:
+        """Generation-based scores of ``records`` (experiments.metrics.generation_eval)."""
+        items = kind_of(self.ds_name).generation_eval_items
+        if items is None:
+            raise ValueError(f"--generation_eval: dataset {self.ds_name!r} has no generation-based evaluation")
+        return generation_eval_many(self.model, self.tok, [items(r) for r in records])
 
     def has_generation(self, index: int, record: dict) -> bool:
         """Whether the case at ``index`` (its position in the run's records) gets generation metrics."""
@@ -72,6 +81,10 @@ class CaseScorer:
                 with timer("teacher_forced_seconds"):
                     for j, post in zip(todo, self.teacher_forced([part[j][1] for j in todo])):
                         posts[j] = post
+            if self.generation_eval:  # also where a curve point gave the teacher-forced part
+                with timer("generation_eval_seconds"):
+                    for post, scores in zip(posts, self.answers([r for _, r in part])):
+                        post.update(scores)
             for (index, record), post in zip(part, posts):
                 if self.has_generation(index, record):
                     waiting.append((index, record, post))

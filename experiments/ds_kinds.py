@@ -9,6 +9,7 @@ names: a new kind (multi-hop, long-form...) is a loader in ``dsets/``, its metri
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,11 @@ from dsets.zsre import ZsreDataset
 from experiments.metrics.counterfact import probability_metrics_many
 from experiments.metrics.per_case import CORRECT, NLL_PAIRS, PostList, Row, counterfact_row, zsre_row
 from experiments.metrics.zsre import compute_rewrite_quality_zsre_many
+from util.requests import fill_prompt
 
+GENERATION_EVAL_COLUMNS = {"rewrite_gen_em": "Efficacy EM", "paraphrase_gen_em": "Generalization EM",
+                           "neighborhood_gen_em": "Specificity EM", "rewrite_gen_f1": "Efficacy F1",
+                           "paraphrase_gen_f1": "Generalization F1", "neighborhood_gen_f1": "Specificity F1"}
 Loader = Callable[[str | Path, Any, int | None], RecordList]  # (data dir or file, tokenizer, size)
 Scorer = Callable[[Any, Any, Sequence[dict]], list[dict[str, Any]]]  # (model, tok, records) -> posts
 
@@ -38,6 +43,9 @@ class DsKind:
     generation: bool = False               # generation tests (Fluency, Consistency) on some cases
     score_of: tuple[str, ...] = ()         # rates whose harmonic mean is "score" (none: no Score)
     one_edit_per_batch: Mapping[str, str] | None = None  # --ds_name -> why batches are refused
+    # --generation_eval: a record's (prompt, expected answer) pairs per group, and their table columns
+    generation_eval_items: Callable[[dict[str, Any]], dict[str, list[tuple[str, str]]]] | None = None
+    generation_eval_columns: Mapping[str, str] = dataclasses.field(default_factory=lambda: GENERATION_EVAL_COLUMNS)
 
     def rule_for_batches(self, ds_name: str, num_edits: int) -> str | None:
         """Why ``num_edits`` edits per batch cannot be read from ``ds_name``; None when they can."""
@@ -59,6 +67,27 @@ def _zsre(data_dir: str | Path, tok: Any, size: int | None) -> RecordList:
     return ZsreDataset(data_dir, tok, size=size)
 
 
+def _counterfact_answers(record: dict[str, Any]) -> dict[str, list[tuple[str, str]]]:
+    """Rewrite and paraphrase prompts expect the new object; neighbourhood prompts the true one."""
+    rewrite = record["requested_rewrite"]
+    new, true = rewrite["target_new"]["str"], rewrite["target_true"]["str"]
+    return {"rewrite": [(fill_prompt(rewrite["prompt"], rewrite["subject"]), new)],
+            "paraphrase": [(p, new) for p in record["paraphrase_prompts"]],
+            "neighborhood": [(p, true) for p in record["neighborhood_prompts"]]}
+
+
+def _zsre_answers(record: dict[str, Any]) -> dict[str, list[tuple[str, str]]]:
+    """The question and its rephrase expect the new answer; the NQ question its own answer (the
+    loader stored it a token per prompt: the last prompt and token complete it)."""
+    rewrite, nq = record["requested_rewrite"], record["neighborhood_prompts"]
+    new = rewrite["target_new"]["str"]
+    question = nq[0]["prompt"]
+    answer = nq[-1]["prompt"][len(question):] + nq[-1]["target"]
+    return {"rewrite": [(fill_prompt(rewrite["prompt"], rewrite["subject"]), new)],
+            "paraphrase": [(p, new) for p in record["paraphrase_prompts"]],
+            "neighborhood": [(question, answer)]}
+
+
 COUNTERFACT = DsKind(
     name="counterfact", title="CounterFact",
     loaders={"cf": _counterfact, "mcf": _multi_counterfact},
@@ -72,6 +101,7 @@ COUNTERFACT = DsKind(
     generation=True, score_of=("rewrite_success", "paraphrase_success", "neighborhood_success"),
     one_edit_per_batch={"cf": "CounterFact repeats subjects across records; use --ds_name=mcf "
                               "(MultiCounterFact, no subject twice) for batches of edits"},
+    generation_eval_items=_counterfact_answers,
 )
 ZSRE = DsKind(
     name="zsre", title="zsRE", loaders={"zsre": _zsre},
@@ -80,6 +110,7 @@ ZSRE = DsKind(
     curve_metrics=(("rewrite_acc", "Efficacy"), ("paraphrase_acc", "Generalization"),
                    ("neighborhood_acc", "Specificity")),
     scale="×100, token-level top-1 accuracy",
+    generation_eval_items=_zsre_answers,
 )
 KINDS: tuple[DsKind, ...] = (COUNTERFACT, ZSRE)
 

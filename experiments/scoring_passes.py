@@ -58,7 +58,8 @@ class Scorers:
             self._extras = _generation_resources(cfg, self.paths) if generation_every(cfg) else (None, None)
         return CaseScorer(self.model, self.tok, cfg.ds_name, generation_every(cfg) if generation else 0, cfg.seed,
                           MetricOptions.from_names(cfg.metric_departures),
-                          self._extras if generation else (None, None))
+                          self._extras if generation else (None, None),
+                          generation_eval=cfg.generation_eval and generation)
 
 
 def _generation_resources(cfg: RunConfig, paths: RunPaths) -> tuple[Any, Any]:

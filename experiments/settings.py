@@ -135,6 +135,9 @@ class RunConfig:
         None, "requests whose values are optimised together (default: the whole batch; lower it if memory runs out)",
         group="compute", rule=Rule(1, "leave it out for the whole batch"))
     eval_pre_edit: bool = setting(False, "also score every case on the unedited model ('pre' row)", group="scoring")
+    generation_eval: bool = setting(
+        False, "also score every case by greedy generation (answer up to a period or newline; exact match and "
+        "token F1) beside teacher forcing", group="scoring")
     stop_after_batches: int | None = setting(
         None, "stop cleanly after N batches (e.g. a time-limited job); continue with --continue_from_run",
         group="resume", rule=Rule(0, "batches to edit before stopping"), resumable=True)

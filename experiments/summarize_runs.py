@@ -598,8 +598,8 @@ def _run_line(s: RunSummary) -> str:
     return f"{s.label}  [{s.status}]  " + ", ".join(parts) + f"  ({s.path})"
 
 
-def _metrics_table(summaries: Sequence[RunSummary], kind: DsKind) -> str:
-    columns = kind.columns
+def _metrics_table(summaries: Sequence[RunSummary], kind: DsKind, generation_eval: bool = False) -> str:
+    columns = kind.generation_eval_columns if generation_eval else kind.columns
     rows = []
     for s in summaries:
         mark = "" if s.complete else " (INCOMPLETE)"
@@ -608,6 +608,9 @@ def _metrics_table(summaries: Sequence[RunSummary], kind: DsKind) -> str:
         if s.n_cases:
             rows.append([f"{s.label}{mark}", str(s.n_cases), *(_cell(s.post.get(k)) for k in columns)])
     title = f"{kind.title}: mean ± std over cases ({kind.scale})"
+    if generation_eval:
+        title = (f"{kind.title}, generation-based (--generation_eval): greedy answer up to a period or newline; "
+                 "exact match and token F1 after SQuAD normalisation, ×100, mean ± std over cases")
     return title + "\n" + format_table(["run", "cases", *columns.values()], rows)
 
 
@@ -629,6 +632,10 @@ def _downstream_table(s: RunSummary) -> str:
     return title + "\n" + format_table(header, rows, n_label_columns=2)
 
 
+def _has_generation_eval(s: RunSummary) -> bool:
+    return any(key in (s.post or {}) or key in (s.pre or {}) for key in ("rewrite_gen_em", "rewrite_gen_f1"))
+
+
 def format_report(summaries: Sequence[RunSummary], skipped: Sequence[str] = ()) -> str:
     """The whole printed report: run list, one paper table per dataset kind, downstream tables."""
     blocks = ["Runs\n" + "\n".join("  " + _run_line(s) for s in summaries)]
@@ -640,6 +647,8 @@ def format_report(summaries: Sequence[RunSummary], skipped: Sequence[str] = ()) 
         chosen = [s for s in summaries if s.ds_kind == kind.name and (s.n_cases or s.pre is not None)]
         if chosen:
             blocks.append(_metrics_table(chosen, kind))
+        if any(_has_generation_eval(s) for s in chosen):
+            blocks.append(_metrics_table(chosen, kind, generation_eval=True))
     blocks.extend(_downstream_table(s) for s in summaries if s.downstream)
     return "\n\n".join(blocks) + "\n"
 

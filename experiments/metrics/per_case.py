@@ -51,12 +51,19 @@ def counterfact_row(post: Post) -> Row:
         row[f"{group}_acc"] = _mean_or_none([float(c) for c in post.get(f"{group}_prompts_correct", [])])
     for key in GENERATION_KEYS:
         row[key] = float(post[key]) if key in post else None
-    return row
+    return {**row, **generation_eval_row(post)}
 
 
 def zsre_row(post: Post) -> Row:
     """Token-level top-1 accuracies."""
-    return {f"{group}_acc": _mean_or_none([float(c) for c in post[f"{group}_prompts_correct"]]) for group in GROUPS}
+    row: Row = {f"{group}_acc": _mean_or_none([float(c) for c in post[f"{group}_prompts_correct"]]) for group in GROUPS}
+    return {**row, **generation_eval_row(post)}
+
+
+def generation_eval_row(post: Post) -> Row:
+    """Means of the generation-based scores (``--generation_eval``), where the case has them."""
+    return {f"{group}_gen_{k}": _mean_or_none([float(x) for x in post[f"{group}_gen_{k}"]])
+            for group in GROUPS for k in ("em", "f1") if f"{group}_gen_{k}" in post}
 
 
 class PostList(NamedTuple):

@@ -38,6 +38,11 @@ METRIC_DESCRIPTIONS: dict[str, str] = {
                      "(≈600 healthy, <500 collapsed); over the cases with generation metrics.",
     "reference_score": "Consistency (RS): TF-IDF cosine between the generations and the reference snippets "
                        "of target_new, ×100; over the cases with generation metrics.",
+    **{f"{group}_gen_{k}": f"{name} by generation (--generation_eval): {what} of the greedy answer to the {group} "
+                          f"prompts (up to a period or newline) against the {'true' if group == 'neighborhood' else 'new'}"
+                          " target after SQuAD normalisation, ×100"
+       for group, name in (("rewrite", "Efficacy"), ("paraphrase", "Generalization"), ("neighborhood", "Specificity"))
+       for k, what in (("em", "exact-match rate"), ("f1", "mean token F1"))},
     "essence_score": "Essence: perplexity of the model on snippets about the subject (not scaled; lower = "
                      "the subject's other knowledge is better preserved).",
 }
