@@ -19,6 +19,8 @@ from experiments.metrics.counterfact import generation_metrics_many
 from experiments.metrics.fluency import MetricOptions
 from experiments.metrics.generation_eval import generation_eval_many
 
+GEN_EVAL_KEY = "rewrite_gen_em"  # a post holding it has the generation-based scores
+
 CHUNK_CASES = 32  # cases whose teacher-forced prompts are scored together (~800 sequences)
 GENERATION_CASES = 8  # cases whose generation prompts are sampled together (80 CounterFact rows)
 Timer = Callable[[str], contextlib.AbstractContextManager]
@@ -45,6 +47,15 @@ class CaseScorer:
 
     def teacher_forced(self, records: Sequence[dict]) -> list[dict[str, Any]]:
         return kind_of(self.ds_name).teacher_forced(self.model, self.tok, records)
+
+    def curve_metrics(self, records: Sequence[dict]) -> list[dict[str, Any]]:
+        """What a curve point holds per case: the teacher-forced metrics, and with ``generation_eval``
+        the generation-based ones (no Fluency: no sampling on curves)."""
+        posts = self.teacher_forced(records)
+        if self.generation_eval:
+            for post, scores in zip(posts, self.answers(records)):
+                post.update(scores)
+        return posts
 
     def answers(self, records: Sequence[dict]) -> list[dict[str, Any]]:
         """Generation-based scores of ``records`` (experiments.metrics.generation_eval)."""
@@ -81,10 +92,11 @@ class CaseScorer:
                 with timer("teacher_forced_seconds"):
                     for j, post in zip(todo, self.teacher_forced([part[j][1] for j in todo])):
                         posts[j] = post
-            if self.generation_eval:  # also where a curve point gave the teacher-forced part
+            missing = [j for j, post in enumerate(posts) if self.generation_eval and GEN_EVAL_KEY not in post]
+            if missing:  # a curve point of these weights may have them already
                 with timer("generation_eval_seconds"):
-                    for post, scores in zip(posts, self.answers([r for _, r in part])):
-                        post.update(scores)
+                    for j, scores in zip(missing, self.answers([part[j][1] for j in missing])):
+                        posts[j].update(scores)
             for (index, record), post in zip(part, posts):
                 if self.has_generation(index, record):
                     waiting.append((index, record, post))

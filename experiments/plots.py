@@ -33,9 +33,16 @@ from util.atomic_files import atomic_path, write_text_atomic
 from util.total_edits import TOTAL_EDITS
 
 METRICS_FIGURE, DOWNSTREAM_FIGURE = "metrics_vs_edits", "downstream_vs_edits"
+# With --generation_eval the exact-match rates get panels of their own (drawn only where a run has them).
+GENERATION_PANELS = (("rewrite_gen_em", "Efficacy EM"), ("paraphrase_gen_em", "Generalization EM"),
+                     ("neighborhood_gen_em", "Specificity EM"))
+
+
 def panels() -> list[str]:
-    """Every kind's curve panel names (DsKind.curve_metrics), in order; a kind draws those it has."""
-    return list(dict.fromkeys(name for kind in all_kinds() for _, name in kind.curve_metrics))
+    """Every kind's curve panel names (DsKind.curve_metrics), then the generation-based ones; a
+    figure draws those its runs have."""
+    names = [name for kind in all_kinds() for _, name in kind.curve_metrics] + [n for _, n in GENERATION_PANELS]
+    return list(dict.fromkeys(names))
 CURVE_FIX = "delete it or move it out of curves/"
 CURVE_HINT = "run experiments.evaluate with --curve_every=N to add a point every N batches"
 DOWNSTREAM_RANGE = {"accuracy": (-0.03, 1.03), "f1": (-0.03, 1.03), "mcc": (-1.05, 1.05)}
@@ -104,7 +111,7 @@ def metric_points(s: RunSummary) -> list[dict[str, Any]]:
     for n in sorted(points):
         p = points[n]
         row = {k: p[k] for k in ("source", TOTAL_EDITS, "batch_index", "n_cases")}
-        for key, name in s.kind.curve_metrics:
+        for key, name in (*s.kind.curve_metrics, *GENERATION_PANELS):
             mean = p["values"].get(key, (math.nan, math.nan))[0]
             row[name] = mean if math.isfinite(mean) else None
         rows.append(row)

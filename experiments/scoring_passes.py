@@ -59,7 +59,7 @@ class Scorers:
         return CaseScorer(self.model, self.tok, cfg.ds_name, generation_every(cfg) if generation else 0, cfg.seed,
                           MetricOptions.from_names(cfg.metric_departures),
                           self._extras if generation else (None, None),
-                          generation_eval=cfg.generation_eval and generation)
+                          generation_eval=cfg.generation_eval)
 
 
 def _generation_resources(cfg: RunConfig, paths: RunPaths) -> tuple[Any, Any]:
@@ -116,7 +116,7 @@ class CurvePass:
             return
         edited = self.records[: (editor.num_batches - self.first_batch) * self.cfg.num_edits]
         maybe_write_curve_point(self.run_dir, self.cfg.curve_every, editor.num_batches, editor.total_edits,
-                                self.cfg.ds_name, edited, self.scorers(False).teacher_forced,
+                                self.cfg.ds_name, edited, self.scorers(False).curve_metrics,
                                 weights_digest=lambda: weights_digest(editor.weights.values()))
 
     def posts_of_these_weights(self, editor) -> Callable[[dict], dict | None] | None:

@@ -2,6 +2,7 @@
 period or newline, exact match and token F1 after SQuAD normalisation; per case, summarized."""
 from __future__ import annotations
 
+import csv
 import json
 
 import pytest
@@ -70,15 +71,21 @@ def test_a_run_with_generation_eval_writes_and_summarizes_both_families(tmp_path
             "ds_name": "mcf", "ds_file": str(COUNTERFACT), "dataset_size_limit": "2", "num_edits": "2",
             "mom2_dataset": CORPUS, "results_dir": str(tmp_path / "results"), "stats_dir": str(tmp_path / "stats"),
             "data_dir": str(tmp_path / "none")}
-    flags = [f"--{k}={v}" for k, v in args.items()] + ["--generation_eval", "--skip_generation_tests"]
+    flags = [f"--{k}={v}" for k, v in args.items()] + ["--generation_eval", "--skip_generation_tests", "--curve_every=1"]
     assert evaluate(flags) == 0
     run = tmp_path / "results" / "MEMIT" / "run_000"
     posts = [json.loads(p.read_text())["post"] for p in sorted(run.glob("*_edits-case_*.json"))]
     assert all("rewrite_prompts_probs" in p and "neighborhood_gen_em" in p for p in posts)  # both families
+    point = json.loads((run / "curves" / "edits_000002.json").read_text())
+    assert all("paraphrase_gen_f1" in post for post in point["cases"].values())  # curve points carry them too
     capsys.readouterr()
-    assert summarize.main(["--dir_name=MEMIT", f"--results_dir={tmp_path / 'results'}", f"--out={tmp_path / 's'}"]) == 0
+    assert summarize.main(["--dir_name=MEMIT", f"--results_dir={tmp_path / 'results'}", f"--out={tmp_path / 's'}",
+                           "--plot"]) == 0
     printed = capsys.readouterr().out
     assert "CounterFact, generation-based (--generation_eval)" in printed and "Efficacy EM" in printed
     summary = json.loads((tmp_path / "s.json").read_text())["runs"][0]
     by_hand = 100 * sum(sum(p["paraphrase_gen_em"]) / len(p["paraphrase_gen_em"]) for p in posts) / len(posts)
     assert summary["post"]["paraphrase_gen_em"]["mean"] == pytest.approx(by_hand)
+    with (tmp_path / "s_figures" / "metrics_vs_edits.csv").open() as f:
+        [row] = list(csv.DictReader(f))  # the curve point after 2 edits is the final one (same weights)
+    assert float(row["Generalization EM"]) == pytest.approx(by_hand)
