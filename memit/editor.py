@@ -6,8 +6,11 @@ editor with a different solve (:meth:`MEMITEditor._solve`), a column choice
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
 import torch
@@ -23,7 +26,21 @@ from util.rewrite_weights import add_to_columns, weight_d_by_f
 from util.second_moment import cached_second_moments
 from util.tokens import fact_token_index
 from util.value_cache import weights_tag
+from util.norm_anchor import anchor_norm, anchor_values, plain_outputs
+from util.requests import normalize_request
 from util.values import compute_values
+
+log = logging.getLogger(__name__)
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def anchor_pool(spec: str) -> list[dict]:
+    """The requests of a CounterFact file (a relative path: from here, else from the repository)."""
+    from dsets import CounterFactDataset  # the data layer, read only when anchoring is on
+
+    path = Path(spec).expanduser()
+    path = path if path.exists() else REPO_ROOT / path
+    return [normalize_request({"case_id": r["case_id"], **r["requested_rewrite"]}) for r in CounterFactDataset(path)]
 
 
 @dataclass
@@ -54,6 +71,7 @@ class MEMITEditor(Editor):
         # rather than C0 and Cp halves that memory, and a resumed run needs no C0.
         self.regulariser: dict[int, torch.Tensor] | None = None
         self._final_keys: dict[str, torch.Tensor] | None = None  # keys read after the batch's last change
+        self.anchor: float | None = None  # norm_anchor: the anchor norm, measured before the first edit
 
     def _edited_weights(self) -> dict[int, torch.Tensor]:
         self.modules = {l: get_module(self.model, self.hparams.rewrite_module(l)) for l in self.hparams.layers}
@@ -116,7 +134,25 @@ class MEMITEditor(Editor):
                 if self.value_cache:
                     self.value_cache.put(requests[i], z, tag)
         device = model_device(self.model)
-        return torch.stack([z.to(device) for z in cached]), losses
+        z = torch.stack([z.to(device) for z in cached])
+        return (self._anchored(requests, z) if self.hparams.norm_anchor else z), losses
+
+    def _anchored(self, requests: list[dict], z: torch.Tensor) -> torch.Tensor:
+        """NAS norm anchoring of ``z``; the anchor is measured once, on the model before any edit
+        (the first batch's values come before its update) and kept in the editor state."""
+        hp = self.hparams
+        z_layer, mlp = hp.layer_module(hp.layers[-1]), hp.mlp_module_tmp.format(hp.layers[-1])
+        with self.rewound() if self.rewinds_values else contextlib.nullcontext():
+            if self.anchor is None:
+                if self.num_batches:
+                    raise RuntimeError("norm_anchor: no anchor in an editor that has already edited; "
+                                       "load the state it was saved with")
+                pool = anchor_pool(hp.norm_anchor_pool)
+                self.anchor = anchor_norm(self.model, self.tok, pool, hp.norm_anchor_samples, self.value_spec, mlp)
+                log.info("norm anchor of %s: %.3f (%d requests of %s)", mlp, self.anchor,
+                         min(hp.norm_anchor_samples, len(pool)), hp.norm_anchor_pool)
+            h0, v0 = plain_outputs(self.model, self.tok, requests, [z_layer, mlp], hp.fact_token)
+        return anchor_values(z.float(), h0.to(z.device), v0.to(z.device), self.anchor).to(z.dtype)
 
     def _compute_values(self, requests: list[dict]):
         run = lambda: compute_values(self.model, self.tok, requests, self.value_spec,  # noqa: E731
@@ -220,11 +256,13 @@ class MEMITEditor(Editor):
 
     # -- persistence ----------------------------------------------------------------------------
     def _extra_state(self) -> dict[str, Any]:
+        anchor = {} if self.anchor is None else {"anchor": self.anchor}
         if not self.accumulates_keys or self.regulariser is None:
-            return {}  # lambda * C0 alone comes back from the statistics cache
-        return {"regulariser": {l: r.detach().to("cpu", copy=True) for l, r in self.regulariser.items()}}
+            return anchor  # lambda * C0 alone comes back from the statistics cache
+        return {**anchor, "regulariser": {l: r.detach().to("cpu", copy=True) for l, r in self.regulariser.items()}}
 
     def _load_extra_state(self, state: dict[str, Any]) -> None:
+        self.anchor = state.get("anchor", self.anchor)
         if "regulariser" in state:
             self.regulariser = {l: state["regulariser"][l].to(self.weights[l].device, copy=True)
                                 for l in self.hparams.layers}

@@ -20,12 +20,21 @@ class MEMITHyperParams(ValueHyperParams):
     # Context templates' prefixes: 10 tokens in "total" (start word and BOS included, the original's
     # generate_fast) or 10 "new_tokens" after the start word (this harness before).
     context_template_length: str = "total"
+    # NAS norm anchoring (util/norm_anchor.py), off by default: every solved value vector rescaled to
+    # the anchor norm measured on the unedited model from norm_anchor_samples requests of
+    # norm_anchor_pool (a CounterFact file; NAS samples MultiCounterFact). NAS optimises those with
+    # MEMIT's file of the same name; here with this file's value settings.
+    norm_anchor: bool = False
+    norm_anchor_samples: int = 1000
+    norm_anchor_pool: str = "assets/counterfact_test2191_first2000.json"
 
     LEGACY_IGNORED: ClassVar[tuple[str, ...]] = ("model_name", "layer_selection")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self._check_lambda()
+        if self.norm_anchor_samples < 1:
+            raise HyperParamsError(f"'norm_anchor_samples' must be >= 1, got {self.norm_anchor_samples}")
         if self.context_template_length not in TEMPLATE_LENGTHS:
             raise HyperParamsError(f"'context_template_length' must be one of {TEMPLATE_LENGTHS}, "
                                    f"got {self.context_template_length!r}")

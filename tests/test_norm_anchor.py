@@ -1,0 +1,110 @@
+"""NAS norm anchoring (util/norm_anchor.py): the rule on small matrices, the anchor as a trimmed
+mean, and an editor whose every value vector leaves with the anchor's norm."""
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from helpers import CORPUS, COUNTERFACT, REQUESTS, tiny_model
+
+from memit import MEMITEditor, MEMITHyperParams
+from memit.editor import anchor_pool
+from util.norm_anchor import anchor_values, plain_outputs, trimmed_mean, value_norms
+
+
+def test_the_rule_rescales_to_the_anchor_or_drops_the_edit():
+    h0 = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    v0 = torch.tensor([[0.5, 0.0], [0.0, 0.5]])
+    z = torch.tensor([[1.0, 1.5], [0.0, 9.0]])  # v* = v0 + z - h0 = (0.5, 1.5) and (0, 8.5)
+    out = anchor_values(z, h0, v0, anchor=2.0)
+    first = torch.tensor([0.5, 1.5]) * (2.0 / torch.tensor([0.5, 1.5]).norm())
+    assert torch.allclose(out[0], (h0[0] - v0[0]) + first)
+    assert ((out[0] - (h0[0] - v0[0])).norm() - 2.0).abs() < 1e-6
+    assert torch.equal(out[1], h0[1])  # |v*| = 8.5 > 2 * 2: dropped, the target is the unedited output
+
+
+def test_the_anchor_leaves_out_the_largest_five_percent():
+    values = list(range(1, 41))  # 40 values: floor(2) largest left out
+    assert trimmed_mean(values) == pytest.approx(sum(range(1, 39)) / 38)
+    assert trimmed_mean([3.0, 5.0]) == 4.0  # fewer than 20: nothing left out
+
+
+def _hparams(**extra):
+    return MEMITHyperParams(layers=[0, 1], fact_token="subject_last", v_num_grad_steps=4, v_lr=0.5, v_loss_layer=2,
+                            v_weight_decay=0.01, clamp_norm_factor=4.0, kl_factor=0.0625, mom2_adjustment=True,
+                            mom2_update_weight=3.0, mom2_dataset=CORPUS, mom2_n_samples=10, mom2_dtype="float32",
+                            mom2_max_length=32, **extra)
+
+
+def test_an_anchored_editor_writes_values_of_the_anchors_norm(tiny_llama, tmp_path, monkeypatch):
+    _, tok = tiny_llama
+    editor = MEMITEditor(tiny_model("llama"), tok, _hparams(norm_anchor=True, norm_anchor_samples=4,
+                                                            norm_anchor_pool=str(COUNTERFACT)),
+                         stats_dir=tmp_path, progress=False)
+    seen = {}
+    real_update = editor._update
+
+    def update(requests, z, report):
+        seen["z"] = z.clone()
+        return real_update(requests, z, report)
+
+    monkeypatch.setattr(editor, "_update", update)
+    h0, v0 = plain_outputs(editor.model, tok, REQUESTS[:2], ["model.layers.1", "model.layers.1.mlp"], "subject_last")
+    editor.edit(REQUESTS[:2])
+    # The anchor: the trimmed mean over the 4 requests NAS's seeded sample picks, optimised on the plain prompt.
+    pool = anchor_pool(str(COUNTERFACT))
+    chosen = random.Random(0).sample(pool, 4)
+    expected = trimmed_mean(value_norms(tiny_model("llama"), tok, chosen, editor.value_spec, "model.layers.1.mlp"))
+    assert editor.anchor == pytest.approx(expected, rel=1e-4)
+    v_star = v0 + (seen["z"].float() - h0)
+    kept = [bool(torch.allclose(v_star[row].norm(), torch.tensor(editor.anchor), rtol=1e-4)) for row in range(2)]
+    dropped = [bool(torch.allclose(seen["z"][row].float(), h0[row], atol=1e-5)) for row in range(2)]
+    assert all(k or d for k, d in zip(kept, dropped)) and any(kept)  # rescaled, or dropped past 2x
+    editor.save(tmp_path / "state.pt")
+    again = MEMITEditor(tiny_model("llama"), tok, _hparams(norm_anchor=True), stats_dir=tmp_path, progress=False)
+    again.load(tmp_path / "state.pt")
+    assert again.anchor == editor.anchor  # kept in the state: a resumed run anchors to the same norm
+
+
+def test_anchoring_is_off_by_default(tiny_llama, tmp_path, monkeypatch):
+    _, tok = tiny_llama
+    editor = MEMITEditor(tiny_model("llama"), tok, _hparams(), stats_dir=tmp_path, progress=False)
+    monkeypatch.setattr("memit.editor.anchor_values", lambda *a: pytest.fail("anchored although off"))
+    editor.edit(REQUESTS[:2])
+    assert editor.anchor is None
+
+
+@pytest.mark.parametrize("method", ["NSE", "AlphaEdit", "MEMIT_seq"])
+def test_every_value_solving_method_takes_the_switch(method, tiny_llama, tmp_path):
+    """The switch lives in the engine every value-solving method shares; NSE anchors the values it
+    computes from the original weights."""
+    import copy
+
+    from experiments.algorithms import ALGORITHMS
+    from test_editor_contract import TEMPLATES, TINY_HPARAMS
+
+    _, tok = tiny_llama
+    alg = ALGORITHMS[method]
+    hp = alg.hparams_class.from_dict(dict(copy.deepcopy(TINY_HPARAMS[method]), norm_anchor=True, norm_anchor_samples=3,
+                                          norm_anchor_pool=str(COUNTERFACT)))
+    editor = alg.make_editor(tiny_model("llama"), tok, hp, stats_dir=tmp_path, context_templates=TEMPLATES,
+                             progress=False)
+    editor.edit(REQUESTS[:2])
+    assert editor.anchor is not None and editor.anchor > 0
+
+
+def test_the_nas_files_are_their_base_files_with_anchoring_on():
+    """NAS publishes AlphaEdit's files with anchoring on; ours add the SmolLM2 files of three methods."""
+    import json
+    from pathlib import Path
+
+    from experiments.algorithms import ALGORITHMS
+
+    root = Path(__file__).resolve().parents[1] / "hparams"
+    files = sorted(root.glob("*/*_NAS.json"))
+    assert len(files) == 6
+    for path in files:
+        base = json.loads(path.with_name(path.name.replace("_NAS", "")).read_text())
+        assert json.loads(path.read_text()) == {**base, "norm_anchor": True}, path
+        assert ALGORITHMS[path.parent.name].hparams_class.from_json(path).norm_anchor
