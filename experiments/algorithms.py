@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from alphaedit import AlphaEditEditor
 from baselines.ft import FTEditor
+from encore import ENCOREEditor
 from memit import MEMITEditor, MEMITPruneEditor, MEMITRectEditor, MEMITSeqEditor
 from nse import NSEEditor
 from rome import ROMEEditor
@@ -43,6 +44,8 @@ ALGORITHMS: dict[str, Algorithm] = {
                             "update (RECT)", "Gu et al. 2024, arXiv 2401.04700"),
     "AlphaEdit": Algorithm(AlphaEditEditor, "AlphaEdit", "MEMIT's update projected onto the null space of C0, "
                            "earlier batches' keys held", "Fang et al. 2025, arXiv 2410.02355"),
+    "ENCORE": Algorithm(ENCOREEditor, "ENCORE", "MEMIT with earlier batches' keys held, a ridge on each update, "
+                        "values stopped once the target is most probable (MPES)", "Gupta et al. 2025, arXiv 2502.01636"),
     "ROME": Algorithm(ROMEEditor, "ROME", "rank-one update of one MLP per request, values at the MLP output",
                       "Meng et al. 2022, arXiv 2202.05262"),
     "FT": Algorithm(FTEditor, "FT", "Adam on one layer's weights, entries clamped to theta0 +- norm_constraint",

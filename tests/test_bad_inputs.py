@@ -128,7 +128,7 @@ def test_numbers_out_of_range(world, tmp_path, capsys, flag, value, message):
 
 
 @pytest.mark.parametrize("flag, value, message", [
-    ("alg_name", "nse2", "--alg_name='nse2' is not one of AlphaEdit, FT, MEMIT"),
+    ("alg_name", "nse2", "--alg_name='nse2' is not one of AlphaEdit, ENCORE, FT, MEMIT"),
     ("ds_name", "counterfact", "--ds_name='counterfact' is not one of cf, mcf, zsre"),
     ("dtype", "fp16", "--dtype='fp16' is not one of float32, bfloat16, float16"),
     ("device_map", "everywhere", "--device_map='everywhere' is not one of auto, balanced"),

@@ -26,6 +26,7 @@ TINY_HPARAMS = {
     "MEMIT_prune": dict(_MEMIT, prune_timing="final"),
     "MEMIT_rect": dict(_MEMIT, rect_top_percent=60.0),
     "AlphaEdit": dict(_MEMIT, nullspace_threshold=0.5, L2=0.1),
+    "ENCORE": dict(_MEMIT, update_norm_lambda=1.0, prob_cutoff=-2),
     # A random MLP's output is small: delta needs more room than 4x its norm.
     "ROME": dict(_VALUES, layers=[1], clamp_norm_factor=50.0, context_template_length_params=[[5, 5]]),
     "FT": dict(layers=[1], num_steps=40, lr=2e-2, weight_decay=0, kl_factor=0, norm_constraint=False),

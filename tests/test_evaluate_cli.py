@@ -126,7 +126,7 @@ def _fails(tmp_path, capsys, stats_dir, message, **extra):
 
 
 def test_unknown_algorithm(tmp_path, capsys, stats_dir):
-    _fails(tmp_path, capsys, stats_dir, "error: --alg_name='FOO' is not one of AlphaEdit, FT, MEMIT, MEMIT_prune, MEMIT_rect, MEMIT_seq, NSE, ROME", alg_name="FOO")
+    _fails(tmp_path, capsys, stats_dir, "error: --alg_name='FOO' is not one of AlphaEdit, ENCORE, FT, MEMIT, MEMIT_prune, MEMIT_rect, MEMIT_seq, NSE, ROME", alg_name="FOO")
 
 
 def test_unknown_dataset(tmp_path, capsys, stats_dir):

@@ -372,6 +372,8 @@ def test_every_original_file_loads_verbatim(name, caplog):
 
 def test_every_hparams_file_is_an_original_or_ours():
     names = {p.relative_to(ROOT / "hparams").as_posix() for p in (ROOT / "hparams").glob("*/*.json")}
+    # hparams/ENCORE: the published values written here (docs/frontier_notes.md 2.c), not fetched files.
+    names = {n for n in names if not n.startswith("ENCORE/")}
     assert len(ORIGINALS) == 24 and {n for n in names if n.split("/")[1] not in OURS} == set(ORIGINALS)
 
 

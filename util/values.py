@@ -38,6 +38,10 @@ class StepState:
     nll: torch.Tensor        # (n,) the target's weighted NLL, per request
     target_lp: torch.Tensor  # (T,) log-probability of each target token
     target_request: torch.Tensor  # (T,) the request each target token belongs to
+    # (T,) whether each target token is the most probable token at its position (None: not computed)
+    target_is_argmax: torch.Tensor | None = None
+    # (T,) whether each target token is read in a context-prefixed prompt (not the plain "{}" one)
+    target_in_context: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -51,7 +55,8 @@ class LossBelow:
 
 
 # A stopping rule: (StepState) -> (n,) bool, True where a request has reached its target; a stopped
-# request takes no more steps. A method with its own rule (ENCORE's, say) puts it in its ValueSpec.
+# request takes no more steps. A method with its own rule (ENCORE's, say) puts it in its ValueSpec. A
+# rule that counts across steps has ``start(n)``, called once per optimisation, returning the rule for it.
 StopRule = Callable[[StepState], torch.Tensor]
 DEFAULT_STOP = LossBelow()
 
@@ -98,6 +103,7 @@ class _Batch:
     tgt_id: torch.Tensor
     tgt_req: torch.Tensor
     tgt_weight: torch.Tensor  # 1 / (n target tokens * n rewriting prompts of the request)
+    tgt_context: torch.Tensor  # (N,) bool: read in a context-prefixed prompt (not the plain one)
 
 
 @contextmanager
@@ -146,7 +152,7 @@ def compute_values(
 
 def _build_batch(tok, requests: Sequence[dict], templates: list[list[str]], fact_token: str) -> _Batch:
     seqs, fact, row_req, plain_rows, kl_rows = [], [], [], [], []
-    tgt_row, tgt_pos, tgt_id, tgt_req, tgt_w = [], [], [], [], []
+    tgt_row, tgt_pos, tgt_id, tgt_req, tgt_w, tgt_ctx = [], [], [], [], [], []
     contexts = flat_templates(templates)
     for i, r in enumerate(requests):
         target = encode_target(tok, r["target_new"]["str"])
@@ -161,6 +167,7 @@ def _build_batch(tok, requests: Sequence[dict], templates: list[list[str]], fact
                 tgt_id.append(token)
                 tgt_req.append(i)
                 tgt_w.append(1.0 / (len(target) * len(prompts)))
+                tgt_ctx.append(j > 0)
             fact.append(fact_token_index(tok, prompt, r["subject"], fact_token))
             row_req.append(i)
             seqs.append(prompt_ids + target[:-1])  # built from ids: no re-tokenisation of text
@@ -172,7 +179,7 @@ def _build_batch(tok, requests: Sequence[dict], templates: list[list[str]], fact
     ids, mask = pad(seqs, pad_token_id(tok), side="right")  # right padding keeps fact positions
     t = lambda x: torch.tensor(x, dtype=torch.long)  # noqa: E731
     return _Batch(ids, mask, t(fact), t(row_req), t(plain_rows), t(kl_rows), t(tgt_row), t(tgt_pos), t(tgt_id),
-                  t(tgt_req), torch.tensor(tgt_w, dtype=torch.float32))
+                  t(tgt_req), torch.tensor(tgt_w, dtype=torch.float32), torch.tensor(tgt_ctx, dtype=torch.bool))
 
 
 class _FullForward:
@@ -270,6 +277,7 @@ def _optimise(model: nn.Module, tok, requests: Sequence[dict], spec: ValueSpec, 
     losses = torch.zeros(n, device=device)
     updates = torch.zeros(n, dtype=torch.long)
     kl_init = None
+    stop = spec.stop.start(n) if hasattr(spec.stop, "start") else spec.stop
     bar = tqdm(total=spec.num_steps, desc=f"values ({n} requests)", unit="step", disable=not progress,
                leave=False)
     with frozen(model), bar:
@@ -278,7 +286,8 @@ def _optimise(model: nn.Module, tok, requests: Sequence[dict], spec: ValueSpec, 
             with torch.set_grad_enabled(it < spec.num_steps - 1):  # the last evaluation takes no step
                 target_hidden, kl_hidden = forward(delta)
             h0 = forward.h0
-            target_lp = log_probs(target_hidden).gather(1, b.tgt_id[:, None]).squeeze(1)
+            target_all = log_probs(target_hidden)
+            target_lp = target_all.gather(1, b.tgt_id[:, None]).squeeze(1)
             nll = torch.zeros(n, device=device).index_add(0, b.tgt_req, -target_lp * b.tgt_weight)
             # The KL term reads the model's final logits (as the original does), whatever v_loss_layer is.
             kl_lp = log_probs(kl_hidden)
@@ -288,7 +297,9 @@ def _optimise(model: nn.Module, tok, requests: Sequence[dict], spec: ValueSpec, 
             decay = spec.weight_decay * delta.norm(dim=1) / h0.norm(dim=1) ** 2
             loss = nll + kl + decay
             losses = torch.where(stopped, losses, loss.detach())
-            stopped = stopped | spec.stop(StepState(loss.detach(), nll.detach(), target_lp.detach(), b.tgt_req))
+            state = StepState(loss.detach(), nll.detach(), target_lp.detach(), b.tgt_req,
+                              target_all.detach().argmax(dim=1) == b.tgt_id, b.tgt_context)
+            stopped = stopped | stop(state)
             bar.set_postfix(loss=f"{float(losses.mean()):.3f}", active=int((~stopped).sum()))
             bar.update()
             if it == spec.num_steps - 1 or bool(stopped.all()):
