@@ -69,3 +69,17 @@ def test_redirected_progress_is_plain_lines_at_most_every_interval():
     assert [line.split("|")[0].strip() for line in lines[:-1]] == ["editing:   0%", "editing:  30%", "editing:  60%",
                                                                     "editing:  90%", "editing: 100%"]
     assert lines[-1] == "a log line"
+
+
+def test_nested_bars_leave_no_cursor_movement_in_redirected_output():
+    """tqdm moves the cursor up ("ESC[A") to redraw an inner bar; a log file keeps only plain lines."""
+    out = io.StringIO()
+    stream = PlainProgress(out, every=0.0)
+    for _ in tqdm(range(2), desc="outer", file=stream, mininterval=0):
+        for _ in tqdm(range(3), desc="inner", file=stream, mininterval=0, leave=False):
+            pass
+    print("done", file=stream)
+    text = out.getvalue()
+    assert "\x1b" not in text and "[A" not in text and "\r" not in text
+    assert all(line.strip() for line in text.splitlines())  # no empty lines left by the moves
+    assert any(line.startswith("inner:") for line in text.splitlines()) and text.endswith("done\n")

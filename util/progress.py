@@ -6,8 +6,12 @@ tqdm redraws a bar in place with carriage returns, which a file keeps as one eve
 """
 from __future__ import annotations
 
+import re
 import time
 from typing import Callable, TextIO
+
+# Terminal control sequences (tqdm moves the cursor up, "ESC[A", to redraw a nested bar in place).
+CONTROL = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 class PlainProgress:
@@ -18,6 +22,12 @@ class PlainProgress:
         self._in_bar = False  # the last text written was a redraw
 
     def write(self, text: str) -> int:
+        if not text:  # tqdm writes "" between moves; it must not end the bar's state
+            return 0
+        plain = CONTROL.sub("", text)
+        if plain != text and not plain.strip():  # only cursor movement (and its newline): nothing to keep
+            return len(text)
+        text, length = plain, len(text)
         if "\r" in text:
             for part in text.split("\r"):
                 part = part.rstrip()
@@ -31,7 +41,7 @@ class PlainProgress:
         else:
             self._in_bar, self._pending = False, None
             self.stream.write(text)
-        return len(text)
+        return length
 
     def _redraw(self, line: str) -> None:
         key = line.split(":", 1)[0]
