@@ -148,6 +148,8 @@ class MEMITEditor(Editor):
                     raise RuntimeError("norm_anchor: no anchor in an editor that has already edited; "
                                        "load the state it was saved with")
                 pool = anchor_pool(hp.norm_anchor_pool)
+                log.info("norm anchor: optimising the values of %d requests of %s on the unedited model",
+                         min(hp.norm_anchor_samples, len(pool)), hp.norm_anchor_pool)
                 self.anchor = anchor_norm(self.model, self.tok, pool, hp.norm_anchor_samples, self.value_spec, mlp)
                 log.info("norm anchor of %s: %.3f (%d requests of %s)", mlp, self.anchor,
                          min(hp.norm_anchor_samples, len(pool)), hp.norm_anchor_pool)
