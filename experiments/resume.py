@@ -49,7 +49,7 @@ def resume_dir(cfg: RunConfig, results: Path, hparams) -> Path | None:
         raise ResumeError(f"--continue_from_run={cfg.continue_from_run}: {run_dir} holds no config.json to resume")
     check_run_files(run_dir)
     _check_same_settings(cfg, read_json(run_dir / "config.json")["args"])
-    _check_same_hparams(run_dir, hparams.to_dict())
+    _check_same_hparams(run_dir, hparams.to_dict(), getattr(type(hparams), "VALUES_BEFORE", {}))
     return run_dir
 
 
@@ -63,9 +63,13 @@ def _check_same_settings(cfg: RunConfig, saved: dict[str, Any]) -> None:
                           "computed or scored: resume with the run's flags (config.json) or start a new run")
 
 
-def _check_same_hparams(run_dir: Path, now: dict[str, Any]) -> None:
+def _check_same_hparams(run_dir: Path, now: dict[str, Any], before: dict[str, Any]) -> None:
+    """A key the run's params.json lacks (added since) means its former behaviour: ``before`` where the
+    default changed what is computed, else the value it has now."""
     path = run_dir / "params.json"
     saved = read_json(path) if path.is_file() else None
+    if saved is not None:
+        saved = {**{k: before.get(k, v) for k, v in now.items() if k not in saved}, **saved}
     if saved is not None and saved != now:
         keys = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
         changes = "; ".join(f"{k}: run {saved.get(k)!r}, now {now.get(k)!r}" for k in keys)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from util.context_templates import TEMPLATE_LENGTHS
 from util.hparams import HyperParamsError
@@ -29,6 +29,10 @@ class MEMITHyperParams(ValueHyperParams):
     norm_anchor_pool: str = "assets/counterfact_test2191_first2000.json"
 
     LEGACY_IGNORED: ClassVar[tuple[str, ...]] = ("model_name", "layer_selection")
+
+    # What a run folder written before a field existed meant, where its default now changes what a
+    # resumed run computes (context templates are not among them: a run keeps its own, config.json).
+    VALUES_BEFORE: ClassVar[dict[str, Any]] = {}
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -85,6 +89,9 @@ class MEMITRectHyperParams(MEMITHyperParams):
     # "original": keep entries with |Δ/(W+1e-8)| >= the k-th smallest, k = int(numel (100-p)/100), ties
     # kept (one entry more than the share). "exact_share": exactly round(p/100 numel) entries, by |Δ|/(|W|+1e-8).
     rect_rule: str = "original"
+
+    VALUES_BEFORE: ClassVar[dict[str, Any]] = {**MEMITHyperParams.VALUES_BEFORE, "rect_timing": "per_layer",
+                                               "rect_rule": "exact_share"}
 
     def __post_init__(self) -> None:
         super().__post_init__()

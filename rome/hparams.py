@@ -19,6 +19,8 @@ class ROMEHyperParams(ValueHyperParams):
     # W' k* = v*; this harness's behaviour before).
     write_key: str = "plain_prompt"
 
+    VALUES_BEFORE: ClassVar[dict[str, str]] = {"write_key": "template_mean"}  # resuming older runs
+
     LEGACY_IGNORED: ClassVar[tuple[str, ...]] = ("model_name", "layer_selection")
     USED_MODULE_KEYS: ClassVar[tuple[str, ...]] = ValueHyperParams.USED_MODULE_KEYS + ("mlp_module_tmp",)
     VALUE_SITE: ClassVar[str] = "mlp_output"

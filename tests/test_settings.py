@@ -83,3 +83,25 @@ def test_nested_bars_leave_no_cursor_movement_in_redirected_output():
     assert "\x1b" not in text and "[A" not in text and "\r" not in text
     assert all(line.strip() for line in text.splitlines())  # no empty lines left by the moves
     assert any(line.startswith("inner:") for line in text.splitlines()) and text.endswith("done\n")
+
+
+def test_resuming_a_run_from_before_a_new_hyperparameter(tmp_path):
+    """A key params.json lacks means the former behaviour: equal where the default did not change what
+    is computed (MEMIT's new keys), refused where it did (RECT's timing), unless the file asks for it."""
+    import json
+
+    from experiments.resume import ResumeError, _check_same_hparams
+    from memit.hparams import MEMITRectHyperParams
+
+    base = dict(layers=[0], fact_token="subject_last", v_num_grad_steps=1, v_lr=0.1, v_loss_layer=1,
+                v_weight_decay=0.0, clamp_norm_factor=4.0, kl_factor=0.0, mom2_adjustment=True, mom2_dataset="x",
+                mom2_n_samples=1, mom2_dtype="float32", mom2_update_weight=1.0)
+    now = MEMITRectHyperParams(**base).to_dict()
+    old = {k: v for k, v in now.items() if k not in ("rect_timing", "rect_rule", "norm_anchor", "norm_anchor_samples",
+                                                       "norm_anchor_pool", "context_template_length")}
+    (tmp_path / "params.json").write_text(json.dumps(old))
+    before = MEMITRectHyperParams.VALUES_BEFORE
+    with pytest.raises(ResumeError, match="rect_timing: run 'per_layer', now 'after_layers'"):
+        _check_same_hparams(tmp_path, now, before)
+    asked = MEMITRectHyperParams(**base, rect_timing="per_layer", rect_rule="exact_share").to_dict()
+    assert _check_same_hparams(tmp_path, asked, before) is None  # the rest of the new keys: their defaults

@@ -33,6 +33,10 @@ class FTHyperParams(ModuleHyperParams):
     # or "pre_edit" (the weights before the first batch).
     ft_theta0: str = "batch_start"
 
+    # What a run folder written before these fields meant (resume): the former behaviour.
+    VALUES_BEFORE: ClassVar[dict[str, object]] = {"apply_wd_power_law": True, "ft_loss": "teacher_forced",
+                                                  "ft_theta0": "pre_edit"}
+
     USED_MODULE_KEYS: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
