@@ -14,7 +14,7 @@ class AlphaEditEditor(MEMITEditor):
     """``Delta^T = (P (K K^T + Cp) + L2 I)^-1 P K R^T`` per layer; ``Cp`` accumulates every batch.
 
     ``P`` (one per layer) is built once from C0 and cached on disk next to it; it is kept on the
-    weight's device in float32, and the solve runs in float64 like every other here.
+    weight's device in float32. ``projection_dtype`` says how P is computed and the solve's precision.
     """
 
     hparams_class = AlphaEditHyperParams
@@ -34,7 +34,8 @@ class AlphaEditEditor(MEMITEditor):
         paths = stats_cache_paths(self.model, self.tok, names, hp.mom2_dataset, hp.mom2_n_samples, hp.mom2_max_length,
                                   getattr(torch, hp.mom2_dtype), self.stats_dir)
         self.projectors = {
-            l: cached_projector(c0[l], hp.nullspace_threshold, paths[hp.rewrite_module(l)]).to(self.weights[l].device)
+            l: cached_projector(c0[l], hp.nullspace_threshold, paths[hp.rewrite_module(l)],
+                                hp.projection_dtype).to(self.weights[l].device)
             for l in hp.layers
         }
         if self.regulariser is None:  # a resumed run brings its Cp
@@ -42,18 +43,20 @@ class AlphaEditEditor(MEMITEditor):
 
     def _solve(self, layer: int, keys: torch.Tensor, residual: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
         cp = self._restricted(self.regulariser[layer], columns)
-        return projected_update(residual, keys, cp, self.projectors[layer], self.hparams.L2)
+        return projected_update(residual, keys, cp, self.projectors[layer], self.hparams.L2,
+                                getattr(torch, self.hparams.projection_dtype))
 
 
 def projected_update(residual: torch.Tensor, keys: torch.Tensor, cp: torch.Tensor, projector: torch.Tensor,
-                     l2: float) -> torch.Tensor:
-    """``Delta = ((P (K K^T + Cp) + L2 I)^-1 P K R^T)^T`` in float64.  residual (d, n), keys (f, n) -> (d, f)
+                     l2: float, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """``Delta = ((P (K K^T + Cp) + L2 I)^-1 P K R^T)^T`` in ``dtype``.  residual (d, n), keys (f, n) -> (d, f)
 
-    ``Delta^T`` lies in the range of P, so ``Delta k = 0`` for every key P annihilates.
+    ``Delta^T`` lies in the range of P, so ``Delta k = 0`` for every key P annihilates. The original
+    solves in float32 (on the weight's device); float64 is this harness's more precise option.
     """
-    device = float64_device(residual.device)
-    p = projector.to(device, torch.float64)  # (f, f)
-    k = keys.to(device, torch.float64)
-    r = residual.to(device, torch.float64)
-    a = p @ (k @ k.T + cp.to(device, torch.float64)) + l2 * torch.eye(p.shape[0], dtype=torch.float64, device=device)
+    device = float64_device(residual.device) if dtype == torch.float64 else residual.device
+    p = projector.to(device, dtype)  # (f, f)
+    k = keys.to(device, dtype)
+    r = residual.to(device, dtype)
+    a = p @ (k @ k.T + cp.to(device, dtype)) + l2 * torch.eye(p.shape[0], dtype=dtype, device=device)
     return torch.linalg.solve(a, p @ k @ r.T).T

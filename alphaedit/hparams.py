@@ -2,15 +2,30 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from memit.hparams import MEMITHyperParams
 from util.hparams import HyperParamsError
+
+PROJECTION_DTYPES = ("float32", "float64")
 
 
 @dataclass(kw_only=True)
 class AlphaEditHyperParams(MEMITHyperParams):
     nullspace_threshold: float  # eigenvalues of C0 below this span the preserved keys' null space
     L2: float                   # ridge term of the projected solve  # noqa: N815 (the original's name)
+    # "float32" (the original): P from an SVD of float32 C0, the projected solve in float32. "float64":
+    # P from C0's float64 eigen-decomposition and the solve in float64 (this harness's runs before; eigenvalues
+    # near the threshold are classified more reliably).
+    projection_dtype: str = "float32"
+
+    VALUES_BEFORE: ClassVar[dict[str, Any]] = {**MEMITHyperParams.VALUES_BEFORE, "projection_dtype": "float64"}
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.projection_dtype not in PROJECTION_DTYPES:
+            raise HyperParamsError(f"'projection_dtype' must be one of {PROJECTION_DTYPES}, "
+                                   f"got {self.projection_dtype!r}")
 
     def _check_lambda(self) -> None:
         # lambda is not used: C0 enters through the projector; L2 keeps the solve well-posed.

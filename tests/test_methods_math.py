@@ -1,4 +1,5 @@
 """Each method's math on small matrices (and, where it needs an editor, a tiny model)."""
+import dataclasses
 import hashlib
 import json
 import logging
@@ -110,6 +111,37 @@ def test_alphaedit_projector_and_update_spare_the_preserved_keys():
     # Tolerance 1e-6 relative to |Delta|: P is float32 (1e-7 round-off), the solve float64.
     assert (delta @ preserved).abs().max() < 1e-6 * delta.abs().max()
     assert (delta @ basis[:, 6:]).abs().max() > 1e-2 * delta.abs().max()  # it does write somewhere
+
+
+def test_alphaedit_float32_projection_is_the_originals_svd_and_float32_solve():
+    f, d, n = 12, 5, 4
+    c0 = _spd(f).float()
+    c0 = c0 / c0.diagonal().mean()  # eigenvalues on both sides of the threshold
+    threshold = float(torch.linalg.eigvalsh(c0.double())[4])  # 4 eigenvalues below, the rest at or above
+    vectors, values, _ = torch.linalg.svd(c0, full_matrices=False)  # the original: float32 SVD of C0
+    small = vectors[:, values < threshold]
+    assert torch.equal(null_space_projector(c0, threshold, "float32"), small @ small.T)
+    p32, p64 = null_space_projector(c0, threshold, "float32"), null_space_projector(c0, threshold, "float64")
+    assert round(float(torch.trace(p32))) == round(float(torch.trace(p64))) == 4
+    assert torch.allclose(p32, p64, atol=1e-5)  # the same subspace either way on a separated spectrum
+    residual, keys, cp = _randn(d, n).float(), _randn(f, n).float(), _spd(f).float()
+    a = p32 @ (keys @ keys.T + cp) + 10.0 * torch.eye(f)
+    expected = torch.linalg.solve(a, p32 @ keys @ residual.T).T  # the original's float32 solve
+    got = projected_update(residual, keys, cp, p32, l2=10.0, dtype=torch.float32)
+    assert got.dtype == torch.float32 and torch.equal(got, expected)
+    precise = projected_update(residual, keys, cp, p32, l2=10.0, dtype=torch.float64)
+    assert precise.dtype == torch.float64
+    assert not torch.equal(precise.float(), got) and torch.allclose(precise.float(), got, rtol=1e-3, atol=1e-5)
+
+
+def test_alphaedit_projection_dtype_defaults_to_the_original_and_older_runs_mean_float64():
+    from alphaedit.hparams import AlphaEditHyperParams
+
+    hp = AlphaEditHyperParams.from_json(Path(__file__).resolve().parents[1] / "hparams/AlphaEdit/SmolLM2-135M.json")
+    assert hp.projection_dtype == "float32"
+    assert AlphaEditHyperParams.VALUES_BEFORE["projection_dtype"] == "float64"
+    with pytest.raises(HyperParamsError, match="projection_dtype"):
+        dataclasses.replace(hp, projection_dtype="float16")
 
 
 # -- ROME ---------------------------------------------------------------------------------------------

@@ -197,9 +197,18 @@ def test_truncated_projector_is_recomputed(tmp_path):
     cov = torch.diag(torch.tensor([1.0, 0.001, 2.0, 0.0]))
     c0_path = tmp_path / "c0.pt"
     first = cached_projector(cov, 0.01, c0_path)
-    saved = tmp_path / "c0_nullspace0.01.pt"
+    saved = tmp_path / "c0_nullspace0.01_float32svd.pt"  # the original's float32 SVD, the default
     saved.write_bytes(saved.read_bytes()[:50])
     assert torch.equal(cached_projector(cov, 0.01, c0_path), first)
+
+
+def test_float64_projectors_keep_their_former_file_name(tmp_path):
+    from alphaedit.projection import cached_projector
+
+    cov = torch.diag(torch.tensor([1.0, 0.001, 2.0, 0.0]))
+    cached_projector(cov, 0.01, tmp_path / "c0.pt", "float64")
+    cached_projector(cov, 0.01, tmp_path / "c0.pt", "float32")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c0_nullspace0.01.pt", "c0_nullspace0.01_float32svd.pt"]
 
 
 # -- visible progress -------------------------------------------------------------------------------------

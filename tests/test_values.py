@@ -98,6 +98,43 @@ def test_rows_are_built_from_token_ids(tiny_llama):
     assert batch.tgt_pos.tolist() == [len(prompt_ids) - 1 + k for k in range(len(target_ids))]
 
 
+def test_value_prompts_text_rebuilds_the_originals_rows(tiny_llama):
+    """``value_prompts: "text"``: the original's rows, text with the decoded target appended and tokenized
+    whole, the target's ids scored at the row's last positions, whatever the re-tokenisation did."""
+    from util.values import _build_batch
+
+    model, tok = tiny_llama
+    r = normalize_request({"case_id": 0, "prompt": "Lily loved to {}", "subject": "eat",
+                           "target_new": {"str": "apple pie"}, "target_true": {"str": "cake"}})
+    target_ids = encode_target(tok, " apple pie")
+    batch = _build_batch(tok, [r], [["{}", "Once. {}"]], "subject_last", prompt_build="text")
+    for row_index, text in enumerate(["Lily loved to eat", "Once. Lily loved to eat"]):
+        row = batch.ids[row_index][batch.mask[row_index].bool()].tolist()
+        original = encode(tok, text + tok.decode(target_ids[:-1]))
+        assert row == original
+        assert batch.tgt_pos[batch.tgt_row == row_index].tolist() == [len(row) - len(target_ids) + k
+                                                                      for k in range(len(target_ids))]
+    assert batch.tgt_id.tolist() == target_ids * 2
+    ids_batch = _build_batch(tok, [r], [["{}", "Once. {}"]], "subject_last")
+    assert torch.equal(ids_batch.fact_pos, batch.fact_pos)  # the subject's token is read at the same place
+    assert not torch.equal(ids_batch.ids, batch.ids)
+
+
+def test_value_prompts_reaches_the_value_spec_and_changes_z_where_text_retokenises(tiny_llama):
+    from util.hparams import HyperParamsError
+
+    model, tok = tiny_llama
+    assert stories_hparams().value_prompts == "ids"
+    with pytest.raises(HyperParamsError, match="value_prompts"):
+        stories_hparams(value_prompts="strings")
+    spec = stories_hparams(value_prompts="text").resolved_for(model).value_spec(model)
+    assert spec.prompt_build == "text"
+    reqs = [normalize_request(r) for r in REQUESTS[:2]]
+    by_text = compute_values(model, tok, reqs, spec, TEMPLATES).z
+    by_ids = compute_values(model, tok, reqs, stories_hparams().resolved_for(model).value_spec(model), TEMPLATES).z
+    assert not torch.allclose(by_text, by_ids)  # SentencePiece glues the decoded target to the prompt
+
+
 def test_targets_without_space_are_normalised_first(tiny_llama):
     """The original computed values before prepending the space; we normalise first."""
     model, tok, hp, _ = _setup(tiny_llama, v_num_grad_steps=4)

@@ -10,7 +10,7 @@ from util.architectures import num_layers
 from util.hparams import HyperParamsError
 from util.module_hparams import ModuleHyperParams
 from util.tokens import FACT_TOKEN_STRATEGIES
-from util.values import ValueSpec
+from util.values import PROMPT_BUILDS, ValueSpec
 
 # Sums of k k^T over millions of tokens overflow or lose precision in 16-bit floats.
 MOM2_DTYPES = ("float32", "float64")
@@ -34,6 +34,10 @@ class ValueHyperParams(ModuleHyperParams):
     # Texts longer than this many tokens are cut for statistics; None: at the model's context, as the
     # original's layer_stats (util.stats_cache.original_context_length). Files may set a cap.
     mom2_max_length: int | None = None
+    # Rewriting prompts' rows (util.values.PROMPT_BUILDS): "ids" (default) equals the original's "text"
+    # wherever the prompt's text and the decoded target tokenize back into the same ids, and differs
+    # only where they do not: there the original scores the target at shifted tokens.
+    value_prompts: str = "ids"
 
     USED_MODULE_KEYS: ClassVar[tuple[str, ...]] = ("rewrite_module_tmp", "layer_module_tmp", "ln_f_module",
                                                    "lm_head_module")
@@ -43,6 +47,8 @@ class ValueHyperParams(ModuleHyperParams):
         super().__post_init__()
         if self.fact_token not in FACT_TOKEN_STRATEGIES:
             raise HyperParamsError(f"'fact_token' must be one of {FACT_TOKEN_STRATEGIES}, got {self.fact_token!r}")
+        if self.value_prompts not in PROMPT_BUILDS:
+            raise HyperParamsError(f"'value_prompts' must be one of {PROMPT_BUILDS}, got {self.value_prompts!r}")
         if self.mom2_dtype not in MOM2_DTYPES:
             raise HyperParamsError(f"'mom2_dtype' must be one of {MOM2_DTYPES}, got {self.mom2_dtype!r}")
         for name in ("v_num_grad_steps", "v_lr", "mom2_n_samples", "mom2_max_length", "clamp_norm_factor"):
@@ -70,5 +76,5 @@ class ValueHyperParams(ModuleHyperParams):
             final_layer=self.layer_module(num_layers(model) - 1),
             ln_f=self.ln_f_module, lm_head=self.lm_head_module, fact_token=self.fact_token,
             num_steps=self.v_num_grad_steps, lr=self.v_lr, weight_decay=self.v_weight_decay,
-            clamp_norm_factor=self.clamp_norm_factor, kl_factor=self.kl_factor,
+            clamp_norm_factor=self.clamp_norm_factor, kl_factor=self.kl_factor, prompt_build=self.value_prompts,
         )

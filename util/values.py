@@ -28,6 +28,11 @@ log = logging.getLogger(__name__)
 # Where delta is added: the block output (residual stream) for the MEMIT family, the MLP output
 # of the edited layer for ROME.
 SITES = ("block_output", "mlp_output")
+# How a rewriting prompt's row is built: "ids" (the prompt's ids, then the target's ids but the last) or
+# "text" (the original's: the prompt's text with the decoded target but its last token appended, then
+# tokenized whole, targets scored at the row's last positions). They differ only where that text does
+# not tokenize back into the same ids, and there the original scores target ids at shifted tokens.
+PROMPT_BUILDS = ("ids", "text")
 
 
 @dataclass(frozen=True)
@@ -80,6 +85,7 @@ class ValueSpec:
     # (util.prefix_cache); False, or a model it does not support, runs the whole model every step.
     suffix_only: bool = True
     stop: StopRule = DEFAULT_STOP
+    prompt_build: str = "ids"  # see PROMPT_BUILDS
 
 
 @dataclass
@@ -150,7 +156,17 @@ def compute_values(
     )
 
 
-def _build_batch(tok, requests: Sequence[dict], templates: list[list[str]], fact_token: str) -> _Batch:
+def _rewriting_row(tok, filled_prompt: str, target: list[int], prompt_build: str) -> list[int]:
+    """One rewriting prompt's ids: the prompt and every target token but the last."""
+    if prompt_build == "ids":
+        return encode(tok, filled_prompt) + target[:-1]  # no re-tokenisation of text
+    if prompt_build == "text":
+        return encode(tok, filled_prompt + tok.decode(target[:-1]))
+    raise ValueError(f"prompt_build must be one of {PROMPT_BUILDS}, got {prompt_build!r}")
+
+
+def _build_batch(tok, requests: Sequence[dict], templates: list[list[str]], fact_token: str,
+                 prompt_build: str = "ids") -> _Batch:
     seqs, fact, row_req, plain_rows, kl_rows = [], [], [], [], []
     tgt_row, tgt_pos, tgt_id, tgt_req, tgt_w, tgt_ctx = [], [], [], [], [], []
     contexts = flat_templates(templates)
@@ -158,19 +174,19 @@ def _build_batch(tok, requests: Sequence[dict], templates: list[list[str]], fact
         target = encode_target(tok, r["target_new"]["str"])
         prompts = [apply_template(c, r["prompt"]) for c in contexts]
         for j, prompt in enumerate(prompts):
-            prompt_ids = encode(tok, fill_prompt(prompt, r["subject"]))
+            row = _rewriting_row(tok, fill_prompt(prompt, r["subject"]), target, prompt_build)
             if j == 0:
                 plain_rows.append(len(seqs))
-            for k, token in enumerate(target):  # token k is predicted at the position before it
+            for k, token in enumerate(target):  # the last len(target) logits predict the target's tokens
                 tgt_row.append(len(seqs))
-                tgt_pos.append(len(prompt_ids) - 1 + k)
+                tgt_pos.append(len(row) - len(target) + k)
                 tgt_id.append(token)
                 tgt_req.append(i)
                 tgt_w.append(1.0 / (len(target) * len(prompts)))
                 tgt_ctx.append(j > 0)
             fact.append(fact_token_index(tok, prompt, r["subject"], fact_token))
             row_req.append(i)
-            seqs.append(prompt_ids + target[:-1])  # built from ids: no re-tokenisation of text
+            seqs.append(row)
         kl_prompt = "{} is a"
         kl_rows.append(len(seqs))
         fact.append(fact_token_index(tok, kl_prompt, r["subject"], fact_token))
@@ -260,7 +276,7 @@ def _suffix_only_unsupported(model: nn.Module, spec: ValueSpec, b: _Batch) -> st
 def _optimise(model: nn.Module, tok, requests: Sequence[dict], spec: ValueSpec, templates: list[list[str]],
               progress: bool = False) -> ValueResult:
     device = model_device(model)
-    b = _build_batch(tok, requests, templates, spec.fact_token)
+    b = _build_batch(tok, requests, templates, spec.fact_token, spec.prompt_build)
     b = _Batch(**{k: v.to(device) for k, v in vars(b).items()})
     n = len(requests)
     ln_f, lm_head = get_module(model, spec.ln_f), get_module(model, spec.lm_head)
