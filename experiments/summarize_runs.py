@@ -194,6 +194,9 @@ def find_runs(results_dir: str | Path, dir_names: Sequence[str], runs: Sequence[
     algs = sorted(p.name for p in results_dir.iterdir() if p.is_dir() and _run_names(p))
     found: list[Path] = []
     for dir_name in dir_names:
+        if Path(dir_name).name != dir_name or dir_name in (".", ".."):  # "../x", "a/b", "/abs": another folder
+            raise SummaryError(f"--dir_name={dir_name!r} is a path; it names algorithm folders under the results "
+                               f"folder (e.g. --dir_name=NSE); for runs elsewhere pass --results_dir=<their parent>")
         alg_dir = results_dir / dir_name
         if not alg_dir.is_dir():
             raise SummaryError(f"no folder {dir_name!r} under {results_dir}; algorithms with runs there: "

@@ -286,3 +286,13 @@ def test_no_traceback_from_the_command_line(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.startswith(f"error: {config} is not UTF-8 text") and done.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("dir_name", ["../NSE", "NSE/run_000", "/abs/NSE", ".."])
+def test_a_dir_name_that_is_a_path_is_refused(tmp_path, capsys, dir_name):
+    results = tmp_path / "results"
+    three_case_run(results)
+    code, out, err = run_cli(capsys, f"--dir_name={dir_name}", f"--results_dir={results}")
+    assert code == 2 and out == ""
+    (line,) = err.splitlines()
+    assert "is a path" in line and "--results_dir" in line
