@@ -18,7 +18,7 @@ from typing import Any
 
 from torch import nn
 
-from util.generation import sample_token_ids
+from util.greedy import greedy_token_ids
 from util.tokens import encode, pad_token_id
 
 MAX_NEW = 32                 # LocFT-BF's bound (Mirage: 50)
@@ -55,11 +55,15 @@ def answer_of(continuation: str) -> str:
 
 
 def greedy_answers(model: nn.Module, tok: Any, prompts: Sequence[str], batch_size: int = 32) -> list[str]:
-    """Each prompt's greedy answer (top-1 sampling is greedy), EOS ending a row."""
+    """Each prompt's greedy answer, EOS ending a row; a row stops once its answer is complete (a period
+    or newline generated), since what follows is never read."""
+    def answered(new_ids: list[int]) -> bool:
+        return STOP.search(tok.decode(new_ids, skip_special_tokens=True)) is not None
+
     answers: list[str] = []
     for start in range(0, len(prompts), batch_size):
         ids = [encode(tok, p) for p in prompts[start : start + batch_size]]
-        new = sample_token_ids(model, ids, MAX_NEW, top_k=1, seed=0, pad_id=pad_token_id(tok), eos_id=tok.eos_token_id)
+        new = greedy_token_ids(model, ids, MAX_NEW, pad_token_id(tok), tok.eos_token_id, done=answered)
         # Decode prompt and answer together so SentencePiece keeps the word boundary, then cut the prompt.
         for p, n in zip(ids, new):
             full, prompt = tok.decode(p + n, skip_special_tokens=True), tok.decode(p, skip_special_tokens=True)
