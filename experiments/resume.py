@@ -63,12 +63,18 @@ def _check_same_settings(cfg: RunConfig, saved: dict[str, Any]) -> None:
                           "computed or scored: resume with the run's flags (config.json) or start a new run")
 
 
+# Keys of a hyperparameter file that change nothing computed: a copy with other notes resumes the run.
+DOCUMENTATION_KEYS = ("notes",)
+
+
 def _check_same_hparams(run_dir: Path, now: dict[str, Any], before: dict[str, Any]) -> None:
     """A key the run's params.json lacks (added since) means its former behaviour: ``before`` where the
     default changed what is computed, else the value it has now."""
     path = run_dir / "params.json"
     saved = read_json(path) if path.is_file() else None
+    now = {k: v for k, v in now.items() if k not in DOCUMENTATION_KEYS}
     if saved is not None:
+        saved = {k: v for k, v in saved.items() if k not in DOCUMENTATION_KEYS}
         saved = {**{k: before.get(k, v) for k, v in now.items() if k not in saved}, **saved}
     if saved is not None and saved != now:
         keys = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import re
+from pathlib import Path
 
 import pytest
 from tqdm import tqdm
@@ -105,3 +106,24 @@ def test_resuming_a_run_from_before_a_new_hyperparameter(tmp_path):
         _check_same_hparams(tmp_path, now, before)
     asked = MEMITRectHyperParams(**base, rect_timing="per_layer", rect_rule="exact_share").to_dict()
     assert _check_same_hparams(tmp_path, asked, before) is None  # the rest of the new keys: their defaults
+
+
+def test_a_hyperparameter_file_with_other_notes_resumes_the_run(tmp_path):
+    """Notes change nothing computed: the published AlphaEdit runs resume from bench/configs' float64 copy,
+    whose notes differ; without projection_dtype float64 they are refused, naming it."""
+    import json
+
+    from alphaedit.hparams import AlphaEditHyperParams
+    from experiments.resume import ResumeError, _check_same_hparams
+
+    root = Path(__file__).resolve().parents[1]
+    shipped = AlphaEditHyperParams.from_json(root / "hparams/AlphaEdit/SmolLM2-135M.json").to_dict()
+    run = {k: v for k, v in shipped.items() if k not in ("projection_dtype", "value_prompts")}  # from before both
+    (tmp_path / "params.json").write_text(json.dumps(run))
+    copy = AlphaEditHyperParams.from_json(root / "bench/configs/AlphaEdit_SmolLM2-135M_float64.json").to_dict()
+    assert copy["notes"] != run["notes"]
+    before = AlphaEditHyperParams.VALUES_BEFORE
+    assert _check_same_hparams(tmp_path, copy, before) is None
+    with pytest.raises(ResumeError, match="projection_dtype: run 'float64', now 'float32'") as err:
+        _check_same_hparams(tmp_path, shipped, before)
+    assert "notes" not in str(err.value)
