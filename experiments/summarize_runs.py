@@ -110,10 +110,11 @@ class RunSummary:
     warnings: list[str] = field(default_factory=list)
     final_total_edits: int | None = None  # run_complete.json: edits applied when the run finished
     final_num_batches: int | None = None
+    variant: str = ""  # what sets the run apart from its method's plain form (e.g. "+NAS"), from params.json
 
     @property
     def label(self) -> str:
-        return f"{self.alg_name}/{self.run}"
+        return f"{self.alg_name}/{self.run}" + (f" {self.variant}" if self.variant else "")
 
     @property
     def kind(self) -> DsKind | None:
@@ -288,6 +289,16 @@ def _run_config(run_dir: Path, notes: list[str]) -> dict[str, Any]:
         raise SummaryError(f"{path} is {problem}; {CONFIG_FIX}")
     # The runner saves the CLI flags under "args" (beside versions and context templates).
     return dict(raw.get("args", raw))
+
+
+def _variant(run_dir: Path) -> str:
+    """"+NAS" for a run with norm anchoring (params.json), so figures and tables tell it from the plain
+    method; "" otherwise, or when params.json cannot be read (the resume check names a broken one)."""
+    try:
+        params = _read_json(run_dir / "params.json")
+    except (FileProblem, OSError):
+        return ""
+    return "+NAS" if isinstance(params, dict) and params.get("norm_anchor") is True else ""
 
 
 def _ds_kind(config: dict[str, Any], posts: Sequence[Any]) -> str | None:
@@ -537,7 +548,7 @@ def summarize_run(run_dir: str | Path, first_n_cases: int | None = None) -> RunS
     summary = RunSummary(alg_name=run_dir.parent.name, run=run_dir.name, path=run_dir, complete=complete,
                          config=config, ds_kind=ds_kind or _ds_kind({}, pre_posts), downstream=downstream,
                          notes=notes, warnings=warnings, final_total_edits=final_edits,
-                         final_num_batches=final_batches)
+                         final_num_batches=final_batches, variant=_variant(run_dir))
     if cases:
         _case_stats(summary, cases)
     else:

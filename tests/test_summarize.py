@@ -285,3 +285,16 @@ def test_report_names_the_edits_a_run_continued_from(tmp_path, count_key):
     (run_dir / "config.json").write_text(json.dumps(config))
     report = write_report([summarize_run(run_dir)], tmp_path / "report.md").read_text()
     assert "| continued from | `/saved/editor_state.pt` (6 edits before this run) |" in report
+
+
+def test_a_norm_anchored_run_is_labelled_as_such(tmp_path):
+    from experiments.summarize_runs import summarize_runs
+
+    plain = make_run(tmp_path, "AlphaEdit", "run_000", CF_POSTS)
+    anchored = make_run(tmp_path, "AlphaEdit", "run_001", CF_POSTS)
+    (anchored / "params.json").write_text(json.dumps({"norm_anchor": True}))
+    (plain / "params.json").write_text(json.dumps({"norm_anchor": False}))
+    broken = make_run(tmp_path, "AlphaEdit", "run_002", CF_POSTS)
+    (broken / "params.json").write_text("{not json")
+    summaries, _ = summarize_runs(tmp_path, ["AlphaEdit"])
+    assert [s.label for s in summaries] == ["AlphaEdit/run_000", "AlphaEdit/run_001 +NAS", "AlphaEdit/run_002"]
