@@ -1,6 +1,7 @@
 """The unedited model's teacher-forced metrics on the first N protocol records, at the curve points.
 
     python bench/pre_edit_curve.py [--n 2000] [--every 500] [--out bench/results/stream/pre_edit_curve.json]
+    python bench/pre_edit_curve.py --n 500 --every 500 --generation_eval --out bench/results/frontier/pre_edit_generation.json
 
 The baseline the protocol's curves start from: SmolLM2-135M fp32 scores the first 500, 1000, 1500
 and 2000 CounterFact records (the cases a curve point of the stream covers) before any edit, with
@@ -32,10 +33,11 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--every", type=int, default=500)
     ap.add_argument("--out", type=Path, default=ROOT / "bench/results/stream/pre_edit_curve.json")
+    ap.add_argument("--generation_eval", action="store_true", help="add the generation-based metrics")
     args = ap.parse_args()
     model, tok = load_smollm2(torch.float32)
     records = json.loads(DATA.read_text())[: args.n]
-    scorer = CaseScorer(model, tok, "mcf")
+    scorer = CaseScorer(model, tok, "mcf", generation_eval=args.generation_eval)
     start = time.perf_counter()
     posts = [post for _, _, post in scorer.score(list(enumerate(records)))]
     seconds = time.perf_counter() - start
@@ -43,7 +45,7 @@ def main() -> None:
     for n in range(args.every, args.n + 1, args.every):
         summary = summarize_cases(posts[:n], "counterfact")
         points.append({"n_cases": n, "summary": {k: {"mean": v[0], "std": v[1]} for k, v in summary.items()}})
-        print(n, {k: round(v[0], 2) for k, v in summary.items() if k.endswith("_success") or k == "score"})
+        print(n, {k: round(v[0], 2) for k, v in summary.items() if k.endswith(("_success", "_gen_em")) or k == "score"})
     args.out.write_text(json.dumps({"seconds": round(seconds, 1), "points": points,
                                     "cases": {str(r["case_id"]): p for r, p in zip(records, posts)}}) + "\n")
 
