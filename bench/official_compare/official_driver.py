@@ -25,7 +25,6 @@ from this script at run time (see README of bench/results/official_rome_ft):
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import time
@@ -34,8 +33,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from model_checks import greedy, state_sha256  # this folder: the script's own (sys.path[0])
 
-GREEDY_TOKENS = 10
 
 
 # ---------------------------------------------------------------- CPU / Llama adaptations
@@ -85,24 +84,6 @@ def stub_unused_imports() -> None:
 
 
 # ---------------------------------------------------------------- shared helpers (our own)
-def state_sha256(model) -> str:
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().contiguous().cpu().numpy().tobytes())
-    return h.hexdigest()
-
-
-@torch.no_grad()
-def greedy(model, tok, prompt: str, n: int = GREEDY_TOKENS) -> list[int]:
-    ids = list(tok(prompt)["input_ids"])
-    out = []
-    for _ in range(n):
-        logits = model(input_ids=torch.tensor([ids + out])).logits[0, -1]
-        out.append(int(logits.argmax()))
-    return out
-
-
 def load_model(inputs):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

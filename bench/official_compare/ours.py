@@ -31,27 +31,8 @@ from rome.hparams import ROMEHyperParams  # noqa: E402
 from smollm2 import load_smollm2  # noqa: E402
 from util.second_moment import cached_second_moments  # noqa: E402
 
-GREEDY_TOKENS = 10
+from model_checks import GREEDY_TOKENS, greedy, state_sha256  # noqa: E402 (this folder)
 
-
-def state_sha256(model) -> str:
-    """One hash over every tensor of the state dict (names sorted), to show both sides load the same weights."""
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().contiguous().cpu().numpy().tobytes())
-    return h.hexdigest()
-
-
-@torch.no_grad()
-def greedy(model, tok, prompt: str, n: int = GREEDY_TOKENS) -> list[int]:
-    """Plain greedy decoding: the whole sequence through the model each step, argmax of the last logits."""
-    ids = list(tok(prompt)["input_ids"])
-    out = []
-    for _ in range(n):
-        logits = model(input_ids=torch.tensor([ids + out])).logits[0, -1]
-        out.append(int(logits.argmax()))
-    return out
 
 
 def load_requests(path: Path, n: int) -> list[dict]:

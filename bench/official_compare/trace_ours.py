@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import inspect
 import json
 import sys
@@ -32,15 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from rome import ROMEEditor  # noqa: E402
 from rome.hparams import ROMEHyperParams  # noqa: E402
 from smollm2 import load_smollm2  # noqa: E402
+from model_checks import state_sha256  # noqa: E402
 from trace_hooks import Tracer  # noqa: E402
-
-
-def state_sha256(model) -> str:
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().contiguous().cpu().numpy().tobytes())
-    return h.hexdigest()
 
 
 def main() -> None:
