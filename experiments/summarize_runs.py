@@ -296,7 +296,7 @@ def _variant(run_dir: Path) -> str:
     method; "" otherwise, or when params.json cannot be read (the resume check names a broken one)."""
     try:
         params = _read_json(run_dir / "params.json")
-    except (FileProblem, OSError):
+    except FileProblem:  # missing or unreadable: _read_json turns OSError into FileProblem
         return ""
     return "+NAS" if isinstance(params, dict) and params.get("norm_anchor") is True else ""
 
