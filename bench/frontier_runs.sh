@@ -2,7 +2,7 @@
 # Issue 17's stream: SmolLM2-135M fp32, the first 1000 CounterFact records in batches of 100, both metric
 # families (teacher forced and --generation_eval), the general-capability tasks as the original scored
 # them, for AlphaEdit and NSE with and without NAS norm anchoring, and ENCORE. One run after another
-# (each 1.5-2 h on a 2-core CPU); a killed run resumes with its line and --continue_from_run=run_NNN.
+# (the first took 2.3 h of process time on a 2-core CPU, other jobs beside it); a killed run resumes with its line and --continue_from_run=run_NNN.
 # Both AlphaEdit rows use the float64 projection, as every published AlphaEdit run here.
 #   bash bench/frontier_runs.sh                  # all five, each a new run folder in results/stream/<ALG>
 #   bash bench/frontier_runs.sh NSE_NAS          # one of: AlphaEdit_NAS AlphaEdit NSE NSE_NAS ENCORE
