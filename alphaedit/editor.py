@@ -48,7 +48,7 @@ class AlphaEditEditor(MEMITEditor):
 
 
 def projected_update(residual: torch.Tensor, keys: torch.Tensor, cp: torch.Tensor, projector: torch.Tensor,
-                     l2: float, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+                     l2: float, dtype: torch.dtype) -> torch.Tensor:
     """``Delta = ((P (K K^T + Cp) + L2 I)^-1 P K R^T)^T`` in ``dtype``.  residual (d, n), keys (f, n) -> (d, f)
 
     ``Delta^T`` lies in the range of P, so ``Delta k = 0`` for every key P annihilates. The original

@@ -11,7 +11,7 @@ from util.atomic_files import save_torch_atomic
 log = logging.getLogger(__name__)
 
 
-def null_space_projector(cov: torch.Tensor, threshold: float, dtype: str = "float32") -> torch.Tensor:
+def null_space_projector(cov: torch.Tensor, threshold: float, dtype: str) -> torch.Tensor:
     """``(f, f)`` float32 projector onto the span of C0's singular vectors with singular value < threshold.
 
     ``dtype="float32"``: the original's computation, an SVD of float32 C0 on the CPU.
@@ -28,7 +28,7 @@ def null_space_projector(cov: torch.Tensor, threshold: float, dtype: str = "floa
     return (small @ small.T).to(torch.float32)
 
 
-def cached_projector(cov: torch.Tensor, threshold: float, c0_path: Path | None, dtype: str = "float32") -> torch.Tensor:
+def cached_projector(cov: torch.Tensor, threshold: float, c0_path: Path | None, dtype: str) -> torch.Tensor:
     """The projector from the file next to C0's cache file when present; computed and saved otherwise.
     Returned on C0's device."""
     # float64 projectors keep the name they had before the float32 (original) computation existed.

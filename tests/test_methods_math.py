@@ -103,10 +103,10 @@ def test_alphaedit_projector_and_update_spare_the_preserved_keys():
     basis, _ = torch.linalg.qr(_randn(f, f))
     eigenvalues = torch.tensor([5.0, 3.0, 2.0, 1.0, 0.5, 0.2, 1e-3, 1e-4, 1e-5, 0.0], dtype=torch.float64)
     c0 = basis @ torch.diag(eigenvalues) @ basis.T
-    p = null_space_projector(c0, threshold=1e-2).double()
+    p = null_space_projector(c0, threshold=1e-2, dtype="float32").double()
     assert torch.allclose(p @ p, p, atol=1e-6) and torch.allclose(p, p.T, atol=1e-7)  # a projector
     assert round(float(torch.trace(p))) == 4  # onto the 4 eigenvectors with eigenvalue < 1e-2
-    delta = projected_update(_randn(d, n), _randn(f, n), _spd(f), p, l2=10.0)
+    delta = projected_update(_randn(d, n), _randn(f, n), _spd(f), p, l2=10.0, dtype=torch.float64)
     preserved = basis[:, :6]  # keys in the span of C0's large eigenvectors
     # Tolerance 1e-6 relative to |Delta|: P is float32 (1e-7 round-off), the solve float64.
     assert (delta @ preserved).abs().max() < 1e-6 * delta.abs().max()

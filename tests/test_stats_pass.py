@@ -196,10 +196,10 @@ def test_truncated_projector_is_recomputed(tmp_path):
 
     cov = torch.diag(torch.tensor([1.0, 0.001, 2.0, 0.0]))
     c0_path = tmp_path / "c0.pt"
-    first = cached_projector(cov, 0.01, c0_path)
+    first = cached_projector(cov, 0.01, c0_path, "float32")
     saved = tmp_path / "c0_nullspace0.01_float32svd.pt"  # the original's float32 SVD, the default
     saved.write_bytes(saved.read_bytes()[:50])
-    assert torch.equal(cached_projector(cov, 0.01, c0_path), first)
+    assert torch.equal(cached_projector(cov, 0.01, c0_path, "float32"), first)
 
 
 def test_float64_projectors_keep_their_former_file_name(tmp_path):

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from util.architectures import model_device
-from util.tokens import encode, pad, pad_token_id
+from util.tokens import encode, left_padded_prompts, pad_token_id
 
 
 def _sample_top_k(logits: torch.Tensor, top_k: int, generator: torch.Generator) -> torch.Tensor:
@@ -66,11 +66,7 @@ def sample_token_ids_grouped(
     the logits (the batch is wider)."""
     device = model_device(model)
     generators = [torch.Generator(device=device).manual_seed(g.seed) for g in groups]
-    input_ids, attention_mask = pad(prompt_ids, pad_id, side="left")  # (B, T): last column is each last token
-    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
-    # Positions count real tokens only, so a padded prompt is seen exactly as an unpadded one
-    # (absolute-position models such as GPT-2 would otherwise see it shifted).
-    position_ids = (attention_mask.cumsum(dim=-1) - 1).clamp(min=0)
+    input_ids, attention_mask, position_ids = left_padded_prompts(prompt_ids, pad_id, device)
     finished = torch.zeros(len(prompt_ids), dtype=torch.bool, device=device)
     drawing = [g.steps > 0 for g in groups]
     new: list[list[int]] = [[] for _ in prompt_ids]

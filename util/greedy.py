@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from util.architectures import model_device
-from util.tokens import pad
+from util.tokens import left_padded_prompts
 
 
 @torch.no_grad()
@@ -33,9 +33,7 @@ def greedy_token_ids(
     after the last token any row needs.
     """
     device = model_device(model)
-    input_ids, mask = pad(prompt_ids, pad_id, side="left")
-    input_ids, mask = input_ids.to(device), mask.to(device)
-    positions = (mask.cumsum(dim=-1) - 1).clamp(min=0)  # real tokens only: padding shifts nothing
+    input_ids, mask, positions = left_padded_prompts(prompt_ids, pad_id, device)
     new: list[list[int]] = [[] for _ in prompt_ids]
     rows = list(range(len(prompt_ids)))  # the prompt of each row of the batch
     past = None

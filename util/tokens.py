@@ -84,6 +84,19 @@ def pad(sequences: Sequence[Sequence[int]], pad_id: int, side: str = "right") ->
     return ids, mask
 
 
+def left_padded_prompts(prompt_ids: Sequence[Sequence[int]], pad_id: int,
+                        device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask, position_ids) of prompts to continue, all ``(B, T)`` on ``device``.
+
+    Left padding puts every last token in the last column. Positions count real tokens only, so a
+    padded prompt is seen exactly as an unpadded one (absolute-position models such as GPT-2 would
+    otherwise see it shifted).
+    """
+    input_ids, mask = pad(prompt_ids, pad_id, side="left")
+    input_ids, mask = input_ids.to(device), mask.to(device)
+    return input_ids, mask, (mask.cumsum(dim=-1) - 1).clamp(min=0)
+
+
 def padded_positions(unpadded: Sequence[int], attention_mask: torch.Tensor) -> torch.Tensor:
     """Shift unpadded indices by each row's leading padding (zero under right padding)."""
     first_real = attention_mask.long().argmax(dim=1).cpu()
