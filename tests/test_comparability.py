@@ -75,16 +75,34 @@ def test_wikipedia_names_the_current_dump_sampled_as_the_original(monkeypatch):
 
 
 @pytest.fixture()
-def punkt(monkeypatch):
-    """Set whether NLTK's Punkt model counts as installed; the tokenizer choice is re-made."""
+def nltk_data(monkeypatch, tmp_path):
+    """NLTK's data paths are one empty folder, so no Punkt model is installed; ``install()`` puts an
+    English punkt_tab model there as ``nltk.download('punkt_tab')`` would (a tiny one whose only
+    knowledge is the abbreviation "Mr."). The tokenizer choice is re-made each time."""
+    import nltk.data
     import nltk.tokenize
 
-    def make(available: bool) -> None:
-        monkeypatch.setattr(nltk.tokenize, "punkt_model_available", lambda language="english": available)
+    root = tmp_path / "nltk_data"
+    root.mkdir()
+    monkeypatch.setattr(nltk.data, "path", [str(root)])
+    loaded = nltk.tokenize._get_punkt_tokenizer  # NLTK's cache of loaded models (a test may replace it)
+
+    def reset() -> None:
+        loaded.cache_clear()
         fluency._nltk_tokenizer.cache_clear()
 
-    yield make
-    fluency._nltk_tokenizer.cache_clear()  # the next caller sees the real installation again
+    def install() -> Path:
+        english = root / "tokenizers" / "punkt_tab" / "english"
+        english.mkdir(parents=True)
+        (english / "abbrev_types.txt").write_text("mr\n", encoding="utf-8")
+        for name in ("collocations.tab", "ortho_context.tab", "sent_starters.txt"):
+            (english / name).write_text("", encoding="utf-8")
+        reset()
+        return english
+
+    reset()
+    yield install
+    reset()  # the next caller sees the real installation again
 
 
 def bits(*counts: int) -> float:
@@ -105,51 +123,60 @@ def test_fluency_of_a_known_text_by_hand():
     assert text_ngram_entropy("the cat sat. The cat sat.") != text_ngram_entropy(text)  # case is kept
 
 
-def test_exact_word_tokenize_when_punkt_is_installed(punkt):
+def test_nltk_own_punkt_data_is_used_when_installed(nltk_data):
+    """NLTK's installed punkt_tab model (found on nltk.data.path) runs word_tokenize itself, and
+    config.json records it."""
     import nltk.tokenize
 
-    punkt(True)
+    nltk_data()
     name, tokenize = fluency._nltk_tokenizer()
     assert name == "nltk.word_tokenize" and tokenize is nltk.tokenize.word_tokenize
     assert metric_settings()["word_tokenizer"] == "nltk.word_tokenize"
-
-
-def test_the_shipped_model_gives_the_exact_pipeline_without_nltk_data(punkt, monkeypatch):
-    """No punkt_tab installed: NLTK's English model shipped in experiments/metrics/punkt_tab runs
-    word_tokenize's own pipeline (trained Punkt sentences, then NLTKWordTokenizer)."""
-    import nltk.tokenize
-    from nltk.tokenize.punkt import PunktSentenceTokenizer
-
-    punkt(False)
-    assert metric_settings()["word_tokenizer"] == "nltk.word_tokenize"
-    # The trained model knows "Mr." is an abbreviation: no sentence ends there, so its period stays.
+    # The installed model knows "Mr." is an abbreviation: no sentence ends there, so its period stays.
     assert word_tokenize("Mr. Smith sat. Mr. Smith sat.") == ["Mr.", "Smith", "sat", ".", "Mr.", "Smith", "sat", "."]
-    trained = PunktSentenceTokenizer()
-    trained._params = fluency.shipped_punkt_params()
-    monkeypatch.setattr(nltk.tokenize, "_get_punkt_tokenizer", lambda language="english": trained)
-    for text in ('He said "no." Then, it\'s 3.5 km away!', "Dr. Who met Mrs. Jones at 5 p.m. on Jan. 3. They left."):
-        assert word_tokenize(text) == nltk.tokenize.word_tokenize(text)
     # Fluency by hand through it: bigrams (Mr. Smith) 2, (Smith sat) 2, (sat .) 2, (. Mr.) 1.
     expected = (2 / 3 * bits(2, 2, 2, 1) + 4 / 3 * bits(2, 2, 1, 1)) / 2
     assert text_ngram_entropy("Mr. Smith sat. Mr. Smith sat.") == pytest.approx(expected)
 
 
-def test_fallback_without_punkt_is_word_tokenize_with_an_untrained_model(punkt, monkeypatch):
+def test_no_punkt_model_is_shipped():
+    """The trained model's licence is unclarified upstream (nltk_data's DATASET-LICENSES.md), so
+    the project ships none: without NLTK's data the fallback runs (docs/comparability.md)."""
+    assert not hasattr(fluency, "SHIPPED_PUNKT")
+    assert not (Path(fluency.__file__).parent / "punkt_tab").exists()
+
+
+def test_fallback_without_punkt_is_word_tokenize_with_an_untrained_model(nltk_data, monkeypatch):
     import nltk.tokenize
     from nltk.tokenize.punkt import PunktSentenceTokenizer
 
-    monkeypatch.setattr(fluency, "SHIPPED_PUNKT", fluency.SHIPPED_PUNKT.parent / "missing")
-    punkt(False)
     assert metric_settings()["word_tokenizer"] == "nltk-untrained-punkt"
-    # Sentence-final periods are split off mid-text (not glued: "there."), as word_tokenize does.
+    assert not nltk.tokenize.punkt_model_available("english")
+    # Sentence-final periods are split off mid-text (not glued: "there."), as word_tokenize does;
+    # without abbreviation knowledge "Mr." ends a sentence, so its period is a token of its own.
     assert word_tokenize("Hello there. How are you?") == ["Hello", "there", ".", "How", "are", "you", "?"]
+    assert word_tokenize("Mr. Smith sat.") == ["Mr", ".", "Smith", "sat", "."]
     monkeypatch.setattr(nltk.tokenize, "_get_punkt_tokenizer", lambda language="english": PunktSentenceTokenizer())
     for text in ('He said "no." Then, it\'s 3.5 km away!', "Don't stop. Tom's cat (a big one) ran... Far away."):
         assert word_tokenize(text) == nltk.tokenize.word_tokenize(text)  # same pipeline, untrained model
 
 
-def test_regex_tokenizer_is_a_named_departure(punkt):
-    punkt(False)
+def test_a_punkt_model_outside_nltk_data_runs_the_same_pipeline(nltk_data, tmp_path):
+    """bench/punkt_effect.py reads a model from any folder (read_punkt_params) and runs
+    word_tokenize's pipeline with it: the same tokens as NLTK's own loading of that model."""
+    import shutil
+
+    import nltk.tokenize
+
+    elsewhere = shutil.copytree(nltk_data(), tmp_path / "elsewhere" / "english")
+    tokenize = fluency.punkt_word_tokenizer(fluency.read_punkt_params(elsewhere))
+    for text in ("Mr. Smith sat. Mr. Smith sat.", 'He said "no." Then, it\'s 3.5 km away!',
+                 "Dr. Who met Mrs. Jones at 5 p.m. on Jan. 3. They left."):
+        assert tokenize(text) == nltk.tokenize.word_tokenize(text)
+    assert fluency.tokens_ngram_entropy(tokenize("The cat sat. The cat sat.")) == text_ngram_entropy("The cat sat. The cat sat.")
+
+
+def test_regex_tokenizer_is_a_named_departure(nltk_data):
     assert word_tokenize("It's here.", regex=True) == ["It's", "here", "."]
     assert word_tokenize("It's here.") == ["It", "'s", "here", "."]
     settings = metric_settings(MetricOptions.from_names(["regex_word_tokenizer"]))

@@ -46,10 +46,8 @@ DEPARTURES = {
 }
 
 # Names recorded in a run's config.json for the word tokenizer that was used.
-NLTK_EXACT = "nltk.word_tokenize"
-NLTK_FALLBACK = "nltk-untrained-punkt"  # punkt_tab data missing: see word_tokenize
-# NLTK's English punkt_tab model, shipped: word_tokenize's exact pipeline without NLTK's data download.
-SHIPPED_PUNKT = Path(__file__).resolve().parent / "punkt_tab" / "english"
+NLTK_EXACT = "nltk.word_tokenize"  # NLTK's own punkt_tab data installed: word_tokenize itself
+NLTK_FALLBACK = "nltk-untrained-punkt"  # punkt_tab data missing: see _nltk_tokenizer
 REGEX_TOKENIZER = "regex"
 
 # The project's older stand-in tokenizer (option regex_word_tokenizer): runs of letters/digits,
@@ -85,37 +83,47 @@ class MetricOptions:
 
 @functools.lru_cache(maxsize=None)
 def _nltk_tokenizer() -> tuple[str, Callable[[str], list[str]]]:
-    """NLTK's ``word_tokenize`` if its Punkt sentence model (punkt_tab data) is installed, else the
-    same pipeline with an untrained Punkt model. Decided once per process; imported lazily
-    because importing nltk takes about a second."""
-    from nltk.tokenize import NLTKWordTokenizer, punkt_model_available
+    """NLTK's ``word_tokenize`` if NLTK's own English Punkt model (``nltk.download('punkt_tab')``,
+    ``tokenizers/punkt_tab/english/`` under ``nltk.data.path``) is installed, else the same pipeline
+    with an untrained Punkt model. No Punkt model is shipped with this project: its licence is
+    unclarified upstream (README, "NLTK's tokenizer data"). Decided once per process; imported
+    lazily because importing nltk takes about a second."""
+    from nltk.tokenize import punkt_model_available
     from nltk.tokenize import word_tokenize as nltk_word_tokenize
 
-    if punkt_model_available("english"):
+    if punkt_model_available("english"):  # loads it as word_tokenize does, from NLTK's data paths
         return NLTK_EXACT, nltk_word_tokenize
-    from nltk.tokenize.punkt import PunktSentenceTokenizer
-
-    if SHIPPED_PUNKT.is_dir():  # the same English model, shipped (punkt_tab/SOURCES.md)
-        trained = PunktSentenceTokenizer()
-        trained._params = shipped_punkt_params()  # as nltk's PunktTokenizer.load_lang sets it
-        words = NLTKWordTokenizer()
-        return NLTK_EXACT, lambda text: [w for s in trained.tokenize(text) for w in words.tokenize(s)]
-
     # word_tokenize = Punkt sentences, then NLTKWordTokenizer per sentence. Without the trained
     # model only abbreviation knowledge is lost ("Mr." ends a sentence); skipping the sentence
     # split instead would glue every sentence-final period to its word ("sat." in mid-text).
+    return NLTK_FALLBACK, punkt_word_tokenizer()
+
+
+def punkt_word_tokenizer(params: Any = None) -> Callable[[str], list[str]]:
+    """``word_tokenize``'s pipeline (Punkt sentences, then ``NLTKWordTokenizer`` per sentence) with
+    the Punkt parameters ``params`` (a ``PunktParameters``, e.g. :func:`read_punkt_params`), or with
+    an untrained model when None."""
+    from nltk.tokenize import NLTKWordTokenizer
+    from nltk.tokenize.punkt import PunktSentenceTokenizer
+
     sentences, words = PunktSentenceTokenizer(), NLTKWordTokenizer()
-    return NLTK_FALLBACK, lambda text: [w for s in sentences.tokenize(text) for w in words.tokenize(s)]
+    if params is not None:
+        sentences._params = params  # as nltk's PunktTokenizer.load_lang sets it
+    return lambda text: [w for s in sentences.tokenize(text) for w in words.tokenize(s)]
 
 
-def shipped_punkt_params():
-    """The shipped model's parameters, decoded as nltk's load_punkt_params decodes them (nltk's own
-    loader opens files under its data paths only, so the files are opened here)."""
+def read_punkt_params(lang_dir: str | Path):
+    """The Punkt parameters in a punkt_tab language folder (``abbrev_types.txt``,
+    ``collocations.tab``, ``ortho_context.tab``, ``sent_starters.txt``), decoded as nltk's
+    ``load_punkt_params`` decodes them; nltk's own loader opens files under its data paths only.
+    For measurements against a model kept outside NLTK's data (bench/punkt_effect.py)."""
     from nltk.tabdata import PunktDecoder
     from nltk.tokenize.punkt import PunktParameters
 
+    lang_dir = Path(lang_dir)
+
     def read(name: str, decode):
-        with (SHIPPED_PUNKT / name).open(encoding="utf-8") as f:
+        with (lang_dir / name).open(encoding="utf-8") as f:
             return decode(f)
 
     params, dec = PunktParameters(), PunktDecoder()
@@ -150,7 +158,11 @@ def ngram_distribution_entropy(tokens: Sequence[str], n: int) -> float:
 
 def text_ngram_entropy(text: str, regex: bool = False) -> float:
     """Mean of the weighted bigram and trigram entropies of one text (weights 2/3 and 4/3)."""
-    tokens = word_tokenize(text, regex=regex)
+    return tokens_ngram_entropy(word_tokenize(text, regex=regex))
+
+
+def tokens_ngram_entropy(tokens: Sequence[str]) -> float:
+    """:func:`text_ngram_entropy` of an already tokenized text."""
     weighted = [w * ngram_distribution_entropy(tokens, n) for n, w in zip(NGRAM_ORDERS, NGRAM_WEIGHTS)]
     return sum(weighted) / len(weighted)
 
