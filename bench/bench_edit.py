@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.bench_models import load_bench_model  # noqa: E402
 from bench.flops import count_value_flops, device_peak_flops  # noqa: E402
+from bench.provenance import Provenance  # noqa: E402
 from experiments.algorithms import get_algorithm  # noqa: E402
 from util.requests import normalize_request  # noqa: E402
 
@@ -181,7 +182,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.n < 1:
         raise SystemExit("--n must be at least 1")
     args.batch = args.batch or args.n
+    stamp = Provenance.start(__file__)
     result = run(args)
+    result["provenance"] = stamp.finish()
     print_table(result)
     out = Path(args.out or ROOT / "bench" / "results" / f"edit_{args.alg}_{time.strftime('%Y%m%d-%H%M%S')}.json")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.provenance import Provenance  # noqa: E402
 from nse import NSEHyperParams  # noqa: E402
 from util.model_loading import load_model_and_tokenizer  # noqa: E402
 from util.requests import normalize_request  # noqa: E402
@@ -49,6 +50,7 @@ def main() -> None:
     ap.add_argument("--step_trials", type=int, default=0,
                     help="with --paths: also the best of this many single steps per path (robust to a shared CPU)")
     args = ap.parse_args()
+    stamp = Provenance.start(__file__)
     model, tok, hp = _load(args)
     records = json.load(open(args.data))[: args.n]
     reqs = [normalize_request({"case_id": r["case_id"], **r["requested_rewrite"]}) for r in records]
@@ -66,6 +68,7 @@ def main() -> None:
     else:
         out.update(_compare_batching(model, tok, reqs, hp.value_spec(model)))
     out["load_after"] = _load_average()
+    out["provenance"] = stamp.finish()
     print(json.dumps(out, indent=1))
 
 

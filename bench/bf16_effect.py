@@ -22,6 +22,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+from provenance import Provenance  # noqa: E402
 from smollm2 import load_smollm2  # noqa: E402
 
 from experiments.algorithms import get_algorithm  # noqa: E402
@@ -60,6 +61,7 @@ def main() -> None:
     ap.add_argument("--cases", type=int, default=100)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
+    stamp = Provenance.start(__file__)
     records = json.loads(DATA.read_text())
     requests = [normalize_request({"case_id": r["case_id"], **r["requested_rewrite"]}) for r in records[: args.requests]]
     z32, s32, t32 = _values(torch.float32, requests)
@@ -82,7 +84,8 @@ def main() -> None:
            "z_relative_difference_max": max(rel), "cases": args.cases,
            "teacher_forced_seconds_fp32": round(posts[f"{torch.float32}_s"], 1),
            "teacher_forced_seconds_bf16": round(posts[f"{torch.bfloat16}_s"], 1),
-           "max_nll_difference_unedited": nll_diff, "prompt_successes_flipped": flips, "prompts": prompts}
+           "max_nll_difference_unedited": nll_diff, "prompt_successes_flipped": flips, "prompts": prompts,
+           "provenance": stamp.finish()}
     text = json.dumps(out, indent=1)
     print(text)
     if args.out:

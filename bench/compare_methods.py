@@ -1,11 +1,12 @@
 """The methods side by side: one table from finished runs of `experiments.evaluate` on the same records.
 
-    python bench/compare_methods.py --results_dir=results/compare --methods NSE MEMIT AlphaEdit ...
+    python bench/compare_methods.py --results_dir=results/compare --methods NSE MEMIT AlphaEdit ... [--out F.json]
 
 Reads each method's newest complete run under ``<results_dir>/<ALG>/`` and prints a markdown table
 (Efficacy, Generalization, Specificity, Fluency, Score, median seconds per batch) with the pre-edited row of
 the first run that has one. Fluency is averaged over the cases that carry generation metrics in
 *every* run shown, so runs with different --generation_test_interval compare on the same texts.
+``--out`` also writes the rows as JSON with the provenance stamp (script, commit, machine, load).
 """
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ import sys
 from pathlib import Path
 from statistics import mean, median
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 from experiments.run_files import COMPLETE_MARKER, EDIT_REPORTS, RUN_PATTERN  # noqa: E402
 from experiments.summarize_runs import summarize_run  # noqa: E402
+from provenance import Provenance  # noqa: E402
 
 COLUMNS = ("Efficacy", "Generalization", "Specificity")
 
@@ -49,7 +51,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results_dir", default="results/compare")
     parser.add_argument("--methods", nargs="+", required=True)
+    parser.add_argument("--out", type=Path, help="also write the table's rows as JSON here")
     args = parser.parse_args()
+    stamp = Provenance.start(__file__)
     runs = {m: newest_complete_run(Path(args.results_dir) / m) for m in args.methods}
     missing = [m for m, r in runs.items() if r is None]
     if missing:
@@ -68,12 +72,19 @@ def main() -> int:
         rows.append((method, [post[c]["mean"] for c in COLUMNS], seconds))
     shared = set.intersection(*(set(e) for e in entropies.values())) if entropies else set()
     print(f"| | {' | '.join(COLUMNS)} | Fluency | Score | s / batch |\n|---|---|---|---|---|---|---|")
+    table = []
     for name, values, seconds in rows:
         fluency = 100 * mean(entropies[name][c] for c in shared) if shared else float("nan")
         cells = [f"{v:.2f}" for v in values] + [f"{fluency:.2f}", f"{harmonic(values):.2f}",
                                                 "–" if seconds is None else f"{seconds:.0f}"]
         print(f"| {name} | {' | '.join(cells)} |")
+        table.append({"method": name, **dict(zip(COLUMNS, values)), "Fluency": fluency if shared else None,
+                      "Score": harmonic(values),
+                      "median_seconds_per_batch": seconds})
     print(f"\nFluency over the {len(shared)} cases with generation metrics in every run: {sorted(shared, key=int)}")
+    if args.out:
+        args.out.write_text(json.dumps({"provenance": stamp.finish(), "runs": {m: str(r) for m, r in runs.items()},
+                                        "rows": table, "fluency_cases": sorted(shared, key=int)}, indent=1) + "\n")
     return 0
 
 

@@ -10,8 +10,9 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
+from provenance import Provenance  # noqa: E402
 from util.total_edits import total_edits_of  # noqa: E402  (curve files before the rename: num_edits)
 
 
@@ -42,13 +43,14 @@ def main() -> None:
     parser.add_argument("--first", type=int, default=500)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    stamp = Provenance.start(__file__)
     rows = [kept(run, args.first) for run in args.runs]
     for row in rows:
         print(f"{row['run']}: first {row['first_edits']} edits, Efficacy {row['just_after']['efficacy']:.1f} -> "
               f"{row['at_last_point']['efficacy']:.1f}, Specificity {row['just_after']['specificity']:.1f} -> "
               f"{row['at_last_point']['specificity']:.1f} at {row['last_point_edits']} edits")
     if args.out:
-        args.out.write_text(json.dumps(rows, indent=1) + "\n")
+        args.out.write_text(json.dumps({"provenance": stamp.finish(), "runs": rows}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -15,8 +15,9 @@ import statistics
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
+from provenance import Provenance  # noqa: E402
 from util.total_edits import total_edits_of  # noqa: E402  (curve files before the rename: num_edits)
 
 # (metric, prompt list, which NLL must be lower for the case to count as a hit)
@@ -59,6 +60,7 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    stamp = Provenance.start(__file__)
     points = {str(run): last_point(run) for run in args.runs}
     rows = []
     for (name_a, a), (name_b, b) in itertools.combinations(points.items(), 2):
@@ -67,7 +69,7 @@ def main() -> None:
         print(f"{name_a} - {name_b}: " + ", ".join(
             f"{m} {g['mean']:+.2f} ± {g['standard_error']:.2f}" for m, g in gaps.items()) + f" ({gaps['Efficacy']['cases']} cases)")
     if args.out:
-        args.out.write_text(json.dumps(rows, indent=1) + "\n")
+        args.out.write_text(json.dumps({"provenance": stamp.finish(), "pairs": rows}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """The unedited model's teacher-forced metrics on the first N protocol records, at the curve points.
 
     python bench/pre_edit_curve.py [--n 2000] [--every 500] [--out bench/results/stream/pre_edit_curve.json]
-    python bench/pre_edit_curve.py --n 500 --every 500 --generation_eval --out bench/results/frontier/pre_edit_generation.json
+    python bench/pre_edit_curve.py --n 1000 --every 500 --generation_eval --out bench/results/frontier/pre_edit_generation.json
 
 The baseline the protocol's curves start from: SmolLM2-135M fp32 scores the first 500, 1000, 1500
 and 2000 CounterFact records (the cases a curve point of the stream covers) before any edit, with
@@ -20,6 +20,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+from provenance import Provenance  # noqa: E402
 from smollm2 import load_smollm2  # noqa: E402
 
 from experiments.case_scoring import CaseScorer  # noqa: E402
@@ -35,6 +36,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "bench/results/stream/pre_edit_curve.json")
     ap.add_argument("--generation_eval", action="store_true", help="add the generation-based metrics")
     args = ap.parse_args()
+    stamp = Provenance.start(__file__)
     model, tok = load_smollm2(torch.float32)
     records = json.loads(DATA.read_text())[: args.n]
     scorer = CaseScorer(model, tok, "mcf", generation_eval=args.generation_eval)
@@ -46,7 +48,7 @@ def main() -> None:
         summary = summarize_cases(posts[:n], "counterfact")
         points.append({"n_cases": n, "summary": {k: {"mean": v[0], "std": v[1]} for k, v in summary.items()}})
         print(n, {k: round(v[0], 2) for k, v in summary.items() if k.endswith(("_success", "_gen_em")) or k == "score"})
-    args.out.write_text(json.dumps({"seconds": round(seconds, 1), "points": points,
+    args.out.write_text(json.dumps({"provenance": stamp.finish(), "seconds": round(seconds, 1), "points": points,
                                     "cases": {str(r["case_id"]): p for r, p in zip(records, posts)}}) + "\n")
 
 

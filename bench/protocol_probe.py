@@ -19,12 +19,22 @@ import argparse
 import json
 import platform
 import resource
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parents[1]
 DATA = HERE / "assets" / "counterfact_test2191_first2000.json"
+
+
+def tree_commit(root: Path) -> str | None:
+    """The commit of the measured checkout (the stamp's commit is this script's checkout)."""
+    try:
+        return subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def _clock(fn):
@@ -47,6 +57,7 @@ def main() -> None:
     root = Path(args.tree).resolve()
     sys.path[:0] = [str(root), str(HERE / "bench")]
     import torch
+    from provenance import Provenance
     from smollm2 import load_smollm2
 
     from experiments.algorithms import get_algorithm
@@ -54,6 +65,7 @@ def main() -> None:
     from experiments.metrics import compute_rewrite_quality_counterfact
     from util.requests import normalize_request
 
+    stamp = Provenance.start(__file__)
     model, tok = load_smollm2(getattr(torch, args.dtype))
     tok.pad_token = tok.pad_token or tok.eos_token
     records = json.loads(DATA.read_text())
@@ -64,7 +76,7 @@ def main() -> None:
     editor = alg.make_editor(model, tok, alg.hparams_class.from_dict(data, source="protocol_probe"),
                              stats_dir=args.stats_dir, progress=False)
     editor.prepare()
-    out: dict = {"tree": str(root), "alg": args.alg, "dtype": args.dtype, "machine": platform.processor() or platform.machine(),
+    out: dict = {"tree": str(root), "tree_commit": tree_commit(root), "alg": args.alg, "dtype": args.dtype, "machine": platform.processor() or platform.machine(),
                  "threads": torch.get_num_threads()}
     requests = [normalize_request({"case_id": r["case_id"], **r["requested_rewrite"]}) for r in records[: args.edits]]
     out["edit_batch_s"], report = _clock(lambda: editor.edit(requests))
@@ -83,6 +95,7 @@ def main() -> None:
                 "generation": 200 * out["generation_case_s"], "downstream": 5 * out["downstream_pass_s"]}
     protocol["total"] = sum(protocol.values())
     out["protocol_extrapolated_s"] = {k: round(v, 1) for k, v in protocol.items()}
+    out["provenance"] = stamp.finish()
     text = json.dumps(out, indent=1)
     print(text)
     if args.out:

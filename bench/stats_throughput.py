@@ -22,6 +22,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.provenance import Provenance  # noqa: E402
 from memit import MEMITHyperParams  # noqa: E402
 from util.corpus import load_corpus_texts  # noqa: E402
 from util.second_moment import collect_second_moments  # noqa: E402
@@ -130,6 +131,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "stats_throughput.json"),
                     help="JSON file the result is appended to")
     args = ap.parse_args()
+    stamp = Provenance.start(__file__)
     result = run(args)
     row = {"label": args.label, "model": args.model if args.model == "smollm2" else Path(args.model).name,
            "modules": len(result["modules"]), "n_texts": args.n_texts, "max_length": args.max_length,
@@ -139,6 +141,7 @@ def main() -> None:
            "tokens_per_s": round(result["tokens"] / result["seconds"], 1), "cache_key_s": result.get("key_seconds"),
            "load_1min": round(os.getloadavg()[0], 2), "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     print(" | ".join(f"{k}={v}" for k, v in row.items()))
+    row["provenance"] = stamp.finish()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     rows = json.loads(out.read_text()) if out.is_file() else []

@@ -15,8 +15,9 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 from experiments.timings import TIMINGS_FILE  # noqa: E402
+from provenance import Provenance  # noqa: E402
 
 
 def _slope(values: list[float]) -> float | None:
@@ -77,6 +78,7 @@ def main() -> None:
     ap.add_argument("runs", nargs="+", type=Path)
     ap.add_argument("--out", type=Path, default=None, help="write the summaries as JSON here too")
     args = ap.parse_args()
+    stamp = Provenance.start(__file__)
     missing = [str(r) for r in args.runs if not (r / TIMINGS_FILE).is_file()]
     if missing:
         sys.exit(f"no {TIMINGS_FILE} in: {', '.join(missing)} (runs started before timings were written have none)")
@@ -92,7 +94,7 @@ def main() -> None:
         print(f"  RSS MiB/batch: {row['rss_mib_per_batch']} (slope {row['rss_mib_slope_per_batch']} MiB/batch)")
         print(f"  editor state MiB: {row['state_mib_per_batch']}")
     if args.out:
-        args.out.write_text(json.dumps(rows, indent=1) + "\n")
+        args.out.write_text(json.dumps({"provenance": stamp.finish(), "runs": rows}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

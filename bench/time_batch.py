@@ -11,7 +11,9 @@ before the clock starts. Prints one JSON line. Nothing here is asserted: it meas
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -19,11 +21,30 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parents[1]
 
 
+def _provenance():
+    """This checkout's bench/provenance.py (a TREE's bench/ may have none, or its own)."""
+    spec = importlib.util.spec_from_file_location("this_checkout_provenance", HERE / "bench" / "provenance.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module.Provenance
+
+
+def tree_commit(root: Path) -> str | None:
+    """The commit of the measured checkout (the stamp's commit is this script's checkout)."""
+    try:
+        return subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("tree", nargs="?", default=str(HERE))
     ap.add_argument("--stats_dir", default=None, help="statistics cache (default: <tree>/data/stats)")
     args = ap.parse_args()
+    stamp = _provenance().start(__file__)
     root = Path(args.tree).resolve()
     sys.path[:0] = [str(root), str(root / "bench")]
     import torch
@@ -57,8 +78,9 @@ def main() -> None:
     start = time.perf_counter()
     report = editor.edit(requests)
     total = time.perf_counter() - start
-    print(json.dumps({"tree": str(root), "batch_s": round(total, 2), "values_s": round(values["seconds"], 2),
-                      "rest_s": round(total - values["seconds"], 2), "log": report.log_line()}))
+    print(json.dumps({"tree": str(root), "tree_commit": tree_commit(root), "batch_s": round(total, 2),
+                      "values_s": round(values["seconds"], 2), "rest_s": round(total - values["seconds"], 2),
+                      "log": report.log_line(), "provenance": stamp.finish()}))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.provenance import Provenance  # noqa: E402
 from bench.smollm2 import load_smollm2  # noqa: E402
 from dsets import resolve_global_dir  # noqa: E402
 from nse import NSEEditor, NSEHyperParams  # noqa: E402
@@ -39,7 +40,7 @@ def greedy(model, tok, prompt: str, n: int = 3) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--hparams", required=True)
     ap.add_argument("--override", default="{}")
     ap.add_argument("--cases", type=int, default=16)
@@ -47,6 +48,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--data", default="assets/counterfact_test2191_first200.json")
     args = ap.parse_args()
+    stamp = Provenance.start(__file__)
     torch.manual_seed(0)
     model, tok = load_smollm2()
     hp = dataclasses.replace(NSEHyperParams.from_json(args.hparams), **json.loads(args.override))
@@ -68,7 +70,7 @@ def main() -> None:
     n = len(requests)
     print(json.dumps({"override": json.loads(args.override), "greedy_flips": f"{flips}/{n}",
                       "p_new_gt_p_true": f"{wins}/{n}", "neighbourhood_kept": f"{nb_ok}/{nb_total}",
-                      "seconds": round(time.time() - t0, 1)}))
+                      "seconds": round(time.time() - t0, 1), "provenance": stamp.finish()}))
 
 
 if __name__ == "__main__":

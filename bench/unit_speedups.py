@@ -23,6 +23,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+from provenance import Provenance  # noqa: E402
 from smollm2 import load_smollm2  # noqa: E402
 
 from experiments.algorithms import get_algorithm  # noqa: E402
@@ -55,6 +56,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=ROOT / "bench/results/stream/unit_speedups.json")
     args = ap.parse_args()
+    stamp = Provenance.start(__file__)
     records = json.loads(DATA.read_text())
     model, tok = load_smollm2(torch.float32)
     out: dict = {"machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
@@ -78,6 +80,7 @@ def main() -> None:
     bf16_s, _ = _value_steps(torch.bfloat16, requests, 4, templates)
     out["value_phase_4_steps_100_requests_s"] = {"float32": fp32_s, "bfloat16": bf16_s}
     out["load_average_end"] = os.getloadavg()
+    out["provenance"] = stamp.finish()
     text = json.dumps(out, indent=1)
     print(text)
     args.out.write_text(text + "\n")

@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from provenance import Provenance  # noqa: E402
 from util.requests import normalize_request  # noqa: E402
 from util.values import _build_batch  # noqa: E402
 
@@ -52,12 +53,14 @@ def main() -> None:
     parser.add_argument("--tokenizer", default="smollm2")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
+    stamp = Provenance.start(__file__)
     records = json.loads(Path(args.ds_file).read_text())
     tok = load_tokenizer(args.tokenizer)
     differ = differing_cases(tok, records)
     result = {"ds_file": Path(args.ds_file).name, "tokenizer": args.tokenizer, "records": len(records),
-              "templates": TEMPLATES, "differing": len(differ), "differing_case_ids": differ}
-    print(json.dumps({k: v for k, v in result.items() if k != "differing_case_ids"}))
+              "templates": TEMPLATES, "differing": len(differ), "differing_case_ids": differ,
+              "provenance": stamp.finish()}
+    print(json.dumps({k: v for k, v in result.items() if k not in ("differing_case_ids", "provenance")}))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
 

@@ -20,6 +20,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+from provenance import Provenance  # noqa: E402
 from smollm2 import load_smollm2  # noqa: E402
 
 from experiments.algorithms import get_algorithm  # noqa: E402
@@ -31,6 +32,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=ROOT / "bench/results/stream/value_steps.json")
     args = ap.parse_args()
+    stamp = Provenance.start(__file__)
     model, tok = load_smollm2(torch.float32)
     alg = get_algorithm("NSE")
     data = json.loads((ROOT / "hparams/NSE/SmolLM2-135M.json").read_text())
@@ -45,7 +47,7 @@ def main() -> None:
            "load_average_end": os.getloadavg(), "possible_steps_per_request": editor.value_spec.num_steps - 1,
            "steps_taken": dict(sorted(collections.Counter(result.updates).items())),
            "steps_total": sum(result.updates), "steps_possible": (editor.value_spec.num_steps - 1) * len(requests),
-           "loss_mean": sum(result.losses) / len(result.losses)}
+           "loss_mean": sum(result.losses) / len(result.losses), "provenance": stamp.finish()}
     text = json.dumps(out, indent=1)
     print(text)
     args.out.write_text(text + "\n")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -16,6 +17,8 @@ from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "bench/results/official_rome_ft"
+sys.path.insert(0, str(ROOT / "bench"))
+from provenance import Provenance  # noqa: E402
 
 
 def diff(a: torch.Tensor, b: torch.Tensor) -> dict:
@@ -30,9 +33,10 @@ def unit(x: torch.Tensor) -> torch.Tensor:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", default="/work/official")
     args = p.parse_args()
+    stamp = Provenance.start(__file__)
     work = Path(args.work)
     runs = work / "runs"
     inputs = json.loads((work / "inputs/inputs.json").read_text())
@@ -110,6 +114,7 @@ def main() -> None:
         result["ft"][name] = {"hparams_change": mine["hparams_change"], "calls": calls,
                               "greedy_same": [x == y for x, y in zip(mine["greedy"], theirs["greedy"])]}
     OUT.mkdir(parents=True, exist_ok=True)
+    result["provenance"] = stamp.finish()
     (OUT / "comparison.json").write_text(json.dumps(result, indent=1))
 
     # ---- table ------------------------------------------------------------------------------

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "bench"))
+from provenance import Provenance  # noqa: E402
+
 PAIRS = [("ours_suffix", "official"), ("ours_full", "official"), ("ours_suffix", "ours_full"),
          ("ours_suffix_rerun", "ours_suffix"), ("ours_suffix_p1e-7", "ours_suffix"), ("ours_suffix_p1e-6", "ours_suffix"),
          # same delta at every step (trace_ours.py --force): the gradient computation alone
@@ -84,9 +88,10 @@ def compare(a: dict, b: dict) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", default="/work/official")
     args = p.parse_args()
+    stamp = Provenance.start(__file__)
     d = Path(args.work) / "runs" / "trace"
     traces = {f.name[: -len("_trace.json")]: json.loads(f.read_text()) for f in d.glob("*_trace.json")}
     h0n = float(T(traces["official"]["h0"]).norm())
@@ -108,6 +113,7 @@ def main() -> None:
                       f"  {s['grad_norm_b']:.3e}" + ("".join(
                           f"  {k}: |g| {v['norm_b']:.2e} rel {v['rel']:.1e} d/|g| {v['diff_over_total']:.1e}"
                           for k, v in s["terms"].items()) if "terms" in s else ""))
+    out["provenance"] = stamp.finish()
     res = ROOT / "bench/results/official_rome_ft/per_step_trace.json"
     res.write_text(json.dumps(out, indent=1))
     print("wrote", res)
