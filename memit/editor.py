@@ -26,7 +26,7 @@ from util.rewrite_weights import add_to_columns, weight_d_by_f
 from util.second_moment import cached_second_moments
 from util.tokens import fact_token_index
 from util.value_cache import weights_tag
-from util.norm_anchor import anchor_norm, anchor_values, plain_outputs
+from util.norm_anchor import anchor_norm, anchor_outcome, plain_outputs
 from util.requests import normalize_request
 from util.values import compute_values
 
@@ -48,10 +48,19 @@ class MEMITReport(EditReport):
     value_loss_mean: float = math.nan
     # Mean ||z - h|| at the last edited layer before the update and after each round.
     residual_mean_per_round: list[float] = field(default_factory=list)
+    # Norm anchoring (None when it is off): requests whose value vector was dropped (|v*| > 2m, so
+    # z = h0 and the batch asks no change for them: edits the run counts but never made), the ones
+    # rescaled to the anchor's norm, and the dropped ones' case ids (to find them in the case files).
+    anchor_dropped: int | None = None
+    anchor_rescaled: int | None = None
+    anchor_dropped_case_ids: list[Any] | None = None
 
     def log_line(self) -> str:
         res = " -> ".join(f"{r:.2f}" for r in self.residual_mean_per_round)
-        return f"{super().log_line()}; value loss {self.value_loss_mean:.3f}; residual {res}"
+        line = f"{super().log_line()}; value loss {self.value_loss_mean:.3f}; residual {res}"
+        if self.anchor_dropped is not None:
+            line += f"; norm anchor: {self.anchor_dropped} dropped, {self.anchor_rescaled} rescaled"
+        return line
 
 
 class MEMITEditor(Editor):
@@ -115,13 +124,14 @@ class MEMITEditor(Editor):
     # -- one batch ------------------------------------------------------------------------------
     def _edit(self, requests: list[dict], report: MEMITReport) -> None:
         with self.timer("values"):
-            z, losses = self._values(requests)
+            z, losses = self._values(requests, report)
         report.value_loss_mean = float(sum(losses) / len(losses)) if losses else math.nan
         self._update(requests, z, report)
         self._after_batch(requests)
 
-    def _values(self, requests: list[dict]) -> tuple[torch.Tensor, list[float]]:
-        """z per request (from the value cache where present) and the losses of fresh ones."""
+    def _values(self, requests: list[dict], report: MEMITReport) -> tuple[torch.Tensor, list[float]]:
+        """z per request (from the value cache where present) and the losses of fresh ones; anchored
+        when norm_anchor is on (the report counts what anchoring did)."""
         tag = "" if self.rewinds_values else weights_tag(self.weights.values())
         cached = [self.value_cache.get(r, tag) if self.value_cache else None for r in requests]
         todo = [i for i, z in enumerate(cached) if z is None]
@@ -135,9 +145,9 @@ class MEMITEditor(Editor):
                     self.value_cache.put(requests[i], z, tag)
         device = model_device(self.model)
         z = torch.stack([z.to(device) for z in cached])
-        return (self._anchored(requests, z) if self.hparams.norm_anchor else z), losses
+        return (self._anchored(requests, z, report) if self.hparams.norm_anchor else z), losses
 
-    def _anchored(self, requests: list[dict], z: torch.Tensor) -> torch.Tensor:
+    def _anchored(self, requests: list[dict], z: torch.Tensor, report: MEMITReport) -> torch.Tensor:
         """NAS norm anchoring of ``z``; the anchor is measured once, on the model before any edit
         (the first batch's values come before its update) and kept in the editor state."""
         hp = self.hparams
@@ -154,7 +164,11 @@ class MEMITEditor(Editor):
                 log.info("norm anchor of %s: %.3f (%d requests of %s)", mlp, self.anchor,
                          min(hp.norm_anchor_samples, len(pool)), hp.norm_anchor_pool)
             h0, v0 = plain_outputs(self.model, self.tok, requests, [z_layer, mlp], hp.fact_token)
-        return anchor_values(z.float(), h0.to(z.device), v0.to(z.device), self.anchor).to(z.dtype)
+        anchored, dropped = anchor_outcome(z.float(), h0.to(z.device), v0.to(z.device), self.anchor)
+        report.anchor_dropped = int(dropped.sum())
+        report.anchor_rescaled = len(requests) - report.anchor_dropped
+        report.anchor_dropped_case_ids = [r.get("case_id") for r, d in zip(requests, dropped.tolist()) if d]
+        return anchored.to(z.dtype)
 
     def _compute_values(self, requests: list[dict]):
         run = lambda: compute_values(self.model, self.tok, requests, self.value_spec,  # noqa: E731

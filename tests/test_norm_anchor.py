@@ -10,7 +10,7 @@ from helpers import CORPUS, COUNTERFACT, REQUESTS, tiny_model
 
 from memit import MEMITEditor, MEMITHyperParams
 from memit.editor import anchor_pool
-from util.norm_anchor import anchor_values, plain_outputs, trimmed_mean, value_norms
+from util.norm_anchor import anchor_outcome, anchor_values, plain_outputs, trimmed_mean, value_norms
 
 
 def test_the_rule_rescales_to_the_anchor_or_drops_the_edit():
@@ -22,6 +22,8 @@ def test_the_rule_rescales_to_the_anchor_or_drops_the_edit():
     assert torch.allclose(out[0], (h0[0] - v0[0]) + first)
     assert ((out[0] - (h0[0] - v0[0])).norm() - 2.0).abs() < 1e-6
     assert torch.equal(out[1], h0[1])  # |v*| = 8.5 > 2 * 2: dropped, the target is the unedited output
+    same, dropped = anchor_outcome(z, h0, v0, anchor=2.0)
+    assert torch.equal(same, out) and dropped.tolist() == [False, True]  # the drop is reported, row by row
 
 
 def test_the_anchor_leaves_out_the_largest_five_percent():
@@ -70,9 +72,28 @@ def test_an_anchored_editor_writes_values_of_the_anchors_norm(tiny_llama, tmp_pa
 def test_anchoring_is_off_by_default(tiny_llama, tmp_path, monkeypatch):
     _, tok = tiny_llama
     editor = MEMITEditor(tiny_model("llama"), tok, _hparams(), stats_dir=tmp_path, progress=False)
-    monkeypatch.setattr("memit.editor.anchor_values", lambda *a: pytest.fail("anchored although off"))
-    editor.edit(REQUESTS[:2])
+    monkeypatch.setattr("memit.editor.anchor_outcome", lambda *a: pytest.fail("anchored although off"))
+    report = editor.edit(REQUESTS[:2])
     assert editor.anchor is None
+    assert report.anchor_dropped is None and report.anchor_rescaled is None  # null, not 0: nothing was anchored
+    assert "norm anchor" not in report.log_line()
+
+
+@pytest.mark.parametrize("anchor, dropped", [(1e-6, [0, 1]), (1e6, [])])
+def test_the_report_counts_the_edits_anchoring_drops(anchor, dropped, tiny_llama, tmp_path):
+    """An anchor far below every |v*| drops every edit (z = h0: the batch asks no change), one far
+    above drops none; the batch's report, its log line and its JSON entry say which."""
+    from experiments.runner import _report_entry
+
+    _, tok = tiny_llama
+    editor = MEMITEditor(tiny_model("llama"), tok, _hparams(norm_anchor=True), stats_dir=tmp_path, progress=False)
+    editor.anchor = anchor  # as if measured: the first batch keeps a known anchor
+    report = editor.edit(REQUESTS[:2])
+    assert (report.anchor_dropped, report.anchor_rescaled) == (len(dropped), 2 - len(dropped))
+    assert report.anchor_dropped_case_ids == dropped
+    assert f"norm anchor: {len(dropped)} dropped, {2 - len(dropped)} rescaled" in report.log_line()
+    entry = _report_entry(report)  # what edit_reports.json holds for the batch
+    assert (entry["anchor_dropped"], entry["anchor_rescaled"]) == (len(dropped), 2 - len(dropped))
 
 
 @pytest.mark.parametrize("method", ["NSE", "AlphaEdit", "MEMIT_seq"])

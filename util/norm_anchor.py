@@ -25,13 +25,22 @@ TRIM_TOP = 0.05        # share of the largest sample norms left out of the ancho
 SAMPLE_SEED = 0        # NAS samples its requests with random.Random(0)
 
 
-def anchor_values(z: torch.Tensor, h0: torch.Tensor, v0: torch.Tensor, anchor: float) -> torch.Tensor:
-    """NAS's rule on ``z`` (n, d), given the layer output ``h0`` and MLP output ``v0`` it came from."""
+def anchor_outcome(z: torch.Tensor, h0: torch.Tensor, v0: torch.Tensor,
+                   anchor: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """NAS's rule on ``z`` (n, d), given the layer output ``h0`` and MLP output ``v0`` it came from:
+    the anchored targets, and which rows were dropped (bool, (n,)). A dropped row asks for no change
+    at all, so the caller must count it: the run would otherwise report that edit as made."""
     v_star = v0 + (z - h0)
     norms = v_star.norm(dim=1, keepdim=True)
     rescaled = v_star * (anchor / norms.clamp_min(1e-10))
-    v_star = torch.where(norms > SKIP_FACTOR * anchor, v0, rescaled)
-    return (h0 - v0) + v_star
+    dropped = norms > SKIP_FACTOR * anchor
+    v_star = torch.where(dropped, v0, rescaled)
+    return (h0 - v0) + v_star, dropped.squeeze(1)
+
+
+def anchor_values(z: torch.Tensor, h0: torch.Tensor, v0: torch.Tensor, anchor: float) -> torch.Tensor:
+    """NAS's rule on ``z``: :func:`anchor_outcome`'s targets alone."""
+    return anchor_outcome(z, h0, v0, anchor)[0]
 
 
 @torch.no_grad()
