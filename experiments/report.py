@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments.ds_kinds import all_kinds
-from experiments.summarize_runs import DOWNSTREAM_METRICS, RunSummary
+from experiments.summarize_runs import DOWNSTREAM_METRICS, RunSummary, anchor_cell
 from util.atomic_files import write_text_atomic
 from util.total_edits import TOTAL_EDITS, total_edits_of
 
@@ -108,14 +108,23 @@ def _results(summaries: Sequence[RunSummary]) -> list[str]:
     return blocks
 
 
+def _overview(summaries: Sequence[RunSummary]) -> str:
+    """One row per run; with a column of the edits norm anchoring dropped when a run anchored (they
+    count as edits but asked the model for no change)."""
+    anchored = any(s.norm_anchor is not None for s in summaries)
+    header = ["run", "status", "model", "dataset", "edits/batch", "cases",
+              *(["edits dropped by norm anchoring"] if anchored else [])]
+    rows = [[s.label, s.status, s.config.get("model_name"), s.config.get("ds_name"), s.config.get("num_edits"),
+             s.n_cases, *([anchor_cell(s)] if anchored else [])] for s in summaries]
+    return md_table(header, rows)
+
+
 def format_markdown_report(summaries: Sequence[RunSummary], report_path: Path, figures: Sequence[Path] = (),
                            skipped: Sequence[str] = (), command: str | None = None) -> str:
     runs = ", ".join(s.label for s in summaries)
     parts = [f"# Sequential editing report: {runs}",
              f"Written {time.strftime('%Y-%m-%d %H:%M')}" + (f" by `{command}`" if command else "") + "."]
-    overview = [[s.label, s.status, s.config.get("model_name"), s.config.get("ds_name"), s.config.get("num_edits"),
-                 s.n_cases] for s in summaries]
-    parts.append("## Runs\n\n" + md_table(["run", "status", "model", "dataset", "edits/batch", "cases"], overview))
+    parts.append("## Runs\n\n" + _overview(summaries))
     notes = [f"- {s.label}: {n}" for s in summaries for n in [*s.notes, *s.warnings]]
     notes += [f"- {line}" for line in skipped]
     if notes:

@@ -29,7 +29,7 @@ from experiments.metrics.summary import (
     post_problem,
     summarize_cases,
 )
-from experiments.run_files import COMPLETE_MARKER, RUN_PATTERN
+from experiments.run_files import COMPLETE_MARKER, EDIT_REPORTS, RUN_PATTERN
 from util.atomic_files import write_text_atomic
 from util.total_edits import TOTAL_EDITS, total_edits_of, with_total_edits
 
@@ -60,6 +60,10 @@ RUN_KEY_DESCRIPTIONS: dict[str, str] = {
             "an undefined std (Score's) is null in the JSON and empty in the CSV.",
     "pre": "The same metrics on the unedited model (case files' 'pre', else the run's pre_edit/ folder); "
            "null when the run did not score the unedited model (--eval_pre_edit).",
+    "norm_anchor": "Runs with norm anchoring (params.json norm_anchor): {dropped, rescaled, dropped_case_ids, "
+                   "batches_counted, batches} summed over edit_reports.json. A dropped edit (|v*| > 2 x the anchor) "
+                   "asked the model for no change, although the run counts it as made. dropped is null when no "
+                   "batch recorded it (runs made before the count); null for runs without anchoring.",
     "case_time_s": "Seconds of the edit of the batch a case was in (the case files' 'time'; every case of a "
                    "batch has the same), {mean, std}; not a scoring time.",
     "paper": "The paper's columns for this dataset, {column: {mean, std}}, for post and pre.",
@@ -111,6 +115,7 @@ class RunSummary:
     final_total_edits: int | None = None  # run_complete.json: edits applied when the run finished
     final_num_batches: int | None = None
     variant: str = ""  # what sets the run apart from its method's plain form (e.g. "+NAS"), from params.json
+    norm_anchor: dict[str, Any] | None = None  # with anchoring: what it did over the batches (_anchor_counts)
 
     @property
     def label(self) -> str:
@@ -149,6 +154,7 @@ class RunSummary:
             "paper": {"post": self.paper(self.post) if self.n_cases else None, "pre": self.paper(self.pre)},
             "post": {k: _stat(v) for k, v in self.post.items()},
             "pre": None if self.pre is None else {k: _stat(v) for k, v in self.pre.items()},
+            "norm_anchor": self.norm_anchor,
             "case_time_s": None if self.case_time_s is None else _stat(self.case_time_s),
             "downstream": self.downstream,
             "notes": self.notes,
@@ -291,14 +297,63 @@ def _run_config(run_dir: Path, notes: list[str]) -> dict[str, Any]:
     return dict(raw.get("args", raw))
 
 
-def _variant(run_dir: Path) -> str:
-    """"+NAS" for a run with norm anchoring (params.json), so figures and tables tell it from the plain
-    method; "" otherwise, or when params.json cannot be read (the resume check names a broken one)."""
+def _uses_norm_anchor(run_dir: Path) -> bool:
+    """Whether params.json turns norm anchoring on; False when it cannot be read (the resume check
+    names a broken one)."""
     try:
         params = _read_json(run_dir / "params.json")
     except FileProblem:  # missing or unreadable: _read_json turns OSError into FileProblem
-        return ""
-    return "+NAS" if isinstance(params, dict) and params.get("norm_anchor") is True else ""
+        return False
+    return isinstance(params, dict) and params.get("norm_anchor") is True
+
+
+def _variant(run_dir: Path) -> str:
+    """"+NAS" for a run with norm anchoring, so figures and tables tell it from the plain method."""
+    return "+NAS" if _uses_norm_anchor(run_dir) else ""
+
+
+def _batch_reports(run_dir: Path, warnings: list[str]) -> list[dict[str, Any]]:
+    """edit_reports.json's entries, one per batch; [] when missing or damaged (named in warnings)."""
+    path = run_dir / EDIT_REPORTS
+    if not path.is_file():
+        return []
+    try:
+        reports = _read_json(path)
+        if not isinstance(reports, list) or not all(isinstance(r, dict) for r in reports):
+            raise FileProblem(path, "not a list of batch reports ([{batch_index, ...}, ...])")
+    except FileProblem as err:
+        _skip(warnings, err, "the edits norm anchoring dropped are not counted", "restore it from a copy")
+        return []
+    return reports
+
+
+def _anchor_counts(run_dir: Path, notes: list[str], warnings: list[str]) -> dict[str, Any] | None:
+    """With norm anchoring: the edits it dropped (z = h0, no change asked) and rescaled, summed over
+    the batches whose report counted them; None without anchoring. Batches reported before the count
+    existed hold no field: their drops are unknown, not zero, and the note says how many."""
+    if not _uses_norm_anchor(run_dir):
+        return None
+    reports = _batch_reports(run_dir, warnings)
+    counted = [r for r in reports if _is_count(r.get("anchor_dropped")) and _is_count(r.get("anchor_rescaled"))]
+    if len(counted) < len(reports) or not reports:
+        notes.append(f"norm anchoring: dropped edits counted in {len(counted)} of {len(reports)} batch reports "
+                     f"({EDIT_REPORTS}; batches edited before the count was recorded hold none)")
+    return {"dropped": sum(r["anchor_dropped"] for r in counted) if counted else None,
+            "rescaled": sum(r["anchor_rescaled"] for r in counted) if counted else None,
+            "dropped_case_ids": [i for r in counted for i in (r.get("anchor_dropped_case_ids") or [])],
+            "batches_counted": len(counted), "batches": len(reports)}
+
+
+def anchor_cell(s: RunSummary) -> str:
+    """The edits norm anchoring dropped, for a table cell: '-' without anchoring, '?' when unrecorded,
+    'N (k of n batches)' when only some batches counted them."""
+    a = s.norm_anchor
+    if a is None:
+        return "-"
+    if a["dropped"] is None:
+        return "?"
+    partial = a["batches_counted"] < a["batches"]
+    return f"{a['dropped']}" + (f" ({a['batches_counted']} of {a['batches']} batches)" if partial else "")
 
 
 def _ds_kind(config: dict[str, Any], posts: Sequence[Any]) -> str | None:
@@ -548,7 +603,8 @@ def summarize_run(run_dir: str | Path, first_n_cases: int | None = None) -> RunS
     summary = RunSummary(alg_name=run_dir.parent.name, run=run_dir.name, path=run_dir, complete=complete,
                          config=config, ds_kind=ds_kind or _ds_kind({}, pre_posts), downstream=downstream,
                          notes=notes, warnings=warnings, final_total_edits=final_edits,
-                         final_num_batches=final_batches, variant=_variant(run_dir))
+                         final_num_batches=final_batches, variant=_variant(run_dir),
+                         norm_anchor=_anchor_counts(run_dir, notes, warnings))
     if cases:
         _case_stats(summary, cases)
     else:
@@ -609,23 +665,30 @@ def _run_line(s: RunSummary) -> str:
              f"cases={s.n_cases}"]
     if s.n_cases and s.kind and s.kind.generation:
         parts.append(f"generation cases={s.n_generation_cases}")
+    if s.norm_anchor is not None:
+        parts.append(f"edits dropped by norm anchoring={anchor_cell(s)}")
     return f"{s.label}  [{s.status}]  " + ", ".join(parts) + f"  ({s.path})"
 
 
 def _metrics_table(summaries: Sequence[RunSummary], kind: DsKind, generation_eval: bool = False) -> str:
     columns = kind.generation_eval_columns if generation_eval else kind.columns
+    # An anchored run's dropped edits beside its numbers: they were counted as edits but never asked for.
+    anchored = any(s.norm_anchor is not None for s in summaries)
     rows = []
     for s in summaries:
         mark = "" if s.complete else " (INCOMPLETE)"
         if s.pre is not None:
-            rows.append([f"{s.label} pre-edited", str(s.n_pre_cases), *(_cell(s.pre.get(k)) for k in columns)])
+            rows.append([f"{s.label} pre-edited", str(s.n_pre_cases), *(["-"] if anchored else []),
+                         *(_cell(s.pre.get(k)) for k in columns)])
         if s.n_cases:
-            rows.append([f"{s.label}{mark}", str(s.n_cases), *(_cell(s.post.get(k)) for k in columns)])
+            rows.append([f"{s.label}{mark}", str(s.n_cases), *([anchor_cell(s)] if anchored else []),
+                         *(_cell(s.post.get(k)) for k in columns)])
     title = f"{kind.title}: mean ± std over cases ({kind.scale})"
     if generation_eval:
         title = (f"{kind.title}, generation-based (--generation_eval): greedy answer up to a period or newline; "
                  "exact match and token F1 after SQuAD normalisation, ×100, mean ± std over cases")
-    return title + "\n" + format_table(["run", "cases", *columns.values()], rows)
+    header = ["run", "cases", *(["dropped by anchoring"] if anchored else []), *columns.values()]
+    return title + "\n" + format_table(header, rows)
 
 
 def _downstream_table(s: RunSummary) -> str:
@@ -690,9 +753,12 @@ def _metric_keys(summaries: Sequence[RunSummary]) -> list[str]:
 def metrics_csv(summaries: Sequence[RunSummary]) -> str:
     """One row per (run, pre/post); a ``<metric>`` and ``<metric>_std`` column per metric."""
     keys = _metric_keys(summaries)
+    # Only when a run anchored: the CSV of runs without anchoring keeps its columns.
+    anchored = any(s.norm_anchor is not None for s in summaries)
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["alg_name", "run", "status", "row", "model_name", "ds_name", "num_edits", "n_cases",
+                     *(["anchor_dropped", "anchor_rescaled"] if anchored else []),
                      *(c for k in keys for c in (k, f"{k}_std"))])
     for s in summaries:
         for row, metrics, n in (("pre", s.pre, s.n_pre_cases), ("post", s.post if s.n_cases else None, s.n_cases)):
@@ -703,8 +769,18 @@ def metrics_csv(summaries: Sequence[RunSummary]) -> str:
                 mean, std = metrics.get(k, (math.nan, math.nan))
                 values += ["" if _finite(mean) is None else f"{mean:.6g}", "" if _finite(std) is None else f"{std:.6g}"]
             writer.writerow([s.alg_name, s.run, s.status, row, s.config.get("model_name", ""),
-                             s.config.get("ds_name", ""), s.config.get("num_edits", ""), n, *values])
+                             s.config.get("ds_name", ""), s.config.get("num_edits", ""), n,
+                             *(_anchor_csv(s, row) if anchored else []), *values])
     return out.getvalue()
+
+
+def _anchor_csv(s: RunSummary, row: str) -> list[Any]:
+    """The post row's anchor_dropped and anchor_rescaled; empty for the pre row, runs without
+    anchoring and runs that did not record them."""
+    a = s.norm_anchor
+    if row != "post" or a is None:
+        return ["", ""]
+    return ["" if a["dropped"] is None else a["dropped"], "" if a["rescaled"] is None else a["rescaled"]]
 
 
 def downstream_csv(summaries: Sequence[RunSummary]) -> str:

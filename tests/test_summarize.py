@@ -298,3 +298,67 @@ def test_a_norm_anchored_run_is_labelled_as_such(tmp_path):
     (broken / "params.json").write_text("{not json")
     summaries, _ = summarize_runs(tmp_path, ["AlphaEdit"])
     assert [s.label for s in summaries] == ["AlphaEdit/run_000", "AlphaEdit/run_001 +NAS", "AlphaEdit/run_002"]
+
+
+def _anchored_run(results: Path, run: str, reports: list[dict] | None) -> Path:
+    """An AlphaEdit run with norm anchoring whose edit_reports.json holds ``reports`` (None: no file)."""
+    run_dir = make_run(results, "AlphaEdit", run, CF_POSTS)
+    (run_dir / "params.json").write_text(json.dumps({"norm_anchor": True}))
+    if reports is not None:
+        (run_dir / "edit_reports.json").write_text(json.dumps(reports))
+    return run_dir
+
+
+def _batch(i: int, dropped: list[int] | None, n: int = 1) -> dict:
+    """One batch's report; ``dropped`` None: written before anchoring's count existed."""
+    report = {"batch_index": i, "n_requests": n, "total_edits": n * (i + 1), "seconds": 1.0}
+    if dropped is not None:
+        report.update(anchor_dropped=len(dropped), anchor_rescaled=n - len(dropped), anchor_dropped_case_ids=dropped)
+    return report
+
+
+def test_the_edits_norm_anchoring_dropped_are_summed_and_shown(tmp_path):
+    from experiments.report import write_report
+
+    _anchored_run(tmp_path, "run_001", [_batch(0, [1]), _batch(1, [])])
+    plain = make_run(tmp_path, "AlphaEdit", "run_000", CF_POSTS)
+    (plain / "edit_reports.json").write_text(json.dumps([_batch(0, None)]))
+    summaries, _ = summarize_runs(tmp_path, ["AlphaEdit"])
+    anchored = summaries[1].to_json()["norm_anchor"]
+    assert anchored == {"dropped": 1, "rescaled": 1, "dropped_case_ids": [1], "batches_counted": 2, "batches": 2}
+    assert summaries[0].to_json()["norm_anchor"] is None  # no anchoring: nothing to count
+    text = format_report(summaries)
+    assert "edits dropped by norm anchoring=1" in text and "dropped by anchoring" in text
+    written = write_outputs(summaries, tmp_path / "out" / "summary")
+    rows = list(csv.DictReader(written[1].open()))
+    assert [(r["run"], r["anchor_dropped"], r["anchor_rescaled"]) for r in rows] == [("run_000", "", ""),
+                                                                                      ("run_001", "1", "1")]
+    report = write_report(summaries, tmp_path / "report.md").read_text()
+    assert "| edits dropped by norm anchoring |" in report and "| AlphaEdit/run_001 +NAS | complete |" in report
+    assert report.split("| AlphaEdit/run_001 +NAS | complete |")[1].split("\n")[0].rstrip().endswith("| 1 |")
+
+
+def test_an_anchored_run_from_before_the_count_summarizes_the_same(tmp_path):
+    """Batch reports without the count (runs made before it) leave the total unknown, not 0, and
+    change no number; a run where only some batches counted says how many."""
+    old = summarize_run(_anchored_run(tmp_path, "run_001", [_batch(0, None), _batch(1, None)]))
+    nothing = summarize_run(_anchored_run(tmp_path, "run_002", None))
+    part = summarize_run(_anchored_run(tmp_path, "run_003", [_batch(0, None), _batch(1, [0, 1], n=2)]))
+    reference = summarize_run(make_run(tmp_path, "AlphaEdit", "run_000", CF_POSTS)).to_json()
+    for s in (old, nothing, part):
+        out = s.to_json()
+        assert out["post"] == reference["post"] and out["paper"] == reference["paper"]
+    assert old.norm_anchor["dropped"] is None and old.norm_anchor["batches"] == 2
+    assert any("counted in 0 of 2 batch reports" in n for n in old.notes)
+    assert nothing.norm_anchor["dropped"] is None and any("0 of 0" in n for n in nothing.notes)
+    assert part.norm_anchor["dropped"] == 2 and any("counted in 1 of 2" in n for n in part.notes)
+    assert "edits dropped by norm anchoring=2 (1 of 2 batches)" in format_report([part])
+    assert "edits dropped by norm anchoring=?" in format_report([old])
+
+
+def test_a_damaged_edit_reports_file_is_named(tmp_path):
+    run_dir = _anchored_run(tmp_path, "run_001", None)
+    (run_dir / "edit_reports.json").write_text('{"batch_index": 0}')
+    s = summarize_run(run_dir)
+    assert s.norm_anchor["dropped"] is None
+    assert any("edit_reports.json is not a list of batch reports" in w for w in s.warnings)
