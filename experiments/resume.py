@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from experiments.metrics.fluency import MetricOptions, metric_settings
 from experiments.run_files import RUN_PATTERN, check_run_files, read_json
 from experiments.saved_model import editor_state_path
 from experiments.settings import RunConfig, RunError, resumable_settings, settings_before
@@ -88,8 +89,26 @@ def record_resume(cfg: RunConfig, run_dir: Path, config: dict) -> None:
     args = config["args"]
     changed = {k: v for k, v in dataclasses.asdict(cfg).items()
                if k in resumable_settings() - {"continue_from_run"} and args.get(k) != v}
-    config.setdefault("resumed", []).append({"time": time.ctime(), "changed": changed})
+    entry: dict[str, Any] = {"time": time.ctime(), "changed": changed}
+    _record_metric_settings(cfg, config, entry)
+    config.setdefault("resumed", []).append(entry)
     write_json_atomic(run_dir / "config.json", config)
+
+
+def _record_metric_settings(cfg: RunConfig, config: dict, entry: dict) -> None:
+    """The metric settings of this process (Fluency's word tokenizer depends on NLTK's data being
+    installed here): where they differ from the run's, say so and record both, so that Fluency
+    computed from now on is attributed to the tokenizer that computed it."""
+    now = metric_settings(MetricOptions.from_names(cfg.metric_departures))
+    before = config.get("metrics")
+    if not isinstance(before, dict) or before.get("word_tokenizer") == now["word_tokenizer"]:
+        return
+    log.warning("this process splits words for Fluency with %s, the run's earlier processes with %s "
+                "(NLTK's punkt_tab data is %s here); Fluency computed from now on uses %s, and config.json "
+                "records it", now["word_tokenizer"], before.get("word_tokenizer"),
+                "installed" if now["word_tokenizer"] == "nltk.word_tokenize" else "not installed", now["word_tokenizer"])
+    entry["metrics_before"] = before
+    config["metrics"] = {**before, **now}
 
 
 def continued_from(cfg: RunConfig) -> tuple[dict | None, list | None]:
