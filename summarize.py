@@ -11,8 +11,10 @@ there are general-capability results); the prefix defaults to <results>/<ALG>/su
 method and <results>/summary_<A>_<B> for several. --plot adds <prefix>_figures/ with
 metrics_vs_edits.png (Efficacy, Generalization, Specificity, Score vs number of edits: the
 --curve_every points and the final result; metrics_vs_edits_counterfact.png and _zsre.png when the
-runs mix the two datasets) and downstream_vs_edits.png, each with a CSV of the numbers plotted;
---report adds <prefix>_report.md (settings, tables, figures).
+runs mix the two datasets) and downstream_vs_edits.png, each with a CSV of the numbers plotted:
+bands of ± 1 standard error over cases, and the unedited model on the same cases as a dashed
+line (--baseline=FILE, or the runs' own pre-edit scores); --report adds <prefix>_report.md
+(settings, tables, figures).
 
 A damaged or foreign case, pre-edit, downstream, curve or run_complete.json file is left out with
 a warning naming it (the counts say what was summarized); a damaged config.json or an output that
@@ -29,6 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from dsets import resolve_global_dir
+from experiments.curve_stats import Baseline, read_baseline
 from experiments.summarize_runs import (
     RunSummary,
     SummaryError,
@@ -62,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "into DIR (default PREFIX_figures/); needs matplotlib")
     p.add_argument("--report", action="store_true",
                    help="write PREFIX_report.md: settings, the summary tables and the figures (implies --plot)")
+    p.add_argument("--baseline", default=None, metavar="FILE",
+                   help="the unedited model's per-case scores (the JSON bench/pre_edit_curve.py writes) drawn in "
+                        "metrics_vs_edits.png as a dashed line on each point's own cases (implies --plot); "
+                        "default: each run's own pre-edit scores (--eval_pre_edit), where it has them")
     p.add_argument("--downstream_metric", default="f1", choices=("accuracy", "f1", "mcc"),
                    help="the general-capability metric drawn in downstream_vs_edits.png")
     return p
@@ -86,14 +93,15 @@ def _summarize(args: argparse.Namespace, argv: list[str] | None) -> list[Path]:
         summaries, skipped = summarize_runs(results_dir, dir_names, runs, args.first_n_cases)
     # Outputs are checked before anything is printed: a refusal after the report reads like success.
     prefix = _out_prefix(args.out, results_dir, dir_names)
-    figures_dir = _figures_dir(args.plot, prefix) if args.plot is not None or args.report else None
+    figures_dir = _figures_dir(args.plot, prefix) if args.plot is not None or args.report or args.baseline else None
+    baseline = _baseline(args.baseline)
     shown = _print_news(summaries)
     print(format_report(summaries, skipped), end="")
     with _os_errors("write", "pass --out=<a writable folder>/<prefix> (and --plot=<a writable folder>)"):
         written = write_outputs(summaries, prefix, skipped, args.first_n_cases)
         if figures_dir is not None:
             try:
-                written += _figures_and_report(args, summaries, skipped, prefix, figures_dir, argv)
+                written += _figures_and_report(args, summaries, skipped, prefix, figures_dir, argv, baseline)
             finally:  # curve files left out, runs without curve points: said even when nothing could be drawn
                 _print_news(summaries, shown)
     return written
@@ -163,12 +171,17 @@ def _figures_dir(plot: str | None, prefix: Path) -> Path:
     return folder
 
 
+def _baseline(path: str | None) -> Baseline | None:
+    """--baseline's scores, read before anything is printed: a refusal after the report reads like success."""
+    return None if path is None else read_baseline(path)
+
+
 def _figures_and_report(args: argparse.Namespace, summaries: list[RunSummary], skipped: list[str], prefix: Path,
-                        figures_dir: Path, argv: list[str] | None) -> list[Path]:
+                        figures_dir: Path, argv: list[str] | None, baseline: Baseline | None) -> list[Path]:
     from experiments.plots import write_figures  # matplotlib only when asked for
     from experiments.report import write_report
 
-    figures = write_figures(summaries, figures_dir, args.downstream_metric)
+    figures = write_figures(summaries, figures_dir, args.downstream_metric, baseline)
     if not args.report:
         return figures
     command = "summarize.py " + shlex.join(sys.argv[1:] if argv is None else argv)

@@ -24,6 +24,13 @@ KEY_SETTINGS = ("alg_name", "model_name", "hparams_fname", "ds_name", "ds_file",
                 "dataset_offset", "num_edits", "dtype", "seed", "downstream_eval_steps", "curve_every")
 
 
+# Under each figure, what its marks mean (by the file name's first word).
+FIGURE_NOTES = {"metrics": "Bands: ± 1 standard error of each line's mean over its cases; runs scored on the same "
+                           "cases differ with a smaller, paired error, so overlapping bands do not mean no difference. "
+                           "Dashed: the unedited model on the same cases. ",
+                "downstream": "No bands: the task files hold no per-example results. "}
+
+
 def _md_cell(value: Any) -> str:
     text = "—" if value is None or value == "" else str(value)
     return text.replace("|", "\\|").replace("\n", " ")
@@ -138,7 +145,8 @@ def format_markdown_report(summaries: Sequence[RunSummary], report_path: Path, f
             rel = Path(os.path.relpath(png, here)).as_posix()
             csv_rel = Path(os.path.relpath(png.with_suffix(".csv"), here)).as_posix()
             title = png.stem.replace("_", " ")
-            lines.append(f"### {title}\n\n![{title}]({rel})\n\nThe numbers plotted: [{csv_rel}]({csv_rel})")
+            lines.append(f"### {title}\n\n![{title}]({rel})\n\n" + FIGURE_NOTES.get(png.stem.split("_")[0], "")
+                         + f"The numbers plotted: [{csv_rel}]({csv_rel})")
         parts.append("## Figures\n\n" + "\n\n".join(lines))
     parts.append("## Settings\n\n" + "\n\n".join(_settings(s) for s in summaries))
     return "\n\n".join(parts) + "\n"

@@ -116,6 +116,10 @@ class RunSummary:
     final_num_batches: int | None = None
     variant: str = ""  # what sets the run apart from its method's plain form (e.g. "+NAS"), from params.json
     norm_anchor: dict[str, Any] | None = None  # with anchoring: what it did over the batches (_anchor_counts)
+    # Per-case metrics by case id, kept for the figures (standard errors, the unedited model on the
+    # same cases); not in the summary files, which hold the means and stds.
+    post_cases: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
+    pre_cases: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
 
     @property
     def label(self) -> str:
@@ -427,9 +431,9 @@ def _usable_cases(cases: list[CaseFile], ds_kind: str, warnings: list[str]) -> l
     return usable
 
 
-def _carried_pre(cases: Sequence[CaseFile], ds_kind: str, warnings: list[str]) -> list[dict[str, Any]]:
-    """The case files' own ``pre`` metrics, a damaged one left out (the case's post still counts)."""
-    carried = []
+def _carried_pre(cases: Sequence[CaseFile], ds_kind: str, warnings: list[str]) -> dict[str, dict[str, Any]]:
+    """The case files' own ``pre`` metrics by case id, a damaged one left out (the case's post still counts)."""
+    carried = {}
     for case in cases:
         pre = case.data.get("pre")
         problem = None if pre is None else post_problem(pre, ds_kind)
@@ -437,27 +441,29 @@ def _carried_pre(cases: Sequence[CaseFile], ds_kind: str, warnings: list[str]) -
             _skip(warnings, FileProblem(case.path, f"a case file whose 'pre' has the wrong shape: {problem}"),
                   "its pre-edit scores are left out of the pre-edited row", CASE_FIX)
         elif pre is not None:
-            carried.append(pre)
+            carried[case.case_id] = pre
     return carried
 
 
 def _pre_edit_posts(run_dir: Path, cases: Sequence[CaseFile], ds_kind: str | None, first_n_cases: int | None,
-                    notes: list[str], warnings: list[str]) -> list[dict[str, Any]]:
-    """Pre-edit metrics: the case files' ``pre``, else the run's ``pre_edit/case_<id>.json`` files."""
-    carried = _carried_pre(cases, ds_kind, warnings) if ds_kind else []
+                    notes: list[str], warnings: list[str]) -> dict[str, dict[str, Any]]:
+    """Pre-edit metrics by case id (the figures draw the unedited model on each point's own cases):
+    the case files' ``pre``, else the run's ``pre_edit/case_<id>.json`` files."""
+    carried = _carried_pre(cases, ds_kind, warnings) if ds_kind else {}
     if carried:
         if len(carried) < len(cases):
             notes.append(f"only {len(carried)} of {len(cases)} cases carry pre-edit scores")
         return carried
     folder = run_dir / PRE_EDIT_DIR
     if not folder.is_dir():
-        return []
+        return {}
     found = {m.group(1): p for p in folder.iterdir() if p.is_file() and (m := PRE_EDIT_FILE.match(p.name))}
     if cases:  # the same cases as the post row
         wanted = [c.case_id for c in cases]
     else:
         wanted = sorted(found, key=_case_sort_key)[:first_n_cases]
-    posts = [post for post in (_read_pre_edit(found[i], ds_kind, warnings) for i in wanted if i in found) if post]
+    read = ((i, _read_pre_edit(found[i], ds_kind, warnings)) for i in wanted if i in found)
+    posts = {i: post for i, post in read if post}
     if posts:
         notes.append(f"pre-edited row from {PRE_EDIT_DIR}/ ({len(posts)} cases)")
     return posts
@@ -552,6 +558,7 @@ def _summarize(posts: Sequence[dict[str, Any]], ds_kind: str, where: str) -> dic
 
 def _case_stats(summary: RunSummary, cases: Sequence[CaseFile]) -> None:
     posts = [c.data["post"] for c in cases]
+    summary.post_cases = {c.case_id: c.data["post"] for c in cases}
     summary.n_cases = len(cases)
     summary.n_generation_cases = sum("ngram_entropy" in p for p in posts)
     summary.post = _summarize(posts, summary.ds_kind, f"{summary.path} (post)")
@@ -591,7 +598,8 @@ def summarize_run(run_dir: str | Path, first_n_cases: int | None = None) -> RunS
         raise _nothing_usable(run_dir, n_files, warnings)
     if len(cases) < n_files:
         notes.append(f"skipped {n_files - len(cases)} of {n_files} case files (unreadable or of the wrong shape)")
-    pre_posts = _pre_edit_posts(run_dir, cases, ds_kind, first_n_cases, notes, warnings)
+    pre_cases = _pre_edit_posts(run_dir, cases, ds_kind, first_n_cases, notes, warnings)
+    pre_posts = list(pre_cases.values())
     downstream = _read_downstream(run_dir, warnings)
     if not cases and not pre_posts and not downstream:
         if warnings:
@@ -610,6 +618,7 @@ def summarize_run(run_dir: str | Path, first_n_cases: int | None = None) -> RunS
     else:
         notes.append("no case files yet: only the pre-edited row and/or downstream results")
     if pre_posts:
+        summary.pre_cases = pre_cases
         summary.n_pre_cases = len(pre_posts)
         summary.pre = _summarize(pre_posts, summary.ds_kind, f"{run_dir} (pre)")
     return summary
