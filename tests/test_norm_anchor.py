@@ -111,8 +111,10 @@ def test_every_value_solving_method_takes_the_switch(method, tiny_llama, tmp_pat
                                           norm_anchor_pool=str(COUNTERFACT)))
     editor = alg.make_editor(tiny_model("llama"), tok, hp, stats_dir=tmp_path, context_templates=TEMPLATES,
                              progress=False)
-    editor.edit(REQUESTS[:2])
+    report = editor.edit(REQUESTS[:2])
     assert editor.anchor is not None and editor.anchor > 0
+    assert report.anchor_dropped + report.anchor_rescaled == 2  # every method's report counts what anchoring did
+    assert f"norm anchor: {report.anchor_dropped} dropped" in report.log_line()
 
 
 def test_the_nas_files_are_their_base_files_with_anchoring_on():
