@@ -30,6 +30,7 @@ import shlex
 import sys
 import time
 from collections.abc import Sequence
+from io import StringIO
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,7 @@ from util.causal_trace import (KINDS, TOKEN_CLASSES, ClassAverages, Tracer, draw
 from util.globals import REPO_ROOT, resolve_global_dir
 from util.greedy import greedy_token_ids
 from util.model_loading import DTYPES, load_model_and_tokenizer
+from util.module_hparams import MODULE_KEYS
 from util.requests import with_leading_space
 from util.tokens import encode_target, pad_token_id
 
@@ -334,8 +336,6 @@ def base_hparams(alg_name: str, model_name: str, stem: str | None) -> tuple[Any,
 
 
 def _fallback(alg_name: str, folder: Path) -> tuple[Any, str, bool]:
-    from util.module_hparams import MODULE_KEYS
-
     path = folder / f"{FALLBACK_STEM}.json"
     if not path.is_file():
         raise LocateError(f"no shipped {alg_name} file matches the model and {path} is missing: pass --base_hparams")
@@ -537,8 +537,6 @@ def write_sweep(rows: list[dict], out: Path) -> None:
     write_json_atomic(out / "sweep.json", rows)
     columns = ["window", "efficacy", "generalization", "specificity", "score", "records", "seconds", "why"]
     lines = [columns] + [[_csv_value(r.get(c)) for c in columns] for r in rows]
-    from io import StringIO
-
     buffer = StringIO()
     csv.writer(buffer, lineterminator="\n").writerows(lines)
     write_text_atomic(out / "sweep.csv", buffer.getvalue())
