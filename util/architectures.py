@@ -1,10 +1,12 @@
 """One table per architecture: where the pieces an editor touches live in each model family.
 
 Keyed by ``config.model_type`` (PEFT-style registry). Templates contain ``{}`` for the layer
-index. Adding a model family is adding a row; no algorithm branches on a model's name.
+index. Adding a model family is adding a row; no algorithm branches on a model's name. A family
+without a row is found from the module tree (util/discovery.py).
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -19,6 +21,10 @@ class ModuleLayout:
     attn_module_tmp: str
     ln_f_module: str          # final norm applied before the LM head
     lm_head_module: str
+    # The norm the MLP output passes through before it joins the residual stream (Gemma 2/3's and
+    # OLMo 2's post_feedforward_layernorm); None where the MLP output is added as it is. MEMIT's
+    # family writes residual-stream values through W_out, which holds only without such a norm.
+    post_mlp_norm_tmp: str | None = None
 
 
 _LLAMA_LIKE = ModuleLayout(
@@ -29,6 +35,9 @@ _LLAMA_LIKE = ModuleLayout(
     ln_f_module="model.norm",
     lm_head_module="lm_head",
 )
+
+# Gemma 2/3 and OLMo 2: Llama's names, and a norm on the MLP output before the residual sum.
+_POST_NORM = dataclasses.replace(_LLAMA_LIKE, post_mlp_norm_tmp="model.layers.{}.post_feedforward_layernorm")
 
 MODULE_LAYOUTS: dict[str, ModuleLayout] = {
     "gpt2": ModuleLayout(
@@ -59,6 +68,45 @@ MODULE_LAYOUTS: dict[str, ModuleLayout] = {
     "mistral": _LLAMA_LIKE,
     "qwen2": _LLAMA_LIKE,
     "qwen3": _LLAMA_LIKE,
+    "gemma": _LLAMA_LIKE,
+    "olmo": _LLAMA_LIKE,     # its norms have no weights: nothing for an editor to find there
+    "phi3": _LLAMA_LIKE,     # gate and up projections fused (mlp.gate_up_proj); down_proj as Llama's
+    # Post-norm rows: methods that optimise values refuse them (util/module_hparams.py). Lifting that
+    # needs util/prefix_cache.py's suffix path too: it fails on Gemma 3 (its rotary embedding takes
+    # a layer type) and adds ROME's MLP-output values past the norm on all three.
+    "gemma2": _POST_NORM,
+    "gemma3_text": _POST_NORM,
+    # Gemma 3 with its vision tower (Gemma3ForConditionalGeneration): the text model is inside.
+    "gemma3": ModuleLayout(
+        layer_module_tmp="model.language_model.layers.{}",
+        rewrite_module_tmp="model.language_model.layers.{}.mlp.down_proj",
+        mlp_module_tmp="model.language_model.layers.{}.mlp",
+        attn_module_tmp="model.language_model.layers.{}.self_attn",
+        ln_f_module="model.language_model.norm",
+        lm_head_module="lm_head",
+        post_mlp_norm_tmp="model.language_model.layers.{}.post_feedforward_layernorm",
+    ),
+    "olmo2": _POST_NORM,     # no norm before attention or MLP: both outputs are normed instead
+    # Falcon has no row: a row sends value optimisation down util/prefix_cache.py's suffix-only path,
+    # which calls Falcon's blocks without their required `alibi` argument (TypeError). Discovery
+    # finds its layout (tests/test_families.py holds it), and values then run the whole model.
+    # Parallel attention (attention and MLP read the same input; both outputs join the residual).
+    "phi": ModuleLayout(
+        layer_module_tmp="model.layers.{}",
+        rewrite_module_tmp="model.layers.{}.mlp.fc2",
+        mlp_module_tmp="model.layers.{}.mlp",
+        attn_module_tmp="model.layers.{}.self_attn",
+        ln_f_module="model.final_layernorm",
+        lm_head_module="lm_head",
+    ),
+    "gpt_bigcode": ModuleLayout(  # GPT-2's names, nn.Linear instead of Conv1D
+        layer_module_tmp="transformer.h.{}",
+        rewrite_module_tmp="transformer.h.{}.mlp.c_proj",
+        mlp_module_tmp="transformer.h.{}.mlp",
+        attn_module_tmp="transformer.h.{}.attn",
+        ln_f_module="transformer.ln_f",
+        lm_head_module="lm_head",
+    ),
 }
 
 
