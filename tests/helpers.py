@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     GPT2Config,
     GPTJConfig,
@@ -29,6 +30,25 @@ KNOWNS = ASSETS / "known_1000.json"
 CORPUS = str(ASSETS / "corpus")
 TASKS_DIR = ROOT / "experiments" / "downstream" / "data"  # the general-capability task files
 VOCAB = 512  # the stories260K tokenizer's vocabulary, reused for every tiny model
+_LLAMA_SIZES = dict(num_hidden_layers=3, hidden_size=32, num_attention_heads=2, num_key_value_heads=1,
+                    intermediate_size=96, max_position_embeddings=128, head_dim=16)
+_GEMMA_TEXT = dict(_LLAMA_SIZES, query_pre_attn_scalar=16)
+_FAMILY_COMMON = dict(vocab_size=VOCAB, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+# Tiny configs of the families built by model_type (AutoConfig.for_model, offline).
+FAMILY_CONFIGS = {
+    "gemma": _LLAMA_SIZES,
+    "gemma2": _GEMMA_TEXT,
+    "gemma3_text": _GEMMA_TEXT,
+    "gemma3": dict(text_config=dict(_GEMMA_TEXT, **_FAMILY_COMMON), mm_tokens_per_image=4,
+                   vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                      num_attention_heads=2, image_size=28, patch_size=14)),
+    "phi3": {k: v for k, v in _LLAMA_SIZES.items() if k != "head_dim"},
+    "olmo": _LLAMA_SIZES,
+    "olmo2": _LLAMA_SIZES,
+    "falcon": dict(num_hidden_layers=3, hidden_size=32, num_attention_heads=2, ffn_hidden_size=96),
+    "phi": dict({k: v for k, v in _LLAMA_SIZES.items() if k != "head_dim"}, num_key_value_heads=2),
+    "gpt_bigcode": dict(n_layer=3, n_embd=32, n_head=2, n_inner=96, n_positions=128),
+}
 
 
 def tiny_config(kind: str):
@@ -44,6 +64,8 @@ def tiny_config(kind: str):
     if kind in llama_like:
         return llama_like[kind](num_hidden_layers=3, hidden_size=32, num_attention_heads=2, num_key_value_heads=1,
                                 intermediate_size=96, max_position_embeddings=128, head_dim=16, **common)
+    if kind in FAMILY_CONFIGS:
+        return AutoConfig.for_model(kind, **FAMILY_CONFIGS[kind], **_FAMILY_COMMON)
     raise ValueError(kind)
 
 

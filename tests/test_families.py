@@ -9,7 +9,8 @@ import re
 
 import pytest
 import torch
-from helpers import REQUESTS as VALUE_REQUESTS, VOCAB, prefers_new, target_nll, tiny_hparams, tiny_model
+from helpers import (FAMILY_CONFIGS, REQUESTS as VALUE_REQUESTS, VOCAB, prefers_new, target_nll, tiny_hparams,
+                     tiny_model)
 from test_editor_contract import REQUESTS, TEMPLATES, TINY_HPARAMS
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
@@ -23,25 +24,6 @@ from util.requests import normalize_request
 from util.rewrite_weights import weight_d_by_f
 from util.values import compute_values
 
-COMMON = dict(vocab_size=VOCAB, bos_token_id=1, eos_token_id=2, pad_token_id=0)
-LLAMA_SIZES = dict(num_hidden_layers=3, hidden_size=32, num_attention_heads=2, num_key_value_heads=1,
-                   intermediate_size=96, max_position_embeddings=128, head_dim=16)
-GEMMA_TEXT = dict(LLAMA_SIZES, query_pre_attn_scalar=16)
-# Tiny configs of the families helpers.tiny_config does not build (AutoConfig.for_model, offline).
-FAMILY_CONFIGS = {
-    "gemma": LLAMA_SIZES,
-    "gemma2": GEMMA_TEXT,
-    "gemma3_text": GEMMA_TEXT,
-    "gemma3": dict(text_config=dict(GEMMA_TEXT, **COMMON), mm_tokens_per_image=4,
-                   vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                      num_attention_heads=2, image_size=28, patch_size=14)),
-    "phi3": {k: v for k, v in LLAMA_SIZES.items() if k != "head_dim"},
-    "olmo": LLAMA_SIZES,
-    "olmo2": LLAMA_SIZES,
-    "falcon": dict(num_hidden_layers=3, hidden_size=32, num_attention_heads=2, ffn_hidden_size=96),
-    "phi": dict({k: v for k, v in LLAMA_SIZES.items() if k != "head_dim"}, num_key_value_heads=2),
-    "gpt_bigcode": dict(n_layer=3, n_embd=32, n_head=2, n_inner=96, n_positions=128),
-}
 # Families whose MLP output passes through a norm before the residual stream.
 POST_NORM = ("gemma2", "gemma3", "gemma3_text", "olmo2")
 NEW_ROWS = sorted(k for k in FAMILY_CONFIGS if k != "falcon")
@@ -55,18 +37,8 @@ VALUE_METHODS = ("NSE", "MEMIT", "AlphaEdit", "ENCORE", "ROME")
 
 
 def family_model(kind: str, seed: int = 0) -> nn.Module:
-    """A tiny random model of ``kind``, scaled as helpers.tiny_model scales its models."""
-    if kind not in FAMILY_CONFIGS:
-        return tiny_model(kind, seed)
-    torch.manual_seed(seed)
-    config = AutoConfig.for_model(kind, **FAMILY_CONFIGS[kind], **COMMON)
-    model = AutoModelForCausalLM.from_config(config).eval()
-    with torch.no_grad():  # as helpers.tiny_model: activations and logits of a realistic range
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.mul_(4.0)
-        model.get_output_embeddings().weight.mul_(8.0)
-    return model
+    """A tiny random model of ``kind`` (helpers.tiny_model builds every family)."""
+    return tiny_model(kind, seed)
 
 
 @pytest.fixture(scope="module")
@@ -362,7 +334,8 @@ def test_a_block_without_an_mlp_is_refused_naming_the_keys():
                        shared_expert_intermediate_size=32), "config.num_experts=4"),
 ])
 def test_mixture_of_experts_is_refused(kind, sizes, evidence):
-    config = AutoConfig.for_model(kind, **dict(LLAMA_SIZES, num_hidden_layers=2, **sizes), **COMMON)
+    config = AutoConfig.for_model(kind, **dict(FAMILY_CONFIGS["olmo"], num_hidden_layers=2, **sizes),
+                                  vocab_size=VOCAB, bos_token_id=1, eos_token_id=2, pad_token_id=0)
     model = AutoModelForCausalLM.from_config(config)
     message = rf"{kind} is a mixture-of-experts model \({evidence}\): editing it is out of scope"
     with pytest.raises(LayoutError, match=message):

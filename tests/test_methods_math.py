@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MANIFEST = (ROOT / "hparams/ORIGINALS.sha256").read_text().splitlines()
 ORIGINALS = {name: digest for digest, name in map(str.split, MANIFEST)}
 OURS = {"SmolLM2-135M.json", "tinystories-260k.json", "SmolLM2-135M_NAS.json",  # this project's own files
+        "SmolLM2-135M_quickstart.json",
         "Llama3-8B_NAS.json", "EleutherAI_gpt-j-6B_NAS.json", "gpt2-xl_NAS.json"}  # an original + norm_anchor (as NAS)
 G = torch.Generator().manual_seed(0)
 
