@@ -1,4 +1,6 @@
 """Batched value optimisation equals one request at a time; z does what it should."""
+import dataclasses
+
 import pytest
 import torch
 from helpers import REQUESTS, stories_hparams
@@ -10,6 +12,22 @@ from util.tokens import encode, encode_target, fact_token_index
 from util.values import compute_values
 
 TEMPLATES = [["{}"], ["Once upon a time. {}", "The sun was up. {}"]]
+
+
+@dataclasses.dataclass(frozen=True)
+class StopAfter:
+    """A stopping rule that stops request i at its pass ``steps[i]`` (0-based), after as many
+    Adam steps (None: never), whatever its loss."""
+
+    steps: tuple
+
+    def start(self, n: int):
+        passes = []
+
+        def stop(state):
+            passes.append(state)
+            return torch.tensor([s is not None and len(passes) > s for s in self.steps])
+        return stop
 
 
 def _setup(tiny_llama, **overrides):
@@ -224,3 +242,79 @@ def test_value_cache_folders_do_not_move_with_the_default_rule(tmp_path, tiny_ll
     assert ValueCache(tmp_path, "m", "mcf", spec, TEMPLATES).folder.name.endswith(digest)
     other = ValueCache(tmp_path, "m", "mcf", dataclasses.replace(spec, stop=LossBelow(1e-3)), TEMPLATES)
     assert not other.folder.name.endswith(digest)
+
+
+def test_a_stopped_requests_rows_leave_the_forward(tiny_llama, monkeypatch):
+    """From the pass after a request stops, none of its rows runs and none of its target tokens
+    or KL rows meets the LM head."""
+    import util.prefix_cache as prefix_cache
+    from util.architectures import get_module
+    from util.values import _build_batch
+
+    model, tok, hp, reqs = _setup(tiny_llama, v_num_grad_steps=8)
+    schedule = (1, 3, None, 5)
+    spec = dataclasses.replace(hp.value_spec(model), stop=StopAfter(schedule))
+    rows_run, head_rows = [], []
+    real_call = prefix_cache.SuffixForward.__call__
+
+    def spy(self, offset, read):
+        rows_run.append(self.rows.clone())
+        return real_call(self, offset, read)
+
+    monkeypatch.setattr(prefix_cache.SuffixForward, "__call__", spy)
+    handle = get_module(model, spec.ln_f).register_forward_pre_hook(lambda _m, args: head_rows.append(len(args[0])))
+    try:
+        out = compute_values(model, tok, reqs, spec, TEMPLATES)
+    finally:
+        handle.remove()
+    assert out.updates == [1, 3, 7, 5]
+    b = _build_batch(tok, reqs, TEMPLATES, spec.fact_token)
+    assert len(rows_run) == 7 and len(head_rows) == 2 * 7  # 8 steps: 7 passes, each followed by a step
+    for k, rows in enumerate(rows_run):
+        active = [i for i, s in enumerate(schedule) if s is None or k <= s]
+        assert sorted(set(b.row_req[rows].tolist())) == active, k
+        assert len(rows) == 4 * len(active)  # 3 prompts and the KL prompt per request
+        targets = sum(int((b.tgt_req == i).sum()) for i in active)
+        assert head_rows[2 * k : 2 * k + 2] == [targets, len(active)], k
+
+
+def test_z_of_a_request_that_stops_is_its_z_alone_with_as_many_steps(tiny_llama):
+    """Requests stop at different passes and their rows leave the batch; each z is the z of the
+    request optimised alone for as many steps (Adam's state is per coordinate)."""
+    from util.values import LossBelow
+
+    model, tok, hp, reqs = _setup(tiny_llama, v_num_grad_steps=10)
+    schedule = (1, 4, None, 6)
+    spec = dataclasses.replace(hp.value_spec(model), stop=StopAfter(schedule))
+    out = compute_values(model, tok, reqs, spec, TEMPLATES)
+    for i, s in enumerate(schedule):
+        steps = spec.num_steps - 1 if s is None else s
+        alone = compute_values(model, tok, [reqs[i]], dataclasses.replace(spec, num_steps=steps + 1,
+                                                                          stop=LossBelow(-1.0)), TEMPLATES)
+        assert out.updates[i] == alone.updates[0] == steps
+        # Measured: 5e-7 .. 2e-6 (the batch's shapes change the round-off, nothing else)
+        assert float((out.z[i] - alone.z[0]).norm() / alone.z[0].norm()) < 1e-4, i
+
+
+def test_losses_are_those_of_each_requests_last_pass(tiny_llama):
+    """No pass runs after the last step: with 2 steps, the one pass (delta = 0) gives the loss, as
+    with 1 step (no step at all); a request that stops reports the loss that stopped it."""
+    from util.values import LossBelow, StepState
+
+    model, tok, hp, reqs = _setup(tiny_llama)
+    never = dataclasses.replace(hp.value_spec(model), stop=LossBelow(-1.0))
+    one = compute_values(model, tok, reqs, dataclasses.replace(never, num_steps=1), TEMPLATES)
+    two = compute_values(model, tok, reqs, dataclasses.replace(never, num_steps=2), TEMPLATES)
+    assert one.updates == [0] * len(reqs) and two.updates == [1] * len(reqs)
+    assert two.losses == pytest.approx(one.losses, rel=1e-6)
+    assert not torch.allclose(two.z, one.z)
+    seen: list[StepState] = []
+
+    def record(state: StepState) -> torch.Tensor:
+        seen.append(state)
+        return torch.arange(len(state.loss)) == 0  # request 0 stops at the first pass
+
+    out = compute_values(model, tok, reqs, dataclasses.replace(never, num_steps=4, stop=record), TEMPLATES)
+    assert len(seen) == 3 and out.updates == [0, 3, 3, 3]
+    assert out.losses[0] == seen[0].loss[0] == seen[-1].loss[0]  # kept from the pass that stopped it
+    assert out.losses[1:] == seen[-1].loss[1:].tolist()

@@ -3,7 +3,9 @@
 Each request i gets its own delta_i (added at its fact tokens in every one of its prompts);
 losses are per request and summed, so one forward/backward per step serves the whole batch
 with the same math as one request at a time. Each step runs only what delta changes: the positions
-from the fact token on, through the layers above the site (:mod:`util.prefix_cache`).
+from the fact token on, through the layers above the site (:mod:`util.prefix_cache`), for the
+requests that have not stopped (a stopped request's rows leave the batch, as in the original's one
+optimisation per request).
 """
 from __future__ import annotations
 
@@ -37,7 +39,10 @@ PROMPT_BUILDS = ("ids", "text")
 
 @dataclass(frozen=True)
 class StepState:
-    """What a stopping rule sees after each step's forward pass (n requests, T target tokens)."""
+    """What a stopping rule sees after each step's forward pass (n requests, T target tokens).
+
+    A stopped request's rows no longer run: its entries keep the values of the forward pass at
+    which it stopped (a rule's answer for it no longer matters)."""
 
     loss: torch.Tensor       # (n,) NLL + KL + weight decay, per request
     nll: torch.Tensor        # (n,) the target's weighted NLL, per request
@@ -92,7 +97,10 @@ class ValueSpec:
 class ValueResult:
     z: torch.Tensor        # (n, d) float32: h0 + delta
     h0: torch.Tensor       # (n, d) float32: layer output at the plain prompt's fact token
-    losses: list[float]    # final loss per request
+    # Per request, the loss of its last forward pass: for a request that stopped, the loss that
+    # stopped it (z's own); for one that took every step, the loss before its last step (no
+    # forward pass runs after the last step: it would only log).
+    losses: list[float]
     updates: list[int]     # Adam steps taken per request
 
 
@@ -110,6 +118,12 @@ class _Batch:
     tgt_req: torch.Tensor
     tgt_weight: torch.Tensor  # 1 / (n target tokens * n rewriting prompts of the request)
     tgt_context: torch.Tensor  # (N,) bool: read in a context-prefixed prompt (not the plain one)
+    # (R,) the row's context template (the KL rows: one more); rows of one template begin alike
+    row_template: torch.Tensor
+
+    def targets_of(self, active: torch.Tensor) -> torch.Tensor:
+        """Indices of the target tokens of the requests where ``active`` (n,) holds."""
+        return active[self.tgt_req].nonzero()[:, 0]
 
 
 @contextmanager
@@ -167,7 +181,7 @@ def _rewriting_row(tok, filled_prompt: str, target: list[int], prompt_build: str
 
 def _build_batch(tok, requests: Sequence[dict], templates: list[list[str]], fact_token: str,
                  prompt_build: str = "ids") -> _Batch:
-    seqs, fact, row_req, plain_rows, kl_rows = [], [], [], [], []
+    seqs, fact, row_req, plain_rows, kl_rows, row_template = [], [], [], [], [], []
     tgt_row, tgt_pos, tgt_id, tgt_req, tgt_w, tgt_ctx = [], [], [], [], [], []
     contexts = flat_templates(templates)
     for i, r in enumerate(requests):
@@ -186,20 +200,24 @@ def _build_batch(tok, requests: Sequence[dict], templates: list[list[str]], fact
                 tgt_ctx.append(j > 0)
             fact.append(fact_token_index(tok, prompt, r["subject"], fact_token))
             row_req.append(i)
+            row_template.append(j)
             seqs.append(row)
         kl_prompt = "{} is a"
         kl_rows.append(len(seqs))
         fact.append(fact_token_index(tok, kl_prompt, r["subject"], fact_token))
         row_req.append(i)
+        row_template.append(len(prompts))
         seqs.append(encode(tok, fill_prompt(kl_prompt, r["subject"])))
     ids, mask = pad(seqs, pad_token_id(tok), side="right")  # right padding keeps fact positions
     t = lambda x: torch.tensor(x, dtype=torch.long)  # noqa: E731
     return _Batch(ids, mask, t(fact), t(row_req), t(plain_rows), t(kl_rows), t(tgt_row), t(tgt_pos), t(tgt_id),
-                  t(tgt_req), torch.tensor(tgt_w, dtype=torch.float32), torch.tensor(tgt_ctx, dtype=torch.bool))
+                  t(tgt_req), torch.tensor(tgt_w, dtype=torch.float32), torch.tensor(tgt_ctx, dtype=torch.bool),
+                  t(row_template))
 
 
 class _FullForward:
-    """The whole model on every row and position each step, delta added by a hook (the reference path)."""
+    """The whole model on every row and position each step, delta added by a hook (the reference
+    path: stopped requests' rows run too, and are not read)."""
 
     def __init__(self, model: nn.Module, spec: ValueSpec, b: _Batch) -> None:
         self.model, self.spec, self.b = model, spec, b
@@ -210,7 +228,8 @@ class _FullForward:
     def h0(self) -> torch.Tensor:
         return self._h0[0]
 
-    def __call__(self, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, delta: torch.Tensor, active: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(hidden states of the active requests' target tokens, in target order; of their KL rows)."""
         b, spec = self.b, self.spec
 
         def add_delta(out: torch.Tensor) -> torch.Tensor:  # out: (R, T, d)
@@ -221,12 +240,14 @@ class _FullForward:
         read = [spec.loss_layer, spec.final_layer]
         with edit_output(self.model, spec.site, add_delta), capture(self.model, output_of=read, detach=False) as seen:
             forward_until(self.model, spec.final_layer, input_ids=b.ids, attention_mask=b.mask)
-        return (seen.outputs[spec.loss_layer][b.tgt_row, b.tgt_pos],
-                seen.outputs[spec.final_layer][b.kl_rows, b.fact_pos[b.kl_rows]])
+        targets, kl_rows = b.targets_of(active), b.kl_rows[active]
+        return (seen.outputs[spec.loss_layer][b.tgt_row[targets], b.tgt_pos[targets]],
+                seen.outputs[spec.final_layer][kl_rows, b.fact_pos[kl_rows]])
 
 
 class _SuffixOnlyForward:
-    """Same outputs as :class:`_FullForward`, computing only what delta changes (util.prefix_cache)."""
+    """Same outputs as :class:`_FullForward`, computing only what delta changes (util.prefix_cache),
+    and only for the active requests' rows."""
 
     def __init__(self, model: nn.Module, spec: ValueSpec, b: _Batch, layers_path: str) -> None:
         self.b = b
@@ -236,16 +257,23 @@ class _SuffixOnlyForward:
         # The last position any loss reads in each row (its fact token for the KL rows).
         end = b.fact_pos.clone().scatter_reduce(0, b.tgt_row, b.tgt_pos, reduce="amax")
         self.run = SuffixForward(model, layers_path, first, self.final_index, b.ids, b.mask, b.fact_pos, end,
-                                 capture_output_of=(spec.site,))
-        self.h0 = self.run.captured[spec.site][b.plain_rows, b.fact_pos[b.plain_rows]].float()
+                                 capture_output_of=(spec.site,), groups=b.row_template)
+        self.h0 = self.run.at_start[spec.site][b.plain_rows].float()
 
-    def __call__(self, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, delta: torch.Tensor, active: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b = self.b
+        rows = active[b.row_req].nonzero()[:, 0]
+        if not torch.equal(rows, self.run.rows):  # a request stopped: its rows leave the batch
+            self.run.select(rows)
         # delta at the site's output reaches the site layer's output unchanged: every block in the
         # module table adds its MLP output to the residual stream last (tests pin this for ROME).
-        out = self.run(delta[b.row_req], read=(self.loss_index, self.final_index))
-        return (out[self.loss_index][b.tgt_row, b.tgt_pos - b.fact_pos[b.tgt_row]],
-                out[self.final_index][b.kl_rows, 0])
+        out = self.run(delta[b.row_req[rows]], read=(self.loss_index, self.final_index))
+        slot = torch.full_like(b.row_req, -1)
+        slot[rows] = torch.arange(len(rows), device=rows.device)  # row -> its place among the rows run
+        targets, kl_rows = b.targets_of(active), b.kl_rows[active]
+        tgt_row = b.tgt_row[targets]
+        return (out[self.loss_index][slot[tgt_row], b.tgt_pos[targets] - b.fact_pos[tgt_row]],
+                out[self.final_index][slot[kl_rows], 0])
 
 
 def _value_forward(model: nn.Module, spec: ValueSpec, b: _Batch) -> _FullForward | _SuffixOnlyForward:
@@ -273,63 +301,97 @@ def _suffix_only_unsupported(model: nn.Module, spec: ValueSpec, b: _Batch) -> st
     return unsupported_reason(model, final[0], b.ids.shape[1])
 
 
+class _Objective:
+    """The loss of the active requests at delta (NLL of the targets at the loss layer, KL at the
+    final layer, weight decay), and the :class:`StepState` a stopping rule reads."""
+
+    def __init__(self, model: nn.Module, spec: ValueSpec, b: _Batch,
+                 forward: _FullForward | _SuffixOnlyForward) -> None:
+        self.spec, self.b, self.forward = spec, b, forward
+        self.ln_f, self.lm_head = get_module(model, spec.ln_f), get_module(model, spec.lm_head)
+        self.kl_init: torch.Tensor | None = None
+        n, t = len(b.plain_rows), len(b.tgt_req)
+        zeros = lambda k, dtype=torch.float32: torch.zeros(k, dtype=dtype, device=b.tgt_req.device)  # noqa: E731
+        self.state = StepState(zeros(n), zeros(n), zeros(t), b.tgt_req, zeros(t, torch.bool), b.tgt_context)
+
+    @property
+    def h0(self) -> torch.Tensor:
+        return self.forward.h0
+
+    def log_probs(self, hidden: torch.Tensor) -> torch.Tensor:  # (N, d) -> (N, vocab)
+        # The head's weight, not the module: GPT-2 files name the tied embedding transformer.wte.
+        logits = F.linear(self.ln_f(hidden), self.lm_head.weight, getattr(self.lm_head, "bias", None))
+        return torch.log_softmax(logits.float(), dim=-1)
+
+    def __call__(self, delta: torch.Tensor, active: torch.Tensor) -> tuple[torch.Tensor, StepState]:
+        """(A,) the loss of each active request (``active``: (n,) bool), in request order."""
+        b, spec = self.b, self.spec
+        target_hidden, kl_hidden = self.forward(delta, active)
+        requests, targets = active.nonzero()[:, 0], b.targets_of(active)
+        place = active.long().cumsum(0) - 1  # a request's index among the active ones
+        target_all = self.log_probs(target_hidden)  # only the active requests' tokens meet the head
+        target_lp = target_all.gather(1, b.tgt_id[targets, None]).squeeze(1)
+        nll = torch.zeros(len(requests), device=delta.device).index_add(
+            0, place[b.tgt_req[targets]], -target_lp * b.tgt_weight[targets])
+        # The KL term reads the model's final logits (as the original does), whatever v_loss_layer is.
+        kl_lp = self.log_probs(kl_hidden)
+        if self.kl_init is None:  # the first pass: every request active, delta = 0
+            self.kl_init = kl_lp.detach()
+        kl = spec.kl_factor * (kl_lp.exp() * (kl_lp - self.kl_init[requests])).sum(-1)  # KL(P_delta || P_0)
+        h0 = self.h0[requests]
+        loss = nll + kl + spec.weight_decay * delta[requests].norm(dim=1) / h0.norm(dim=1) ** 2
+        is_argmax = target_all.detach().argmax(dim=1) == b.tgt_id[targets]
+        self.state = self._updated_state(requests, targets, loss, nll, target_lp, is_argmax)
+        return loss, self.state
+
+    def _updated_state(self, requests: torch.Tensor, targets: torch.Tensor, loss: torch.Tensor, nll: torch.Tensor,
+                       target_lp: torch.Tensor, is_argmax: torch.Tensor) -> StepState:
+        """The last state with this pass's values where they were computed (new tensors: a rule
+        may keep a state)."""
+        last = self.state
+        return StepState(last.loss.index_put((requests,), loss.detach()), last.nll.index_put((requests,), nll.detach()),
+                         last.target_lp.index_put((targets,), target_lp.detach()), last.target_request,
+                         last.target_is_argmax.index_put((targets,), is_argmax), last.target_in_context)
+
+
 def _optimise(model: nn.Module, tok, requests: Sequence[dict], spec: ValueSpec, templates: list[list[str]],
               progress: bool = False) -> ValueResult:
     device = model_device(model)
     b = _build_batch(tok, requests, templates, spec.fact_token, spec.prompt_build)
     b = _Batch(**{k: v.to(device) for k, v in vars(b).items()})
     n = len(requests)
-    ln_f, lm_head = get_module(model, spec.ln_f), get_module(model, spec.lm_head)
     d = model.config.get_text_config().hidden_size
     delta = torch.zeros(n, d, dtype=torch.float32, device=device, requires_grad=True)
     optimizer = torch.optim.Adam([delta], lr=spec.lr)
-
-    def log_probs(hidden: torch.Tensor) -> torch.Tensor:  # (N, d) -> (N, vocab)
-        # The head's weight, not the module: GPT-2 files name the tied embedding transformer.wte.
-        logits = F.linear(ln_f(hidden), lm_head.weight, getattr(lm_head, "bias", None))
-        return torch.log_softmax(logits.float(), dim=-1)
-
     stopped = torch.zeros(n, dtype=torch.bool, device=device)
-    losses = torch.zeros(n, device=device)
     updates = torch.zeros(n, dtype=torch.long)
-    kl_init = None
     stop = spec.stop.start(n) if hasattr(spec.stop, "start") else spec.stop
-    bar = tqdm(total=spec.num_steps, desc=f"values ({n} requests)", unit="step", disable=not progress,
-               leave=False)
+    # Every forward pass but a lone one is followed by a step: the original's pass after the last
+    # step only logged its loss (z, the steps and the stops are the same without it).
+    passes = max(spec.num_steps - 1, 1)
+    bar = tqdm(total=passes, desc=f"values ({n} requests)", unit="step", disable=not progress, leave=False)
     with frozen(model), bar:
-        forward = _value_forward(model, spec, b)
-        for it in range(spec.num_steps):
-            with torch.set_grad_enabled(it < spec.num_steps - 1):  # the last evaluation takes no step
-                target_hidden, kl_hidden = forward(delta)
-            h0 = forward.h0
-            target_all = log_probs(target_hidden)
-            target_lp = target_all.gather(1, b.tgt_id[:, None]).squeeze(1)
-            nll = torch.zeros(n, device=device).index_add(0, b.tgt_req, -target_lp * b.tgt_weight)
-            # The KL term reads the model's final logits (as the original does), whatever v_loss_layer is.
-            kl_lp = log_probs(kl_hidden)
-            if kl_init is None:
-                kl_init = kl_lp.detach()
-            kl = spec.kl_factor * (kl_lp.exp() * (kl_lp - kl_init)).sum(-1)  # KL(P_delta || P_0)
-            decay = spec.weight_decay * delta.norm(dim=1) / h0.norm(dim=1) ** 2
-            loss = nll + kl + decay
-            losses = torch.where(stopped, losses, loss.detach())
-            state = StepState(loss.detach(), nll.detach(), target_lp.detach(), b.tgt_req,
-                              target_all.detach().argmax(dim=1) == b.tgt_id, b.tgt_context)
+        objective = _Objective(model, spec, b, _value_forward(model, spec, b))
+        for _ in range(passes):
+            active = ~stopped
+            with torch.set_grad_enabled(spec.num_steps > 1):
+                loss, state = objective(delta, active)
             stopped = stopped | stop(state)
-            bar.set_postfix(loss=f"{float(losses.mean()):.3f}", active=int((~stopped).sum()))
+            bar.set_postfix(loss=f"{float(state.loss.mean()):.3f}", active=int((~stopped).sum()))
             bar.update()
-            if it == spec.num_steps - 1 or bool(stopped.all()):
+            if spec.num_steps == 1 or bool(stopped.all()):
                 break
             optimizer.zero_grad()
-            (loss * (~stopped)).sum().backward()
+            (loss * ~stopped[active]).sum().backward()  # a request that stops now takes no step
             before = delta.detach().clone()
             optimizer.step()
             with torch.no_grad():
                 # Adam's momentum moves a zero-gradient parameter: mask the step, not the gradient.
                 delta[stopped] = before[stopped]
-                max_norm = spec.clamp_norm_factor * h0.norm(dim=1)
+                max_norm = spec.clamp_norm_factor * objective.h0.norm(dim=1)
                 scale = (max_norm / delta.norm(dim=1).clamp_min(1e-12)).clamp(max=1.0)
                 delta.mul_(scale[:, None])
             updates += (~stopped).long().cpu()
-    h0 = forward.h0
-    return ValueResult(z=(h0 + delta.detach()), h0=h0, losses=losses.tolist(), updates=updates.tolist())
+    h0 = objective.h0
+    return ValueResult(z=(h0 + delta.detach()), h0=h0, losses=objective.state.loss.tolist(),
+                       updates=updates.tolist())
