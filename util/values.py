@@ -121,6 +121,9 @@ class _Batch:
     # (R,) the row's context template (the KL rows: one more); rows of one template begin alike
     row_template: torch.Tensor
 
+    def every_request(self) -> torch.Tensor:
+        return torch.ones(len(self.plain_rows), dtype=torch.bool, device=self.plain_rows.device)
+
     def targets_of(self, active: torch.Tensor) -> torch.Tensor:
         """Indices of the target tokens of the requests where ``active`` (n,) holds."""
         return active[self.tgt_req].nonzero()[:, 0]
@@ -228,9 +231,11 @@ class _FullForward:
     def h0(self) -> torch.Tensor:
         return self._h0[0]
 
-    def __call__(self, delta: torch.Tensor, active: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(hidden states of the active requests' target tokens, in target order; of their KL rows)."""
+    def __call__(self, delta: torch.Tensor, active: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(hidden states of the active requests' target tokens, in target order; of their KL rows);
+        ``active`` (n,) bool, None: every request."""
         b, spec = self.b, self.spec
+        active = b.every_request() if active is None else active
 
         def add_delta(out: torch.Tensor) -> torch.Tensor:  # out: (R, T, d)
             if not self._h0:
@@ -260,8 +265,9 @@ class _SuffixOnlyForward:
                                  capture_output_of=(spec.site,), groups=b.row_template)
         self.h0 = self.run.at_start[spec.site][b.plain_rows].float()
 
-    def __call__(self, delta: torch.Tensor, active: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, delta: torch.Tensor, active: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         b = self.b
+        active = b.every_request() if active is None else active
         rows = active[b.row_req].nonzero()[:, 0]
         if not torch.equal(rows, self.run.rows):  # a request stopped: its rows leave the batch
             self.run.select(rows)
