@@ -21,6 +21,9 @@ from util.closed_form import float64_device, solve_update
 from util.context_templates import generate_context_templates
 from util.editor import EditReport, Editor
 from util.keys import KeyReader, compute_keys_and_outputs
+from util.discovery import post_mlp_norm_of
+from util.hparams import HyperParamsError
+from util.post_norm import rms_gain, through_post_norm
 from util.prefix_cache import split_layer_name
 from util.rewrite_weights import add_to_columns, weight_d_by_f
 from util.second_moment import cached_second_moments
@@ -81,6 +84,25 @@ class MEMITEditor(Editor):
         self.regulariser: dict[int, torch.Tensor] | None = None
         self._final_keys: dict[str, torch.Tensor] | None = None  # keys read after the batch's last change
         self.anchor: float | None = None  # norm_anchor: the anchor norm, measured before the first edit
+        self.post_norm_gains = self._post_norm_gains()
+
+    def _post_norm_gains(self) -> dict[int, torch.Tensor]:
+        """Per edited layer, the gain of the RMS norm its MLP output passes through before the residual
+        stream (Gemma 2/3, OLMo 2; util.post_norm); empty where the MLP output is added unchanged."""
+        hp = self.hparams
+        template = post_mlp_norm_of(self.model, hp.layer_module_tmp, hp.rewrite_module_tmp)
+        if template is None:
+            return {}
+        if getattr(hp, "norm_anchor", False):  # NAS's v* = v0 + delta assumes the MLP output is added as it is
+            raise HyperParamsError(f"norm_anchor cannot be used on this {self.model.config.model_type} model: its MLP "
+                                   f"output passes through {template!r} before the residual stream")
+        width = self.weights[hp.layers[0]].shape[0]
+        try:
+            return {l: rms_gain(get_module(self.model, template.format(l)), width, self.weights[l].device)
+                    for l in hp.layers}
+        except ValueError as err:
+            raise HyperParamsError(f"this {self.model.config.model_type} model passes the MLP output through "
+                                   f"{template!r} before the residual stream: {err}") from None
 
     def _edited_weights(self) -> dict[int, torch.Tensor]:
         self.modules = {l: get_module(self.model, self.hparams.rewrite_module(l)) for l in self.hparams.layers}
@@ -227,12 +249,22 @@ class MEMITEditor(Editor):
             with self.timer("solves"):
                 columns = self._columns(layer, k)
                 # (d, n): what is left, spread over the remaining layers; solved where the layer lives
-                residual = ((z.to(h.device) - h).T / (m - j)).to(k.device)
+                residual = self._as_output_change(layer, k, ((z.to(h.device) - h).T / (m - j)).to(k.device))
                 delta = self._solve(layer, k[columns], residual, columns)  # (d, |columns|)
                 self._apply(layer, columns, delta)
             changed[layer] = int(columns.numel())
             start_at = layer  # nothing below this layer changed since the read
         return changed
+
+    def _as_output_change(self, layer: int, keys: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """The change of W_out's output at ``keys`` (f, n) that changes the residual stream by
+        ``residual`` (d, n): itself, or mapped through the norm after the MLP where the block has one."""
+        gain = self.post_norm_gains.get(layer)
+        if gain is None:
+            return residual
+        weight = self.weights[layer]
+        outputs = weight.to(torch.float64) @ keys.to(weight.device, torch.float64)  # (d, n): W_out k
+        return through_post_norm(outputs, residual.to(outputs.device), gain).to(residual.device, residual.dtype)
 
     def _columns(self, layer: int, keys: torch.Tensor) -> torch.Tensor:
         """The key dimensions (columns of W_out) this update may change: all of them."""

@@ -122,15 +122,17 @@ def test_nse_edit_takes_and_leaves_no_hook(kind, tok, stats_dir):
 
 
 @pytest.mark.parametrize("kind", POST_NORM)
-def test_post_norm_families_refuse_methods_that_optimise_values(kind):
+@pytest.mark.parametrize("method", VALUE_METHODS)
+def test_post_norm_families_are_edited_by_the_methods_that_optimise_values(kind, method, tok, stats_dir):
+    """Their values map through the norm on the MLP output (util/post_norm.py; tests/test_post_norm.py
+    pins the mapping). A norm caps what one MLP adds to the residual stream, so on these tiny random
+    models a target need not become the preferred one: every target's NLL falls, no hook is left."""
     model = family_model(kind)
-    norm = re.escape(MODULE_LAYOUTS[kind].post_mlp_norm_tmp)
-    for method in VALUE_METHODS:
-        hparams = ALGORITHMS[method].hparams_class.from_dict(copy.deepcopy(TINY_HPARAMS[method]))
-        with pytest.raises(HyperParamsError, match=rf"{method} cannot edit this {kind} model yet: its blocks pass the "
-                           rf"MLP output through '{norm}' before it joins the residual stream, and .* Mapping values "
-                           r"through that norm is not implemented yet \(issue 27 item 2\); FT can edit this model"):
-            hparams.resolved_for(model)
+    editor = _editor(method, model, tok, stats_dir)
+    nll = [_target_nll(model, tok, r) for r in REQUESTS[:2]]
+    report = editor.edit(REQUESTS[:2])
+    assert all(_target_nll(model, tok, r) < 0.9 * x for r, x in zip(REQUESTS[:2], nll)), report.log_line()
+    assert _hooks(model) == 0
 
 
 @pytest.mark.parametrize("kind", POST_NORM)
@@ -154,26 +156,28 @@ def _target_nll(model: nn.Module, tok, request: dict) -> float:
                       " " + request["target_new"]["str"])
 
 
-def test_post_norm_refusal_holds_with_every_path_in_the_file():
-    """A file that names every module gets no table look-up; the family's norm still refuses it."""
+def test_the_post_norm_is_found_with_every_path_in_the_file(tok, stats_dir):
+    """A file that names every module gets no table look-up; the family's norm is still mapped through."""
     row = MODULE_LAYOUTS["gemma2"]
     paths = {k: getattr(row, k) for k in ("layer_module_tmp", "rewrite_module_tmp", "mlp_module_tmp",
                                           "attn_module_tmp", "ln_f_module", "lm_head_module")}
-    with pytest.raises(HyperParamsError, match="NSE cannot edit this gemma2 model yet"):
-        tiny_hparams(**paths).resolved_for(family_model("gemma2"))
+    editor = ALGORITHMS["NSE"].make_editor(family_model("gemma2"), tok, tiny_hparams(**paths), stats_dir=stats_dir,
+                                           progress=False)
+    assert set(editor.post_norm_gains) == set(editor.hparams.layers)
 
 
-def test_rome_refusal_is_still_needed(tok):
-    """ROME's values at a post-norm MLP output are right on the whole-model path, but the suffix-only
-    path (util/prefix_cache.py) adds them past the norm. If this fails, that path handles the norm:
-    lift ROME's refusal (util/module_hparams.py POST_NORM_REFUSALS["mlp_output"])."""
-    model = family_model("gemma2")
+@pytest.mark.parametrize("kind", ["gemma2", "olmo2"])
+def test_values_at_a_post_norm_mlp_output_run_the_whole_model(kind, tok):
+    """An offset at the MLP output is not one at the layer output past a norm: ROME's site runs the
+    whole model, so both paths give the same z (the suffix path once added it past the norm)."""
+    model = family_model(kind)
     hp = tiny_hparams(v_num_grad_steps=10, layers=[1])
-    hp = dataclasses.replace(hp, **{k: getattr(MODULE_LAYOUTS["gemma2"], k) for k in (
+    hp = dataclasses.replace(hp, **{k: getattr(MODULE_LAYOUTS[kind], k) for k in (
         "layer_module_tmp", "rewrite_module_tmp", "mlp_module_tmp", "ln_f_module", "lm_head_module")})
     spec = dataclasses.replace(hp.value_spec(model), site=hp.mlp_module_tmp.format(1))
+    assert spec.post_mlp_norm
     fast, full = _z_both_ways(model, tok, spec)
-    assert float(((fast.z - full.z).norm(dim=1) / full.z.norm(dim=1)).max()) > 0.1
+    assert float(((fast.z - full.z).norm(dim=1) / full.z.norm(dim=1)).max()) < 1e-6
 
 
 # -- the suffix-only value path on the new rows ----------------------------------------------------
@@ -297,13 +301,16 @@ def test_hand_made_decoder_is_discovered():
     assert post_norm == dataclasses.replace(HAND_MADE, post_mlp_norm_tmp="blocks.{}.ffn_out_norm")
 
 
-def test_hand_made_post_norm_is_refused_even_with_every_path_in_the_file():
-    """No row and no discovery (the file names every module): a forward finds the norm."""
+def test_a_hand_made_post_layer_norm_is_found_with_every_path_in_the_file_and_refused(tok, stats_dir):
+    """No row and no discovery (the file names every module): a forward finds the norm; it is a
+    LayerNorm, which the mapping (RMS norms only, util/post_norm.py) cannot invert."""
     paths = {k: getattr(HAND_MADE, k) for k in ("layer_module_tmp", "rewrite_module_tmp", "mlp_module_tmp",
                                                 "attn_module_tmp", "ln_f_module", "lm_head_module")}
     assert tiny_hparams(**paths).resolved_for(_HandMade()).rewrite_module_tmp == "blocks.{}.ffn.2"
-    with pytest.raises(HyperParamsError, match=r"through 'blocks.\{\}.ffn_out_norm' before it joins"):
-        tiny_hparams(**paths).resolved_for(_HandMade(post_norm=True))
+    with pytest.raises(HyperParamsError, match=r"through 'blocks.\{\}.ffn_out_norm' before the residual stream: "
+                                               r"LayerNorm after the MLP is not an RMS norm"):
+        ALGORITHMS["NSE"].make_editor(_HandMade(post_norm=True), tok, tiny_hparams(**paths), stats_dir=stats_dir,
+                                      progress=False)
 
 
 KEYS = "layer_module_tmp, rewrite_module_tmp, mlp_module_tmp, attn_module_tmp"
@@ -350,3 +357,26 @@ def test_a_router_module_is_enough_to_refuse():
     model.blocks[1].router = nn.Linear(32, 4)
     with pytest.raises(LayoutError, match=r"mixture-of-experts model \(module blocks.1.router \(Linear\)\)"):
         layout_of(model)
+
+
+def test_the_value_objective_reads_gemma2s_capped_logits(tok):
+    """Gemma 2 caps its logits after the head (final_logit_softcapping): the value optimisation's
+    log-probabilities are the model's own."""
+    from util.values import _build_batch, _FullForward, _Objective
+
+    model = family_model("gemma2")
+    assert model.config.final_logit_softcapping
+    spec = tiny_hparams(layers=[1]).resolved_for(model).value_spec(model)
+    b = _build_batch(tok, [normalize_request(VALUE_REQUESTS[0])], [["{}"]], spec.fact_token)
+    objective = _Objective(model, spec, b, _FullForward(model, spec, b))
+    ids = torch.tensor([[5, 17, 42, 9]])
+    seen = {}
+    handle = model.model.layers[-1].register_forward_hook(
+        lambda module, inputs, output: seen.setdefault("h", output[0] if isinstance(output, tuple) else output))
+    with torch.no_grad():
+        try:
+            logits = model(ids).logits[0]
+        finally:
+            handle.remove()
+        mine = objective.log_probs(seen["h"][0])
+    assert torch.allclose(mine, torch.log_softmax(logits.float(), -1), atol=1e-4)

@@ -11,8 +11,7 @@ from util.keys import KeyReader, compute_keys_and_outputs
 from util.requests import normalize_request
 
 TEMPLATES = [["{}"], ["Once upon a time. {}", "The sun was up. {}"]]
-# Post-norm families are refused by the value methods until values map through that norm (issue 27 item 2).
-ARCHITECTURES = sorted(k for k, row in MODULE_LAYOUTS.items() if row.post_mlp_norm_tmp is None)
+ARCHITECTURES = sorted(MODULE_LAYOUTS)
 
 
 def _bump(module: torch.nn.Module, seed: int) -> None:

@@ -68,3 +68,81 @@ def test_the_new_value_keeps_the_old_scale_and_an_unreachable_target_goes_to_the
     cosine = torch.nn.functional.cosine_similarity(target_direction, got_direction, dim=0)
     assert torch.allclose(cosine, torch.ones(N, dtype=torch.float64), atol=1e-6)
     assert (reached - residual).abs().max() > 0.1  # and it is not the asked change
+
+
+# -- the MEMIT family's update on post-norm blocks --------------------------------------------------
+
+
+from helpers import tiny_model  # noqa: E402
+from test_editor_contract import REQUESTS, TINY_HPARAMS  # noqa: E402
+
+from experiments.algorithms import get_algorithm  # noqa: E402
+from util.architectures import get_module  # noqa: E402
+from util.requests import normalize_request  # noqa: E402
+from util.rewrite_weights import weight_d_by_f  # noqa: E402
+
+LAYER = 1
+
+
+@pytest.fixture(scope="module")
+def tok(tiny_llama_path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_llama_path)
+
+
+def _editor(kind: str, tok, tmp_path):
+    model = tiny_model(kind)
+    alg = get_algorithm("MEMIT")
+    # One layer, almost no regulariser: the solve then makes W_out k what it is asked to, so the only
+    # thing between the target and the block output is the mapping under test.
+    hp = alg.hparams_class(**dict(TINY_HPARAMS["MEMIT"], layers=[LAYER], mom2_update_weight=1e-6))
+    editor = alg.make_editor(model, tok, hp, stats_dir=tmp_path, progress=False)
+    editor.context_templates = [["{}"]]  # keys at the plain prompt, where the block output is read
+    editor.prepare()
+    return editor
+
+
+def _reachable_target(editor, requests) -> tuple[torch.Tensor, torch.Tensor]:
+    """The block output now and a target it can take: the MLP's normed output moved to the normed
+    output of another W_out output (so a correct mapping reaches it exactly)."""
+    hp = editor.hparams
+    keys, h = editor._keys_and_z_layer_output(requests, [LAYER], [["{}"]])
+    weight = weight_d_by_f(get_module(editor.model, hp.rewrite_module(LAYER))).detach()
+    v = (keys[hp.rewrite_module(LAYER)].float() @ weight.T.float()).T.double()  # (d, n)
+    norm = get_module(editor.model, hp.layer_module(LAYER) + ".post_feedforward_layernorm")
+    other = v + 0.8 * v.pow(2).mean(0).sqrt() * torch.randn(v.shape, generator=torch.Generator().manual_seed(1),
+                                                            dtype=torch.float64)
+    return h.double(), h.double() + (_apply(norm, other) - _apply(norm, v)).T
+
+
+@pytest.mark.parametrize("kind", ["gemma2", "gemma3_text", "olmo2"])
+def test_after_the_update_the_block_output_reaches_a_reachable_target_and_the_identity_mapping_does_not(
+        kind, tok, tmp_path):
+    requests = [normalize_request(r) for r in REQUESTS[:2]]
+    reached = {}
+    for mapping in ("through the norm", "identity"):
+        editor = _editor(kind, tok, tmp_path)
+        assert set(editor.post_norm_gains) == {LAYER}
+        if mapping == "identity":
+            editor.post_norm_gains = {}  # the known-wrong mapping: the residual change as W_out's change
+        h, z = _reachable_target(editor, requests)
+        editor._update_layers(requests, z.float())
+        _, after = editor._keys_and_z_layer_output(requests, [], [["{}"]])
+        reached[mapping] = float((after.double() - z).norm() / (z - h).norm())
+    assert reached["through the norm"] < 1e-3, reached
+    assert reached["identity"] > 0.1, reached
+
+
+def test_norm_anchoring_is_refused_on_a_post_norm_model(tok, tmp_path):
+    alg = get_algorithm("MEMIT")
+    hp = alg.hparams_class(**dict(TINY_HPARAMS["MEMIT"], norm_anchor=True))
+    with pytest.raises(Exception, match="norm_anchor cannot be used on this olmo2 model"):
+        alg.make_editor(tiny_model("olmo2"), tok, hp, stats_dir=tmp_path, progress=False)
+
+
+def test_a_model_without_a_post_norm_maps_nothing(tok, tmp_path):
+    editor = _editor("llama", tok, tmp_path)
+    assert editor.post_norm_gains == {}
+    residual = torch.randn(32, 2)
+    assert editor._as_output_change(LAYER, torch.randn(96, 2), residual) is residual

@@ -26,9 +26,9 @@ EXTRA = [
     {"case_id": 5, "prompt": "She gave the ball to {}", "subject": "Ben", "target_new": {"str": "and then she ran"},
      "target_true": {"str": "her"}},
 ]
-# Every row of the module table whose values a method optimises (the rows with a norm on the MLP
-# output are refused for those methods: tests/test_families.py).
-ARCHITECTURES = sorted(k for k, layout in MODULE_LAYOUTS.items() if layout.post_mlp_norm_tmp is None)
+# Every row of the module table (on rows with a norm on the MLP output, an MLP-output site runs the
+# whole model: the suffix path adds its offset at the layer output).
+ARCHITECTURES = sorted(MODULE_LAYOUTS)
 # Measured (float32, 10 steps): max over requests of |z_fast - z_full| / |z_full| is 2e-7 .. 2.2e-4
 # across the table. The largest is Qwen2 at the MLP-output site, a request whose loss does not go
 # down (15.3 -> 15.2): Adam amplifies round-off step after step there (2.5e-6 after 5 steps); a

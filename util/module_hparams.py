@@ -8,8 +8,8 @@ from typing import ClassVar
 
 from torch import nn
 
-from util.architectures import ModuleLayout, get_module, num_layers
-from util.discovery import layout_of, post_mlp_norm_of, refuse_mixture_of_experts
+from util.architectures import get_module, num_layers
+from util.discovery import layout_of, refuse_mixture_of_experts
 from util.hparams import HyperParams, HyperParamsError
 from util.rewrite_weights import weight_d_by_f
 
@@ -36,8 +36,6 @@ class ModuleHyperParams(HyperParams):
 
     # The module keys this method reads; the others are accepted (the original files carry them).
     USED_MODULE_KEYS: ClassVar[tuple[str, ...]] = ("rewrite_module_tmp",)
-    # Where a method that optimises values adds them (util.values.SITES); None: it optimises none.
-    VALUE_SITE: ClassVar[str | None] = None
 
     def __post_init__(self) -> None:
         if not self.layers or any(not isinstance(l, int) or isinstance(l, bool) or l < 0 for l in self.layers):
@@ -53,24 +51,7 @@ class ModuleHyperParams(HyperParams):
         filled = {k: _current_path(model, getattr(self, k)) or getattr(layout, k) for k in MODULE_KEYS}
         resolved = dataclasses.replace(self, **filled)
         resolved.check_against(model)
-        resolved.refuse_post_mlp_norm(model, layout)
         return resolved
-
-    def refuse_post_mlp_norm(self, model: nn.Module, layout: ModuleLayout | None) -> None:
-        """Values cannot yet be mapped through a norm on the MLP output (issue 27 item 2): the one
-        place that refuses such models, for the methods that optimise values. FT trains W_out's
-        weights by gradient through the model's own forward, norm included, and is not refused."""
-        if self.VALUE_SITE not in POST_NORM_REFUSALS:
-            return
-        norm = layout.post_mlp_norm_tmp if layout else post_mlp_norm_of(model, self.layer_module_tmp,
-                                                                          self.rewrite_module_tmp)
-        if norm is not None:
-            method = type(self).__name__.removesuffix("HyperParams")
-            raise HyperParamsError(
-                f"{method} cannot edit this {model.config.model_type} model yet: its blocks pass the MLP output "
-                f"through {norm!r} before it joins the residual stream, and {POST_NORM_REFUSALS[self.VALUE_SITE]}. "
-                "Mapping values through that norm is not implemented yet (issue 27 item 2); FT can edit this model"
-            )
 
     def check_against(self, model: nn.Module) -> None:
         n = num_layers(model)
@@ -103,14 +84,6 @@ class ModuleHyperParams(HyperParams):
     def layer_module(self, layer: int) -> str:
         return self.layer_module_tmp.format(layer)
 
-
-# Why a method that optimises values at each site (util.values.SITES) is refused on a post-norm block.
-POST_NORM_REFUSALS = {
-    "block_output": "this method solves for W_out's update so that the residual stream takes the target values, "
-                    "which holds only where W_out's output is added to it unchanged",
-    "mlp_output": "ROME's value, optimised at the MLP output, would be added past that norm by the suffix-only "
-                  "value path (util/prefix_cache.py), which assumes the MLP output joins the residual unchanged",
-}
 
 
 def _current_path(model: nn.Module, path: str | None) -> str | None:

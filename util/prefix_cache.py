@@ -64,6 +64,16 @@ def unsupported_reason(model: nn.Module, layers_path: str, seq_len: int) -> str 
     return None
 
 
+def _rotary_of(model: nn.Module, layers_path: str) -> tuple[nn.Module | None, list[str] | None]:
+    """The model's rotary embedding, computed once per call for all layers (Llama-style), and, where
+    it takes a layer type (Gemma 3: local and global rotary bases), each layer's type."""
+    parent = get_module(model, layers_path.rpartition(".")[0]) if "." in layers_path else model
+    rotary = getattr(parent, "rotary_emb", None) or getattr(model.base_model, "rotary_emb", None)
+    if rotary is None or "layer_type" not in inspect.signature(rotary.forward).parameters:
+        return rotary, None
+    return rotary, list(model.config.get_text_config().layer_types)
+
+
 def _cache_argument(layer: nn.Module) -> str | None:
     """The name under which a decoder layer takes its cache (GPT-J and GPT-NeoX: ``layer_past``)."""
     params = inspect.signature(layer.forward).parameters
@@ -244,7 +254,7 @@ class SuffixForward:
         self.layers = get_module(model, layers_path)
         self.first, self.last, self.start, self.end = first, last, start, end
         self.cache_argument = _cache_argument(self.layers[0])
-        self.rotary = getattr(model.base_model, "rotary_emb", None)  # Llama-style: computed once per model
+        self.rotary, self.layer_types = _rotary_of(model, layers_path)
         # Per layer above ``first``: (R, H, max(start), D), each row's keys/values before its start.
         self.keys: dict[int, torch.Tensor] = {}
         self.values: dict[int, torch.Tensor] = {}
@@ -377,6 +387,14 @@ class SuffixForward:
         """Positions each call runs through each layer (padding slots included)."""
         return self.plan.positions.numel()
 
+    def _position_embeddings(self, hidden: torch.Tensor, positions: torch.Tensor):
+        """The rotary embedding of these positions: one for every layer, or (Gemma 3) one per layer type."""
+        if self.rotary is None:
+            return None
+        if self.layer_types is None:
+            return self.rotary(hidden, position_ids=positions)
+        return {t: self.rotary(hidden, positions, t) for t in set(self.layer_types)}
+
     def __call__(self, offset: torch.Tensor, read: tuple[int, ...]) -> dict[int, torch.Tensor]:
         """Outputs (A, S, d) of the layers in ``read`` for the planned rows, with ``offset`` (A, d)
         added to layer ``first``'s output at each row's start; suffix slot ``j`` is position ``start + j``."""
@@ -391,11 +409,12 @@ class SuffixForward:
              read: tuple[int, ...] = ()) -> dict[int, torch.Tensor]:
         """The planned slots through ``layers``: the outputs of those in ``read``."""
         kwargs = {"attention_mask": plan.mask, "position_ids": plan.positions, self.cache_argument: cache}
-        if self.rotary is not None:
-            kwargs["position_embeddings"] = self.rotary(hidden, position_ids=plan.positions)
+        embeddings = self._position_embeddings(hidden, plan.positions)
         out = {}
         with _grouped_heads_in_sdpa(hidden.device):
             for i in layers:
+                if embeddings is not None:
+                    kwargs["position_embeddings"] = embeddings[self.layer_types[i]] if self.layer_types else embeddings
                 hidden = first_tensor(self.layers[i](hidden, **kwargs))
                 if i in read:
                     out[i] = hidden

@@ -7,6 +7,7 @@ from typing import ClassVar
 from torch import nn
 
 from util.architectures import num_layers
+from util.discovery import post_mlp_norm_of
 from util.hparams import HyperParamsError
 from util.module_hparams import ModuleHyperParams
 from util.tokens import FACT_TOKEN_STRATEGIES
@@ -77,4 +78,5 @@ class ValueHyperParams(ModuleHyperParams):
             ln_f=self.ln_f_module, lm_head=self.lm_head_module, fact_token=self.fact_token,
             num_steps=self.v_num_grad_steps, lr=self.v_lr, weight_decay=self.v_weight_decay,
             clamp_norm_factor=self.clamp_norm_factor, kl_factor=self.kl_factor, prompt_build=self.value_prompts,
+            post_mlp_norm=post_mlp_norm_of(model, self.layer_module_tmp, self.rewrite_module_tmp) is not None,
         )

@@ -91,6 +91,9 @@ class ValueSpec:
     suffix_only: bool = True
     stop: StopRule = DEFAULT_STOP
     prompt_build: str = "ids"  # see PROMPT_BUILDS
+    # The block passes the MLP output through a norm before the residual stream (Gemma 2/3, OLMo 2):
+    # an offset at an MLP output is then not one at the layer output, so such a site runs the whole model.
+    post_mlp_norm: bool = False
 
 
 @dataclass
@@ -304,6 +307,8 @@ def _suffix_only_unsupported(model: nn.Module, spec: ValueSpec, b: _Batch) -> st
         return f"site {spec.site!r} is not in or below the loss layer of {final[0]}"
     if bool((b.tgt_pos < b.fact_pos[b.tgt_row]).any()):
         return "a target is scored before its fact token"
+    if spec.site != f"{final[0]}.{first}" and spec.post_mlp_norm:  # the suffix path adds delta at the layer output
+        return f"the output of {spec.site!r} passes through a norm before the residual stream"
     return unsupported_reason(model, final[0], b.ids.shape[1])
 
 
@@ -315,6 +320,8 @@ class _Objective:
                  forward: _FullForward | _SuffixOnlyForward) -> None:
         self.spec, self.b, self.forward = spec, b, forward
         self.ln_f, self.lm_head = get_module(model, spec.ln_f), get_module(model, spec.lm_head)
+        # Gemma 2 caps its logits (cap * tanh(logits / cap)) after the head: the model's own logits.
+        self.softcap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
         self.kl_init: torch.Tensor | None = None
         n, t = len(b.plain_rows), len(b.tgt_req)
         zeros = lambda k, dtype=torch.float32: torch.zeros(k, dtype=dtype, device=b.tgt_req.device)  # noqa: E731
@@ -327,6 +334,8 @@ class _Objective:
     def log_probs(self, hidden: torch.Tensor) -> torch.Tensor:  # (N, d) -> (N, vocab)
         # The head's weight, not the module: GPT-2 files name the tied embedding transformer.wte.
         logits = F.linear(self.ln_f(hidden), self.lm_head.weight, getattr(self.lm_head, "bias", None))
+        if self.softcap:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
         return torch.log_softmax(logits.float(), dim=-1)
 
     def __call__(self, delta: torch.Tensor, active: torch.Tensor) -> tuple[torch.Tensor, StepState]:
