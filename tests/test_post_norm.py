@@ -53,21 +53,47 @@ def test_a_reachable_residual_target_is_reached_exactly_and_the_identity_mapping
     assert (wrong - residual).abs().max() > 0.1
 
 
-def test_the_new_value_keeps_the_old_scale_and_an_unreachable_target_goes_to_the_nearest_output_on_its_ray():
+def _distance(norm: nn.Module, v: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return (_apply(norm, v) - target).norm(dim=0)
+
+
+@pytest.mark.parametrize("zero_gains", [False, True])
+def test_an_unreachable_target_goes_to_the_nearest_output_the_norm_can_give(zero_gains):
+    """Nearer than the old output, than the target's own direction rescaled, and than any of 4000
+    random outputs; the new value keeps the old one's scale. Real gains reach 0 (Gemma 3 270M)."""
     norm = _norms()["gemma3"]
+    if zero_gains:
+        with torch.no_grad():
+            norm.weight[:3] = -1.0  # gain 1 + w = 0 on three channels
+            norm.weight[3] = 30.0
     gain = rms_gain(norm, D, torch.device("cpu"))
     v = torch.randn(D, N, dtype=torch.float64) * 3
     residual = 5.0 * torch.randn(D, N, dtype=torch.float64)  # almost surely off the norm's image
-    change = through_post_norm(v, residual, gain)
-    new = v + change
+    new = v + through_post_norm(v, residual, gain)
+    assert torch.isfinite(new).all()
     assert torch.allclose(new.pow(2).mean(0), v.pow(2).mean(0), rtol=1e-10)
-    reached = _apply(norm, new) - _apply(norm, v)
-    assert torch.allclose(reached, reachable_change(v, residual, gain), atol=1e-5)
-    target_direction = (_apply(norm, v) + residual) / gain[:, None]
-    got_direction = (_apply(norm, new)) / gain[:, None]
-    cosine = torch.nn.functional.cosine_similarity(target_direction, got_direction, dim=0)
-    assert torch.allclose(cosine, torch.ones(N, dtype=torch.float64), atol=1e-6)
-    assert (reached - residual).abs().max() > 0.1  # and it is not the asked change
+    target = _apply(norm, v) + residual
+    got = _distance(norm, new, target)
+    assert (got <= _distance(norm, v, target) + 1e-6).all()  # never farther than leaving it
+    g = gain[:, None]
+    ray = target / g.where(g.abs() > 1e-3, torch.full_like(g, 1e-3))  # the old rule: divide by g, rescale
+    assert (got <= _distance(norm, ray, target) + 1e-6).all()
+    samples = torch.randn(D, 4000, dtype=torch.float64)
+    for column in range(N):
+        others = (_apply(norm, samples) - target[:, column:column + 1]).norm(dim=0)
+        assert got[column] <= others.min() + 1e-6
+    assert (got > 0.1).all()  # and it is not the asked change
+
+
+def test_a_reachable_target_is_exact_with_zero_gains_too():
+    norm = _norms()["gemma3"]
+    with torch.no_grad():
+        norm.weight[:3] = -1.0
+    gain = rms_gain(norm, D, torch.device("cpu"))
+    v, other = torch.randn(D, N, dtype=torch.float64) * 3, torch.randn(D, N, dtype=torch.float64)
+    residual = _apply(norm, other) - _apply(norm, v)
+    reached = _apply(norm, v + through_post_norm(v, residual, gain)) - _apply(norm, v)
+    assert torch.allclose(reached, residual, atol=1e-5)
 
 
 # -- the MEMIT family's update on post-norm blocks --------------------------------------------------
