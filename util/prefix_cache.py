@@ -335,7 +335,8 @@ class SuffixForward:
         for i in range(self.first + 1, self.last + 1):
             for kept, cached in ((self.keys, prefixes.layers[i].keys), (self.values, prefixes.layers[i].values)):
                 kept[i] = self._allocate(cached)
-                kept[i][r, :, j] = cached[prefix_of[r].to(cached.device), :, j.to(cached.device)]
+                on = cached.device  # the layer's (a model split over devices keeps each layer's own)
+                kept[i][r.to(on), :, j.to(on)] = cached[prefix_of[r].to(on), :, j.to(on)]
 
     def _allocate(self, like: torch.Tensor) -> torch.Tensor:
         """(R, H, max(start), D) zeros (masked, and finite: a masked score still meets its value)."""
@@ -359,8 +360,9 @@ class SuffixForward:
             for kept, new in ((self.keys, cache.new_keys[i]), (self.values, cache.new_values[i])):
                 if i not in kept:
                     kept[i] = self._allocate(new)
-                per_row = new[plan.where[..., 0], :, plan.where[..., 1]]  # (A, S, H, D)
-                kept[i][r, :, p] = per_row[a, j]
+                on = new.device
+                per_row = new[plan.where[..., 0].to(on), :, plan.where[..., 1].to(on)]  # (A, S, H, D)
+                kept[i][r.to(on), :, p.to(on)] = per_row[a.to(on), j.to(on)]
 
     @property
     def _width(self) -> int:
