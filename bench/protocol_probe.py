@@ -19,22 +19,12 @@ import argparse
 import json
 import platform
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parents[1]
 DATA = HERE / "assets" / "counterfact_test2191_first2000.json"
-
-
-def tree_commit(root: Path) -> str | None:
-    """The commit of the measured checkout (the stamp's commit is this script's checkout)."""
-    try:
-        return subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              timeout=10, check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def _clock(fn):
@@ -57,7 +47,7 @@ def main() -> None:
     root = Path(args.tree).resolve()
     sys.path[:0] = [str(root), str(HERE / "bench")]
     import torch
-    from provenance import Provenance
+    from provenance import Provenance, commit
     from smollm2 import load_smollm2
 
     from experiments.algorithms import get_algorithm
@@ -76,7 +66,7 @@ def main() -> None:
     editor = alg.make_editor(model, tok, alg.hparams_class.from_dict(data, source="protocol_probe"),
                              stats_dir=args.stats_dir, progress=False)
     editor.prepare()
-    out: dict = {"tree": str(root), "tree_commit": tree_commit(root), "alg": args.alg, "dtype": args.dtype, "machine": platform.processor() or platform.machine(),
+    out: dict = {"tree": str(root), "tree_commit": commit(root)["commit"], "alg": args.alg, "dtype": args.dtype, "machine": platform.processor() or platform.machine(),
                  "threads": torch.get_num_threads()}
     requests = [normalize_request({"case_id": r["case_id"], **r["requested_rewrite"]}) for r in records[: args.edits]]
     out["edit_batch_s"], report = _clock(lambda: editor.edit(requests))

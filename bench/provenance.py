@@ -23,18 +23,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _git(*args: str) -> str | None:
+def _git(*args: str, root: Path = ROOT) -> str | None:
     try:
-        return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True,
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
                               timeout=10, check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
 
 
-def commit() -> dict:
-    """The checkout's commit and whether tracked files differed from it."""
-    status = _git("status", "--porcelain", "--untracked-files=no")
-    return {"commit": _git("rev-parse", "HEAD"), "uncommitted_changes": bool(status) if status is not None else None}
+def commit(root: Path = ROOT) -> dict:
+    """A checkout's commit (this one's by default) and whether tracked files differed from it."""
+    status = _git("status", "--porcelain", "--untracked-files=no", root=root)
+    return {"commit": _git("rev-parse", "HEAD", root=root),
+            "uncommitted_changes": bool(status) if status is not None else None}
 
 
 def _cpu_model() -> str:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,16 +26,7 @@ def _provenance():
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up
     spec.loader.exec_module(module)
-    return module.Provenance
-
-
-def tree_commit(root: Path) -> str | None:
-    """The commit of the measured checkout (the stamp's commit is this script's checkout)."""
-    try:
-        return subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              timeout=10, check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
+    return module
 
 
 def main() -> None:
@@ -44,7 +34,8 @@ def main() -> None:
     ap.add_argument("tree", nargs="?", default=str(HERE))
     ap.add_argument("--stats_dir", default=None, help="statistics cache (default: <tree>/data/stats)")
     args = ap.parse_args()
-    stamp = _provenance().start(__file__)
+    provenance = _provenance()
+    stamp = provenance.Provenance.start(__file__)
     root = Path(args.tree).resolve()
     sys.path[:0] = [str(root), str(root / "bench")]
     import torch
@@ -78,7 +69,7 @@ def main() -> None:
     start = time.perf_counter()
     report = editor.edit(requests)
     total = time.perf_counter() - start
-    print(json.dumps({"tree": str(root), "tree_commit": tree_commit(root), "batch_s": round(total, 2),
+    print(json.dumps({"tree": str(root), "tree_commit": provenance.commit(root)["commit"], "batch_s": round(total, 2),
                       "values_s": round(values["seconds"], 2), "rest_s": round(total - values["seconds"], 2),
                       "log": report.log_line(), "provenance": stamp.finish()}))
 

@@ -30,7 +30,6 @@ import collections
 import contextlib
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -144,13 +143,6 @@ def _tree_modules(root: Path):
     return values, get_algorithm, normalize_request
 
 
-def _tree_commit(root: Path) -> dict:
-    def git(*args):
-        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True).stdout.strip()
-    return {"commit": git("rev-parse", "HEAD"), "uncommitted_changes": bool(git("status", "--porcelain",
-                                                                                   "--untracked-files=no"))}
-
-
 def _z_difference(z, updates: list[int], other_file: Path) -> dict:
     import torch
 
@@ -175,7 +167,7 @@ def main() -> None:
     root = Path(args.tree).resolve()
     sys.path.insert(0, str(HERE / "bench"))
     import torch
-    from provenance import Provenance
+    from provenance import Provenance, commit
     from smollm2 import load_smollm2
 
     stamp = Provenance.start(__file__)
@@ -198,7 +190,7 @@ def main() -> None:
     seconds = {p: round(counter.seconds[p], 2) for p in PARTS[:3]}
     seconds.update(rest=round(total - sum(counter.seconds[p] for p in PARTS[:3]), 2), total=round(total, 2))
     gflop = {f"{part}/{kind}": round(v / 1e9, 2) for (part, kind), v in sorted(counter.flops.items())}
-    tree = _tree_commit(root)
+    tree = commit(root)
     out = {"tree": str(root), "tree_commit": tree, "values_module": values.__file__, "batch": args.batch,
            "alg": args.alg, "requests": len(requests),
            "value_settings": {"num_steps": spec.num_steps, "lr": spec.lr, "stop": repr(spec.stop),
