@@ -2,11 +2,12 @@
 
     python bench/value_phase.py [TREE] [--batch protocol|time_batch] [--alg NSE|ENCORE]
                                 [--z_out FILE.pt] [--compare_z FILE.pt] [--out FILE.json] [--no_flops]
+                                [--dtype float32|bfloat16]
 
 TREE (default: this checkout) is the root of a checkout whose value code (``util/values.py``,
 ``util/prefix_cache.py``) is measured, e.g. an older commit extracted with ``git worktree add
 /tmp/values_before <commit>``; the model, the data and this script come from this checkout, so both
-trees see identical inputs. SmolLM2-135M-Instruct in float32, the method's hyperparameter file
+trees see identical inputs. SmolLM2-135M-Instruct in float32 (``--dtype``), the method's hyperparameter file
 (``hparams/<alg>/SmolLM2-135M.json``) and the editor's own context templates (seed 0), no statistics.
 Batches: ``protocol``, the protocol's first batch (the first 100 records of
 ``assets/counterfact_test2191_first2000.json``, the file's value settings); ``time_batch``,
@@ -163,6 +164,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None,
                     help="JSON (default: bench/results/value_phase/<alg>_<batch>_<tree commit>.json)")
     ap.add_argument("--no_flops", action="store_true", help="time only (no counting overhead)")
+    ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                    help="the model's dtype (the context templates are that model's own)")
     args = ap.parse_args()
     root = Path(args.tree).resolve()
     sys.path.insert(0, str(HERE / "bench"))
@@ -171,7 +174,7 @@ def main() -> None:
     from smollm2 import load_smollm2
 
     stamp = Provenance.start(__file__)
-    model, tok = load_smollm2(torch.float32)
+    model, tok = load_smollm2(getattr(torch, args.dtype))
     values, get_algorithm, normalize_request = _tree_modules(root)
     tok.pad_token = tok.pad_token or tok.eos_token
     alg = get_algorithm(args.alg)
@@ -192,6 +195,7 @@ def main() -> None:
     gflop = {f"{part}/{kind}": round(v / 1e9, 2) for (part, kind), v in sorted(counter.flops.items())}
     tree = commit(root)
     out = {"tree": str(root), "tree_commit": tree, "values_module": values.__file__, "batch": args.batch,
+           "dtype": args.dtype,
            "alg": args.alg, "requests": len(requests),
            "value_settings": {"num_steps": spec.num_steps, "lr": spec.lr, "stop": repr(spec.stop),
                               "site": spec.site, "loss_layer": spec.loss_layer},
@@ -211,7 +215,8 @@ def main() -> None:
     out["provenance"] = stamp.finish()
     text = json.dumps(out, indent=1)
     print(text)
-    path = args.out or HERE / "bench/results/value_phase" / f"{args.alg}_{args.batch}_{tree['commit'][:7]}.json"
+    suffix = "" if args.dtype == "float32" else f"_{args.dtype}"
+    path = args.out or HERE / "bench/results/value_phase" / f"{args.alg}_{args.batch}_{tree['commit'][:7]}{suffix}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text + "\n")
 
