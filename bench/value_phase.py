@@ -2,13 +2,13 @@
 
     python bench/value_phase.py [TREE] [--batch protocol|time_batch] [--alg NSE|ENCORE]
                                 [--z_out FILE.pt] [--compare_z FILE.pt] [--out FILE.json] [--no_flops]
-                                [--dtype float32|bfloat16]
+                                [--dtype float32|bfloat16] [--model_name MODEL --hparams FILE.json]
 
 TREE (default: this checkout) is the root of a checkout whose value code (``util/values.py``,
 ``util/prefix_cache.py``) is measured, e.g. an older commit extracted with ``git worktree add
 /tmp/values_before <commit>``; the model, the data and this script come from this checkout, so both
-trees see identical inputs. SmolLM2-135M-Instruct in float32 (``--dtype``), the method's hyperparameter file
-(``hparams/<alg>/SmolLM2-135M.json``) and the editor's own context templates (seed 0), no statistics.
+trees see identical inputs. SmolLM2-135M-Instruct (or ``--model_name``) in float32 (``--dtype``), the method's
+hyperparameter file (``hparams/<alg>/SmolLM2-135M.json``, or ``--hparams``) and the editor's own context templates (seed 0), no statistics.
 Batches: ``protocol``, the protocol's first batch (the first 100 records of
 ``assets/counterfact_test2191_first2000.json``, the file's value settings); ``time_batch``,
 ``bench/time_batch.py``'s (the first 4 records of ``assets/counterfact_test2191_first200.json``,
@@ -30,6 +30,7 @@ import argparse
 import collections
 import contextlib
 import json
+import resource
 import statistics
 import sys
 import time
@@ -164,6 +165,10 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None,
                     help="JSON (default: bench/results/value_phase/<alg>_<batch>_<tree commit>.json)")
     ap.add_argument("--no_flops", action="store_true", help="time only (no counting overhead)")
+    ap.add_argument("--model_name", default=None,
+                    help="hub id, folder or .gguf, loaded as experiments.evaluate does (default: SmolLM2-135M's wheel)")
+    ap.add_argument("--hparams", type=Path, default=None,
+                    help="hyperparameter file (default: hparams/<alg>/SmolLM2-135M.json)")
     ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                     help="the model's dtype (the context templates are that model's own)")
     args = ap.parse_args()
@@ -174,12 +179,17 @@ def main() -> None:
     from smollm2 import load_smollm2
 
     stamp = Provenance.start(__file__)
-    model, tok = load_smollm2(getattr(torch, args.dtype))
+    if args.model_name:
+        from util.model_loading import load_model_and_tokenizer
+        model, tok = load_model_and_tokenizer(args.model_name, dtype=args.dtype)
+    else:
+        model, tok = load_smollm2(getattr(torch, args.dtype))
     values, get_algorithm, normalize_request = _tree_modules(root)
     tok.pad_token = tok.pad_token or tok.eos_token
     alg = get_algorithm(args.alg)
     data_file, n, overrides = BATCHES[args.batch]
-    data = {**json.loads((HERE / f"hparams/{args.alg}/SmolLM2-135M.json").read_text()), **overrides}
+    hparams_file = args.hparams or HERE / f"hparams/{args.alg}/SmolLM2-135M.json"
+    data = {**json.loads(hparams_file.read_text()), **overrides}
     editor = alg.make_editor(model, tok, alg.hparams_class.from_dict(data, source="value_phase"), progress=False)
     templates = editor.make_context_templates(model, tok, editor.hparams, 0)
     records = json.loads((HERE / data_file).read_text())[:n]
@@ -195,7 +205,8 @@ def main() -> None:
     gflop = {f"{part}/{kind}": round(v / 1e9, 2) for (part, kind), v in sorted(counter.flops.items())}
     tree = commit(root)
     out = {"tree": str(root), "tree_commit": tree, "values_module": values.__file__, "batch": args.batch,
-           "dtype": args.dtype,
+           "dtype": args.dtype, "model": args.model_name or "SmolLM2-135M (wheel)", "hparams": str(hparams_file),
+           "vocab_size": model.config.vocab_size,
            "alg": args.alg, "requests": len(requests),
            "value_settings": {"num_steps": spec.num_steps, "lr": spec.lr, "stop": repr(spec.stop),
                               "site": spec.site, "loss_layer": spec.loss_layer},
@@ -212,6 +223,7 @@ def main() -> None:
         out["z_difference"] = _z_difference(result.z, result.updates, args.compare_z)
     if args.z_out:
         torch.save({"z": result.z, "updates": result.updates, "tree": tree}, args.z_out)
+    out["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     out["provenance"] = stamp.finish()
     text = json.dumps(out, indent=1)
     print(text)
