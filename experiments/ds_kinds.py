@@ -4,7 +4,9 @@ A kind says how its records load (per ``--ds_name``), how a case is scored teach
 it has generation tests, how a case's scores reduce to per-case numbers, which of those form the
 paper's table and the curve panels, and how the table reads. Nothing else branches on dataset
 names: a new kind (multi-hop, long-form...) is a loader in ``dsets/``, its metrics in
-``experiments/metrics/`` and one :class:`DsKind` in :data:`KINDS`.
+``experiments/metrics/`` (with its :class:`~experiments.metrics.case_kinds.CaseKind` in that
+package's ``CASE_KINDS``, so summaries find it by name below this module) and one :class:`DsKind`
+in :data:`KINDS`.
 """
 from __future__ import annotations
 
@@ -17,8 +19,9 @@ from typing import Any
 from dsets.counterfact import CounterFactDataset
 from dsets.records import RecordList
 from dsets.zsre import ZsreDataset
+from experiments.metrics.case_kinds import COUNTERFACT_CASES, ZSRE_CASES, CaseKind
 from experiments.metrics.counterfact import probability_metrics_many
-from experiments.metrics.per_case import CORRECT, NLL_PAIRS, PostList, Row, counterfact_row, zsre_row
+from experiments.metrics.per_case import PostList, Row
 from experiments.metrics.zsre import compute_rewrite_quality_zsre_many
 from util.requests import fill_prompt
 
@@ -31,21 +34,35 @@ Scorer = Callable[[Any, Any, Sequence[dict]], list[dict[str, Any]]]  # (model, t
 
 @dataclass(frozen=True)
 class DsKind:
-    name: str                              # written in curve files and summaries
+    cases: CaseKind                        # its name, post lists, per-case rows and Score (the metrics' part)
     title: str                             # tables and figures
     loaders: Mapping[str, Loader]          # --ds_name -> its records
     teacher_forced: Scorer                 # a case's metrics on the model as it is
-    per_case: Callable[[dict[str, Any]], Row]  # a case's post -> one number per metric
-    post_lists: tuple[PostList, ...]       # the lists a post holds per group; the first is required
     columns: Mapping[str, str]             # the paper's table: per-case metric key -> column name
     curve_metrics: tuple[tuple[str, str], ...]  # curve panels (teacher-forced metrics only)
     scale: str                             # how the table's numbers read
     generation: bool = False               # generation tests (Fluency, Consistency) on some cases
-    score_of: tuple[str, ...] = ()         # rates whose harmonic mean is "score" (none: no Score)
     one_edit_per_batch: Mapping[str, str] | None = None  # --ds_name -> why batches are refused
     # --generation_eval: a record's (prompt, expected answer) pairs per group, and their table columns
     generation_eval_items: Callable[[dict[str, Any]], dict[str, list[tuple[str, str]]]] | None = None
     generation_eval_columns: Mapping[str, str] = dataclasses.field(default_factory=lambda: GENERATION_EVAL_COLUMNS)
+
+    # The metrics' part read as the kind's own (a DsKind serves wherever a CaseKind is asked for).
+    @property
+    def name(self) -> str:  # written in curve files and summaries
+        return self.cases.name
+
+    @property
+    def post_lists(self) -> tuple[PostList, ...]:
+        return self.cases.post_lists
+
+    @property
+    def per_case(self) -> Callable[[dict[str, Any]], Row]:
+        return self.cases.per_case
+
+    @property
+    def score_of(self) -> tuple[str, ...]:
+        return self.cases.score_of
 
     def rule_for_batches(self, ds_name: str, num_edits: int) -> str | None:
         """Why ``num_edits`` edits per batch cannot be read from ``ds_name``; None when they can."""
@@ -89,23 +106,23 @@ def _zsre_answers(record: dict[str, Any]) -> dict[str, list[tuple[str, str]]]:
 
 
 COUNTERFACT = DsKind(
-    name="counterfact", title="CounterFact",
+    cases=COUNTERFACT_CASES, title="CounterFact",
     loaders={"cf": _counterfact, "mcf": _multi_counterfact},
-    teacher_forced=probability_metrics_many, per_case=counterfact_row, post_lists=(NLL_PAIRS, CORRECT),
+    teacher_forced=probability_metrics_many,
     columns={"rewrite_success": "Efficacy", "paraphrase_success": "Generalization",
              "neighborhood_success": "Specificity", "ngram_entropy": "Fluency", "reference_score": "Consistency",
              "score": "Score"},
     curve_metrics=(("rewrite_success", "Efficacy"), ("paraphrase_success", "Generalization"),
                    ("neighborhood_success", "Specificity"), ("score", "Score")),
     scale="×100; Score = harmonic mean of Efficacy, Generalization, Specificity",
-    generation=True, score_of=("rewrite_success", "paraphrase_success", "neighborhood_success"),
+    generation=True,
     one_edit_per_batch={"cf": "CounterFact repeats subjects across records; use --ds_name=mcf "
                               "(MultiCounterFact, no subject twice) for batches of edits"},
     generation_eval_items=_counterfact_answers,
 )
 ZSRE = DsKind(
-    name="zsre", title="zsRE", loaders={"zsre": _zsre},
-    teacher_forced=compute_rewrite_quality_zsre_many, per_case=zsre_row, post_lists=(CORRECT,),
+    cases=ZSRE_CASES, title="zsRE", loaders={"zsre": _zsre},
+    teacher_forced=compute_rewrite_quality_zsre_many,
     columns={"rewrite_acc": "Efficacy", "paraphrase_acc": "Generalization", "neighborhood_acc": "Specificity"},
     curve_metrics=(("rewrite_acc", "Efficacy"), ("paraphrase_acc", "Generalization"),
                    ("neighborhood_acc", "Specificity")),

@@ -13,11 +13,13 @@ from helpers import CORPUS, COUNTERFACT, TINY_LLAMA
 
 import summarize
 from experiments import ds_kinds
+from experiments.metrics import case_kinds
 from experiments.evaluate import main as evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 # Where a kind's own code lives: the registry, and the metric modules its entry points at.
-KIND_MODULES = {"ds_kinds.py", "metrics/counterfact.py", "metrics/zsre.py", "metrics/per_case.py"}
+KIND_MODULES = {"ds_kinds.py", "metrics/counterfact.py", "metrics/zsre.py", "metrics/per_case.py",
+                "metrics/case_kinds.py"}
 NAMES = "|".join(["cf", "mcf", "zsre", "counterfact"])
 BRANCH = re.compile(rf'(==|!=)\s*"({NAMES})"|"({NAMES})"\s*(==|!=)|\bin \(("({NAMES})",?\s*)+\)|"({NAMES})":')
 
@@ -38,15 +40,25 @@ def test_the_branch_pattern_finds_branches():
     assert BRANCH.search('if name in ("cf", "mcf"):') and not BRANCH.search('help="--ds_name=mcf"')
 
 
+LITE_CASES = dataclasses.replace(case_kinds.COUNTERFACT_CASES, name="cf_lite", score_of=())
 LITE = dataclasses.replace(
-    ds_kinds.COUNTERFACT, name="cf_lite", title="CounterFact-lite",
+    ds_kinds.COUNTERFACT, cases=LITE_CASES, title="CounterFact-lite",
     loaders={"cflite": ds_kinds.COUNTERFACT.loaders["mcf"]},
     columns={"rewrite_success": "Efficacy", "neighborhood_success": "Specificity"},
-    curve_metrics=(("rewrite_success", "Efficacy"),), generation=False, score_of=(), one_edit_per_batch=None)
+    curve_metrics=(("rewrite_success", "Efficacy"),), generation=False, one_edit_per_batch=None)
+
+
+def test_every_kind_s_cases_are_found_by_its_name_below_the_kinds():
+    """Summaries by name resolve in the metrics (experiments.metrics.case_kinds), which never import
+    the kinds: each kind's cases must be the entry of its name there."""
+    for kind in ds_kinds.all_kinds():
+        assert case_kinds.case_kind_named(kind.name) is kind.cases
 
 
 def test_a_kind_added_as_one_entry_runs_end_to_end(tmp_path, monkeypatch, capsys):
+    # One DsKind, and its cases beside the metrics (they are CounterFact's under another name here).
     monkeypatch.setattr(ds_kinds, "KINDS", (*ds_kinds.KINDS, LITE))
+    monkeypatch.setattr(case_kinds, "CASE_KINDS", (*case_kinds.CASE_KINDS, LITE_CASES))
     hp = json.loads((ROOT / "hparams/NSE/tinystories-260k.json").read_text())
     (tmp_path / "hp.json").write_text(json.dumps({**hp, "mom2_n_samples": 60, "mom2_max_length": 64}))
     args = {"alg_name": "NSE", "model_name": str(TINY_LLAMA), "hparams_fname": str(tmp_path / "hp.json"),

@@ -1,21 +1,19 @@
 """Turn per-case ``post`` dicts into the paper's table numbers (mean ± std over cases).
 
 Every per-case quantity is first reduced to one number per case by the dataset kind
-(:mod:`experiments.metrics.per_case`, :mod:`experiments.ds_kinds`), then averaged over cases. Rates and
+(:mod:`experiments.metrics.per_case`, :mod:`experiments.metrics.case_kinds`), then averaged over cases. Rates and
 similarities are ×100; ``essence_score`` is a perplexity and is not scaled. ``score`` is the
 harmonic mean of the three averaged rates, so it has no per-case spread (its std is NaN).
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from experiments.metrics.case_kinds import CaseKind, case_kind_named
 from experiments.metrics.per_case import Post, Row, json_type, post_problem_of
-
-if TYPE_CHECKING:
-    from experiments.ds_kinds import DsKind
 
 __all__ = ["METRIC_DESCRIPTIONS", "UNSCALED", "harmonic_mean", "json_type", "post_problem", "summarize_cases"]
 
@@ -50,14 +48,12 @@ METRIC_DESCRIPTIONS: dict[str, str] = {
 UNSCALED = frozenset({"essence_score"})
 
 
-def _kind(ds_kind: str | DsKind) -> DsKind:
-    # Imported here, not at the top: experiments.ds_kinds imports this package's metric modules.
-    from experiments.ds_kinds import kind_named
-
-    return kind_named(ds_kind) if isinstance(ds_kind, str) else ds_kind
+def _kind(ds_kind: str | CaseKind) -> CaseKind:
+    """A kind given by name, or the kind itself (a DsKind reads as its CaseKind: same fields)."""
+    return case_kind_named(ds_kind) if isinstance(ds_kind, str) else ds_kind
 
 
-def post_problem(post: Any, ds_kind: str | DsKind) -> str | None:
+def post_problem(post: Any, ds_kind: str | CaseKind) -> str | None:
     """What keeps ``post`` (one case's metrics) from :func:`summarize_cases` as a ``ds_kind`` case,
     in words ("it lacks ...", "its 'x' is ..."); None when nothing does. Checked per case, so one
     damaged case file can be left out instead of stopping the summary of all the others."""
@@ -72,7 +68,7 @@ def harmonic_mean(values: Sequence[float]) -> float:
     return len(values) / sum(1.0 / v for v in values)
 
 
-def _per_case_rows(posts: Sequence[Post], kind: DsKind) -> list[Row]:
+def _per_case_rows(posts: Sequence[Post], kind: CaseKind) -> list[Row]:
     if not posts:
         raise ValueError("summarize_cases needs at least one case")
     required = f"rewrite{kind.post_lists[0].suffix}"
@@ -82,7 +78,7 @@ def _per_case_rows(posts: Sequence[Post], kind: DsKind) -> list[Row]:
     return [kind.per_case(post) for post in posts]
 
 
-def summarize_cases(posts: Sequence[Post], ds_kind: str | DsKind) -> dict[str, tuple[float, float]]:
+def summarize_cases(posts: Sequence[Post], ds_kind: str | CaseKind) -> dict[str, tuple[float, float]]:
     """``{metric: (mean, std)}`` over cases, ×100 except ``essence_score``; see METRIC_DESCRIPTIONS.
 
     A metric appears only if at least one case has it (generation metrics run on some cases).
