@@ -138,11 +138,11 @@ def _compare_paths(model, tok, reqs, hp, templates, repeat: int, with_full: bool
 def _step_times(model, tok, reqs, spec, templates, trials: int) -> dict:
     """Seconds of one optimisation step (forward to the losses' hidden states, the LM head, backward)
     per path, the best of ``trials`` alternating tries: a short try often runs while the CPU is free."""
-    from util.values import _build_batch, _Batch, _FullForward, _SuffixOnlyForward, frozen
+    from util.values import build_batch, ValueBatch, _FullForward, _SuffixOnlyForward, frozen
     from util.prefix_cache import split_layer_name
 
-    b = _build_batch(tok, reqs, templates, spec.fact_token)
-    b = _Batch(**{k: v.to(next(model.parameters()).device) for k, v in vars(b).items()})
+    b = build_batch(tok, reqs, templates, spec.fact_token)
+    b = ValueBatch(**{k: v.to(next(model.parameters()).device) for k, v in vars(b).items()})
     head = model.get_output_embeddings().weight
     delta = torch.zeros(len(reqs), model.config.hidden_size, requires_grad=True)
     best = {"full": float("inf"), "suffix_only": float("inf"), "cache_pass": float("inf")}
@@ -167,9 +167,9 @@ def _value_flops(model, tok, reqs, spec, templates, updates: list[int]) -> dict:
     and the LM head on the scored rows. Norms, softmax and elementwise work are left out."""
     from util.architectures import get_module
     from util.prefix_cache import split_layer_name
-    from util.values import _build_batch
+    from util.values import build_batch
 
-    b = _build_batch(tok, reqs, templates, spec.fact_token)
+    b = build_batch(tok, reqs, templates, spec.fact_token)
     layers_path, last = split_layer_name(spec.final_layer)
     site = int(spec.site[len(layers_path) + 1:].split(".")[0])
     layers = get_module(model, layers_path)

@@ -19,7 +19,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from provenance import Provenance  # noqa: E402
 from util.requests import normalize_request  # noqa: E402
-from util.values import _build_batch  # noqa: E402
+from util.values import build_batch  # noqa: E402
 
 TEMPLATES = [["{}"], ["The first thing I noticed was. {}"]]  # a prefix ending like the generated ones
 
@@ -38,8 +38,8 @@ def differing_cases(tok, records: list[dict]) -> list[int]:
     out = []
     for record in records:
         request = normalize_request(record["requested_rewrite"] | {"case_id": record["case_id"]})
-        by_ids = _build_batch(tok, [request], TEMPLATES, "subject_last", "ids")
-        by_text = _build_batch(tok, [request], TEMPLATES, "subject_last", "text")
+        by_ids = build_batch(tok, [request], TEMPLATES, "subject_last", "ids")
+        by_text = build_batch(tok, [request], TEMPLATES, "subject_last", "text")
         same = (by_ids.ids.shape == by_text.ids.shape and bool((by_ids.ids == by_text.ids).all())
                 and bool((by_ids.tgt_pos == by_text.tgt_pos).all()))
         if not same:

@@ -362,12 +362,12 @@ def test_a_router_module_is_enough_to_refuse():
 def test_the_value_objective_reads_gemma2s_capped_logits(tok):
     """Gemma 2 caps its logits after the head (final_logit_softcapping): the value optimisation's
     log-probabilities are the model's own."""
-    from util.values import _build_batch, _FullForward, _Objective
+    from util.values import build_batch, _FullForward, _Objective
 
     model = family_model("gemma2")
     assert model.config.final_logit_softcapping
     spec = tiny_hparams(layers=[1]).resolved_for(model).value_spec(model)
-    b = _build_batch(tok, [normalize_request(VALUE_REQUESTS[0])], [["{}"]], spec.fact_token)
+    b = build_batch(tok, [normalize_request(VALUE_REQUESTS[0])], [["{}"]], spec.fact_token)
     objective = _Objective(model, spec, b, _FullForward(model, spec, b))
     ids = torch.tensor([[5, 17, 42, 9]])
     seen = {}

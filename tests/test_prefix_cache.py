@@ -92,7 +92,7 @@ def test_loss_layer_below_the_last_or_at_the_site(loss_layer, layers, tok):
     minimum, round-off alone, and Adam's first step (lr * sign) turns round-off into z."""
     model = tiny_model("llama")
     spec = _spec(model, "block_output", v_loss_layer=loss_layer, layers=layers)
-    b = values._build_batch(tok, _requests(), TEMPLATES, spec.fact_token)
+    b = values.build_batch(tok, _requests(), TEMPLATES, spec.fact_token)
     delta = torch.randn(len(_requests()), model.config.hidden_size, generator=torch.Generator().manual_seed(0))
     got = []
     for forward in (values._SuffixOnlyForward(model, spec, b, "model.layers"), values._FullForward(model, spec, b)):
@@ -161,7 +161,7 @@ def test_steps_run_no_layer_below_the_site_and_only_the_suffix(tok, monkeypatch)
     # tokens each template's rows share (BOS at least, here), all before the first step.
     per_layer = [sum(1 for layer, _, _ in prefill if layer == i) for i in range(3)]
     assert per_layer[0] == per_layer[1] == len(TEMPLATES[0]) + len(TEMPLATES[1]) + 1 + 1
-    full_length = values._build_batch(tok, _requests(), TEMPLATES, spec.fact_token).ids.shape[1]
+    full_length = values.build_batch(tok, _requests(), TEMPLATES, spec.fact_token).ids.shape[1]
     assert all(n < full_length / 2 for _, n, _ in steps), (steps, full_length)
 
 

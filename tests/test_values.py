@@ -101,12 +101,12 @@ def test_z_raises_probability_of_new_target(tiny_llama):
 def test_rows_are_built_from_token_ids(tiny_llama):
     """The original decoded target ids and re-tokenised the text, which glues words together
     under SentencePiece ("eat" + "apple" -> "eatapple"); we concatenate ids."""
-    from util.values import _build_batch
+    from util.values import build_batch
 
     _, tok = tiny_llama
     r = normalize_request({"case_id": 0, "prompt": "Lily loved to {}", "subject": "eat",
                            "target_new": {"str": "apple pie"}, "target_true": {"str": "cake"}})
-    batch = _build_batch(tok, [r], [["{}"]], "subject_last")
+    batch = build_batch(tok, [r], [["{}"]], "subject_last")
     prompt_ids, target_ids = encode(tok, "Lily loved to eat"), encode_target(tok, " apple pie")
     row = batch.ids[0][batch.mask[0].bool()].tolist()
     assert row == prompt_ids + target_ids[:-1]
@@ -119,13 +119,13 @@ def test_rows_are_built_from_token_ids(tiny_llama):
 def test_value_prompts_text_rebuilds_the_originals_rows(tiny_llama):
     """``value_prompts: "text"``: the original's rows, text with the decoded target appended and tokenized
     whole, the target's ids scored at the row's last positions, whatever the re-tokenisation did."""
-    from util.values import _build_batch
+    from util.values import build_batch
 
     model, tok = tiny_llama
     r = normalize_request({"case_id": 0, "prompt": "Lily loved to {}", "subject": "eat",
                            "target_new": {"str": "apple pie"}, "target_true": {"str": "cake"}})
     target_ids = encode_target(tok, " apple pie")
-    batch = _build_batch(tok, [r], [["{}", "Once. {}"]], "subject_last", prompt_build="text")
+    batch = build_batch(tok, [r], [["{}", "Once. {}"]], "subject_last", prompt_build="text")
     for row_index, text in enumerate(["Lily loved to eat", "Once. Lily loved to eat"]):
         row = batch.ids[row_index][batch.mask[row_index].bool()].tolist()
         original = encode(tok, text + tok.decode(target_ids[:-1]))
@@ -133,7 +133,7 @@ def test_value_prompts_text_rebuilds_the_originals_rows(tiny_llama):
         assert batch.tgt_pos[batch.tgt_row == row_index].tolist() == [len(row) - len(target_ids) + k
                                                                       for k in range(len(target_ids))]
     assert batch.tgt_id.tolist() == target_ids * 2
-    ids_batch = _build_batch(tok, [r], [["{}", "Once. {}"]], "subject_last")
+    ids_batch = build_batch(tok, [r], [["{}", "Once. {}"]], "subject_last")
     assert torch.equal(ids_batch.fact_pos, batch.fact_pos)  # the subject's token is read at the same place
     assert not torch.equal(ids_batch.ids, batch.ids)
 
@@ -249,7 +249,7 @@ def test_a_stopped_requests_rows_leave_the_forward(tiny_llama, monkeypatch):
     or KL rows meets the LM head."""
     import util.prefix_cache as prefix_cache
     from util.architectures import get_module
-    from util.values import _build_batch
+    from util.values import build_batch
 
     model, tok, hp, reqs = _setup(tiny_llama, v_num_grad_steps=8)
     schedule = (1, 3, None, 5)
@@ -268,7 +268,7 @@ def test_a_stopped_requests_rows_leave_the_forward(tiny_llama, monkeypatch):
     finally:
         handle.remove()
     assert out.updates == [1, 3, 7, 5]
-    b = _build_batch(tok, reqs, TEMPLATES, spec.fact_token)
+    b = build_batch(tok, reqs, TEMPLATES, spec.fact_token)
     assert len(rows_run) == 7 and len(head_rows) == 2 * 7  # 8 steps: 7 passes, each followed by a step
     for k, rows in enumerate(rows_run):
         active = [i for i, s in enumerate(schedule) if s is None or k <= s]

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from util.architectures import get_module, model_device
-from util.values import ValueSpec, _build_batch, compute_values
+from util.values import ValueSpec, build_batch, compute_values
 
 SKIP_FACTOR = 2.0      # |v*| above this many anchors: the edit is dropped
 TRIM_TOP = 0.05        # share of the largest sample norms left out of the anchor
@@ -48,7 +48,7 @@ def plain_outputs(model: nn.Module, tok, requests: Sequence[dict], modules: Sequ
                   fact_token: str) -> list[torch.Tensor]:
     """Each module's output (n, d) float32 at the fact token of every request's plain rewriting
     prompt (the prompt and the target but its last token), the row z's ``h0`` is read at."""
-    b = _build_batch(tok, requests, [["{}"]], fact_token)
+    b = build_batch(tok, requests, [["{}"]], fact_token)
     device = model_device(model)
     rows, pos = b.plain_rows, b.fact_pos[b.plain_rows]
     seen: dict[str, torch.Tensor] = {}

@@ -108,7 +108,10 @@ class ValueResult:
 
 
 @dataclass
-class _Batch:
+class ValueBatch:
+    """Every request's rows of one value optimisation (rewriting prompts per template, then its KL
+    prompt), padded on the right, and where each target token is scored."""
+
     ids: torch.Tensor         # (R, T)
     mask: torch.Tensor        # (R, T)
     fact_pos: torch.Tensor    # (R,) fact token of every row
@@ -185,8 +188,10 @@ def _rewriting_row(tok, filled_prompt: str, target: list[int], prompt_build: str
     raise ValueError(f"prompt_build must be one of {PROMPT_BUILDS}, got {prompt_build!r}")
 
 
-def _build_batch(tok, requests: Sequence[dict], templates: list[list[str]], fact_token: str,
-                 prompt_build: str = "ids") -> _Batch:
+def build_batch(tok, requests: Sequence[dict], templates: list[list[str]], fact_token: str,
+                 prompt_build: str = "ids") -> ValueBatch:
+    """The rows of ``requests`` under ``templates`` (``[["{}"]]``: the plain prompts alone, as norm
+    anchoring reads them)."""
     seqs, fact, row_req, plain_rows, kl_rows, row_template = [], [], [], [], [], []
     tgt_row, tgt_pos, tgt_id, tgt_req, tgt_w, tgt_ctx = [], [], [], [], [], []
     contexts = flat_templates(templates)
@@ -216,7 +221,7 @@ def _build_batch(tok, requests: Sequence[dict], templates: list[list[str]], fact
         seqs.append(encode(tok, fill_prompt(kl_prompt, r["subject"])))
     ids, mask = pad(seqs, pad_token_id(tok), side="right")  # right padding keeps fact positions
     t = lambda x: torch.tensor(x, dtype=torch.long)  # noqa: E731
-    return _Batch(ids, mask, t(fact), t(row_req), t(plain_rows), t(kl_rows), t(tgt_row), t(tgt_pos), t(tgt_id),
+    return ValueBatch(ids, mask, t(fact), t(row_req), t(plain_rows), t(kl_rows), t(tgt_row), t(tgt_pos), t(tgt_id),
                   t(tgt_req), torch.tensor(tgt_w, dtype=torch.float32), torch.tensor(tgt_ctx, dtype=torch.bool),
                   t(row_template))
 
@@ -225,7 +230,7 @@ class _FullForward:
     """The whole model on every row and position each step, delta added by a hook (the reference
     path: stopped requests' rows run too, and are not read)."""
 
-    def __init__(self, model: nn.Module, spec: ValueSpec, b: _Batch) -> None:
+    def __init__(self, model: nn.Module, spec: ValueSpec, b: ValueBatch) -> None:
         self.model, self.spec, self.b = model, spec, b
         self.rows = torch.arange(b.ids.shape[0], device=b.ids.device)
         self._h0: list[torch.Tensor] = []
@@ -257,7 +262,7 @@ class _SuffixOnlyForward:
     """Same outputs as :class:`_FullForward`, computing only what delta changes (util.prefix_cache),
     and only for the active requests' rows."""
 
-    def __init__(self, model: nn.Module, spec: ValueSpec, b: _Batch, layers_path: str) -> None:
+    def __init__(self, model: nn.Module, spec: ValueSpec, b: ValueBatch, layers_path: str) -> None:
         self.b = b
         first = layer_of(spec.site, layers_path)
         self.loss_index = split_layer_name(spec.loss_layer)[1]
@@ -285,7 +290,7 @@ class _SuffixOnlyForward:
                 out[self.final_index][slot[kl_rows], 0])
 
 
-def _value_forward(model: nn.Module, spec: ValueSpec, b: _Batch) -> _FullForward | _SuffixOnlyForward:
+def _value_forward(model: nn.Module, spec: ValueSpec, b: ValueBatch) -> _FullForward | _SuffixOnlyForward:
     """The suffix-only forward where it applies (and is asked for), else the full one."""
     reason = _suffix_only_unsupported(model, spec, b)
     if reason is None:
@@ -295,7 +300,7 @@ def _value_forward(model: nn.Module, spec: ValueSpec, b: _Batch) -> _FullForward
     return _FullForward(model, spec, b)
 
 
-def _suffix_only_unsupported(model: nn.Module, spec: ValueSpec, b: _Batch) -> str | None:
+def _suffix_only_unsupported(model: nn.Module, spec: ValueSpec, b: ValueBatch) -> str | None:
     if not spec.suffix_only:
         return "suffix_only=False"
     final = split_layer_name(spec.final_layer)
@@ -316,7 +321,7 @@ class _Objective:
     """The loss of the active requests at delta (NLL of the targets at the loss layer, KL at the
     final layer, weight decay), and the :class:`StepState` a stopping rule reads."""
 
-    def __init__(self, model: nn.Module, spec: ValueSpec, b: _Batch,
+    def __init__(self, model: nn.Module, spec: ValueSpec, b: ValueBatch,
                  forward: _FullForward | _SuffixOnlyForward) -> None:
         self.spec, self.b, self.forward = spec, b, forward
         self.ln_f, self.lm_head = get_module(model, spec.ln_f), get_module(model, spec.lm_head)
@@ -372,8 +377,8 @@ class _Objective:
 def _optimise(model: nn.Module, tok, requests: Sequence[dict], spec: ValueSpec, templates: list[list[str]],
               progress: bool = False) -> ValueResult:
     device = model_device(model)
-    b = _build_batch(tok, requests, templates, spec.fact_token, spec.prompt_build)
-    b = _Batch(**{k: v.to(device) for k, v in vars(b).items()})
+    b = build_batch(tok, requests, templates, spec.fact_token, spec.prompt_build)
+    b = ValueBatch(**{k: v.to(device) for k, v in vars(b).items()})
     n = len(requests)
     d = model.config.get_text_config().hidden_size
     delta = torch.zeros(n, d, dtype=torch.float32, device=device, requires_grad=True)
