@@ -31,8 +31,7 @@ class AlphaEditEditor(MEMITEditor):
         """P from C0 per layer; the regulariser is Cp alone (C0 enters only through P)."""
         hp = self.hparams
         names = [hp.rewrite_module(l) for l in hp.layers]
-        paths = stats_cache_paths(self.model, self.tok, names, hp.mom2_dataset, hp.mom2_n_samples, hp.mom2_max_length,
-                                  getattr(torch, hp.mom2_dtype), self.stats_dir)
+        paths = stats_cache_paths(self.model, self.tok, names, hp.stats_spec(), self.stats_dir)
         self.projectors = {
             l: cached_projector(c0[l], hp.nullspace_threshold, paths[hp.rewrite_module(l)],
                                 hp.projection_dtype).to(self.weights[l].device)

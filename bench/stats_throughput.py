@@ -74,10 +74,14 @@ def time_key(model, tok, names, args) -> float | None:
         from util.stats_cache import FORMAT  # noqa: F401  (absent before content keys)
     except ImportError:
         return None
+    try:
+        from util.stats_spec import StatsSpec
+        settings = (StatsSpec(args.corpus, args.n_texts, args.max_length, args.mom2_dtype),)
+    except ImportError:  # a checkout from before the statistics spec: its eight positional arguments
+        settings = (args.corpus, args.n_texts, args.max_length, getattr(torch, args.mom2_dtype))
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        stats_cache_paths(model, tok, names, args.corpus, args.n_texts, args.max_length,
-                          getattr(torch, args.mom2_dtype), tmp)
+        stats_cache_paths(model, tok, names, *settings, tmp)
     return round(time.perf_counter() - start, 3)
 
 

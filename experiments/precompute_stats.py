@@ -70,12 +70,12 @@ def main(argv: list[str] | None = None) -> dict[str, Path | None]:
         hp = dataclasses.replace(hp, mom2_dataset=args.mom2_dataset)
     names = [hp.rewrite_module(l) for l in hp.layers]
     stats_dir = resolve_global_dir("STATS_DIR", args.stats_dir)
-    settings = (hp.mom2_dataset, hp.mom2_n_samples, hp.mom2_max_length, getattr(torch, hp.mom2_dtype), stats_dir)
+    spec = hp.stats_spec()
     options = {k: v for k, v in (("checkpoint_every", args.checkpoint_every), ("batch_tokens", args.batch_tokens))
                if v is not None}
     try:
-        cached_second_moments(model, tok, names, *settings, progress=rank_and_world()[0] == 0, **options)
-        paths = stats_cache_paths(model, tok, names, *settings)
+        cached_second_moments(model, tok, names, spec, stats_dir, progress=rank_and_world()[0] == 0, **options)
+        paths = stats_cache_paths(model, tok, names, spec, stats_dir)
     finally:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()

@@ -123,10 +123,7 @@ class MEMITEditor(Editor):
         """C0 per edited layer, from the statistics cache (computed on the unedited weights)."""
         hp = self.hparams
         names = [hp.rewrite_module(l) for l in hp.layers]
-        mom2 = cached_second_moments(
-            self.model, self.tok, names, hp.mom2_dataset, hp.mom2_n_samples, hp.mom2_max_length,
-            getattr(torch, hp.mom2_dtype), self.stats_dir, self.progress,
-        )
+        mom2 = cached_second_moments(self.model, self.tok, names, hp.stats_spec(), self.stats_dir, self.progress)
         return {l: mom2[hp.rewrite_module(l)] for l in hp.layers}
 
     def _needs_second_moments(self) -> bool:

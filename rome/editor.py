@@ -60,8 +60,7 @@ class ROMEEditor(Editor):
             self.context_templates = self.make_context_templates(self.model, self.tok, hp, self.seed)
         if self.cov is None and hp.mom2_adjustment:
             name = hp.rewrite_module(self.layer)
-            self.cov = cached_second_moments(self.model, self.tok, [name], hp.mom2_dataset, hp.mom2_n_samples,
-                                             hp.mom2_max_length, getattr(torch, hp.mom2_dtype), self.stats_dir,
+            self.cov = cached_second_moments(self.model, self.tok, [name], hp.stats_spec(), self.stats_dir,
                                              self.progress)[name]
 
     def _is_prepared(self) -> bool:

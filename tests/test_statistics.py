@@ -4,6 +4,7 @@ import torch
 from helpers import CORPUS
 
 from util.corpus import CorpusUnavailable, load_corpus_texts
+from util.stats_spec import StatsSpec
 from util.second_moment import (
     SecondMomentStats,
     cached_second_moments,
@@ -52,7 +53,7 @@ def test_shards_add_up(tiny_llama):
 
 def test_cache_is_written_then_reused(tiny_llama, tmp_path, monkeypatch):
     model, tok = tiny_llama
-    args = (model, tok, LAYERS, CORPUS, 10, 32, torch.float32, tmp_path)
+    args = (model, tok, LAYERS, StatsSpec(CORPUS, 10, 32, "float32"), tmp_path)
     first = cached_second_moments(*args, progress=False)
     assert len(list(tmp_path.rglob("*.pt"))) == 2
     import util.second_moment
@@ -118,8 +119,8 @@ def test_cache_file_of_a_module_does_not_depend_on_the_other_layers(tmp_path):
     tok = AutoTokenizer.from_pretrained(ROOT / "assets" / "tinystories-260k-llama")
     model = tiny_model("llama")
     names = [f"model.layers.{l}.mlp.down_proj" for l in range(3)]
-    together = stats_cache_paths(model, tok, names, "wikitext", 10, 32, torch.float32, tmp_path)
-    alone = stats_cache_paths(model, tok, names[1:2], "wikitext", 10, 32, torch.float32, tmp_path)
+    together = stats_cache_paths(model, tok, names, StatsSpec("wikitext", 10, 32, "float32"), tmp_path)
+    alone = stats_cache_paths(model, tok, names[1:2], StatsSpec("wikitext", 10, 32, "float32"), tmp_path)
     assert alone[names[1]] == together[names[1]] and len(set(together.values())) == 3
     other = tiny_model("llama", seed=1)  # other weights: another file
-    assert stats_cache_paths(other, tok, names[1:2], "wikitext", 10, 32, torch.float32, tmp_path)[names[1]] != alone[names[1]]
+    assert stats_cache_paths(other, tok, names[1:2], StatsSpec("wikitext", 10, 32, "float32"), tmp_path)[names[1]] != alone[names[1]]

@@ -2,6 +2,7 @@
 checkpoint/resume, and 2 gloo processes giving the 1-process C0."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -12,6 +13,7 @@ import torch
 from helpers import ROOT, tiny_model
 
 from util.corpus import CorpusFormatError, load_corpus_texts
+from util.stats_spec import StatsSpec
 from util.second_moment import cached_second_moments, collect_second_moments, stats_cache_paths
 
 STORIES = ROOT / "assets" / "tinystories-260k-llama"
@@ -40,7 +42,7 @@ def model():
 
 
 def c0(model, tok, corpus, cache, **kw):
-    return cached_second_moments(model, tok, NAMES, str(corpus), 20, 48, torch.float64, cache, progress=False, **kw)
+    return cached_second_moments(model, tok, NAMES, StatsSpec(str(corpus), 20, 48, "float64"), cache, progress=False, **kw)
 
 
 def forbid_pass(monkeypatch):
@@ -94,9 +96,9 @@ def test_cache_is_keyed_by_content_not_by_spelling(model, tok, tmp_path, monkeyp
 def test_cache_key_follows_what_c0_depends_on(model, tok, tmp_path):
     corpus = write_corpus(tmp_path / "corpus")
 
-    def path(m=model, corpus=corpus, n=20, length=48, dtype=torch.float64, name=NAMES[1]) -> str:
+    def path(m=model, corpus=corpus, n=20, length=48, dtype="float64", name=NAMES[1]) -> str:
         """The key part of the file name (the corpus label in it is the folder's name, not keyed)."""
-        file = stats_cache_paths(m, tok, [name], str(corpus), n, length, dtype, tmp_path / "stats")[name]
+        file = stats_cache_paths(m, tok, [name], StatsSpec(str(corpus), n, length, dtype), tmp_path / "stats")[name]
         return file.stem.rsplit("-", 1)[1]
 
     base = path()
@@ -111,7 +113,7 @@ def test_cache_key_follows_what_c0_depends_on(model, tok, tmp_path):
     assert path(model) != base
     fresh = tiny_model("llama")
     assert path(fresh) == base
-    assert len({base, path(fresh, n=19), path(fresh, length=40), path(fresh, dtype=torch.float32)}) == 4
+    assert len({base, path(fresh, n=19), path(fresh, length=40), path(fresh, dtype="float32")}) == 4
     other = write_corpus(tmp_path / "other", n=25)  # one more text, the first 20 the same: same texts used
     assert path(fresh, corpus=other) == base
     (other / "stories.txt").write_text((other / "stories.txt").read_text().replace("cat", "bat", 1))
@@ -137,11 +139,11 @@ def test_cache_layout_is_plain_and_described(model, tok, tmp_path):
 def test_more_samples_than_the_corpus_holds_warns_and_names_the_cache_by_what_was_used(model, tok, tmp_path, caplog):
     corpus = write_corpus(tmp_path / "corpus", n=12)
     with caplog.at_level(logging.WARNING, logger="util.corpus"):
-        files = stats_cache_paths(model, tok, NAMES, str(corpus), 20, 48, torch.float64, tmp_path / "stats")
+        files = stats_cache_paths(model, tok, NAMES, StatsSpec(str(corpus), 20, 48, "float64"), tmp_path / "stats")
     assert "mom2_n_samples=20" in caplog.text and "holds 12 non-empty texts" in caplog.text
     assert files[NAMES[0]].stem.startswith("model.layers.0.mlp.down_proj_corpus-12x48-float64-")
     # Asking for 12 or for 20 from these 12 texts is the same C0: one cache file.
-    assert stats_cache_paths(model, tok, NAMES, str(corpus), 12, 48, torch.float64, tmp_path / "stats") == files
+    assert stats_cache_paths(model, tok, NAMES, StatsSpec(str(corpus), 12, 48, "float64"), tmp_path / "stats") == files
 
 
 def test_texts_are_cut_where_the_original_cuts_them():
@@ -182,7 +184,7 @@ def test_a_hub_corpus_is_the_originals_seeded_random_subset(monkeypatch):
 def test_truncated_cache_file_is_named_and_recomputed(model, tok, tmp_path, caplog):
     corpus = write_corpus(tmp_path / "corpus")
     first = c0(model, tok, corpus, tmp_path / "stats")
-    path = stats_cache_paths(model, tok, NAMES[:1], str(corpus), 20, 48, torch.float64, tmp_path / "stats")[NAMES[0]]
+    path = stats_cache_paths(model, tok, NAMES[:1], StatsSpec(str(corpus), 20, 48, "float64"), tmp_path / "stats")[NAMES[0]]
     path.write_bytes(path.read_bytes()[:100])
     with caplog.at_level(logging.WARNING, logger="util.second_moment"):
         again = c0(model, tok, corpus, tmp_path / "stats")
@@ -264,7 +266,7 @@ def test_unreadable_checkpoint_starts_over(model, tok, tmp_path, caplog):
     corpus = write_corpus(tmp_path / "corpus")
     kw = dict(checkpoint_every=6, batch_tokens=64)
     whole = c0(model, tok, corpus, None, **kw)
-    paths = stats_cache_paths(model, tok, NAMES, str(corpus), 20, 48, torch.float64, tmp_path / "stats")
+    paths = stats_cache_paths(model, tok, NAMES, StatsSpec(str(corpus), 20, 48, "float64"), tmp_path / "stats")
     from util.stats_cache import CacheEntry, partial_path
 
     partial = partial_path([CacheEntry(paths[n], {}) for n in NAMES])
@@ -325,7 +327,7 @@ def test_precomputed_c0_is_what_editors_read(tmp_path, monkeypatch):
     forbid_pass(monkeypatch)
     model, tok = load_model_and_tokenizer(str(STORIES), device="cpu")
     name = sorted(paths)[1]  # one layer of MEMIT's three, as ROME would ask for it (hparams: n=1000, length 256)
-    c = cached_second_moments(model, tok, [name], str(corpus), 1000, 256, torch.float32, tmp_path / "stats")[name]
+    c = cached_second_moments(model, tok, [name], StatsSpec(str(corpus), 1000, 256, "float32"), tmp_path / "stats")[name]
     assert c.shape == (172, 172) and c.device == model.model.layers[1].mlp.down_proj.weight.device
 
 
@@ -339,3 +341,32 @@ def test_pass_stops_before_the_last_read_module(model, tok, tmp_path):
         for h in handles:
             h.remove()
     assert set(ran) == {NAMES[0]} and stats[NAMES[1]].count > 0  # its input was read, it did not run
+
+
+# File names computed by the code before the statistics settings became one StatsSpec (commit
+# af252b8: eight positional arguments), for the shipped stories260K model and corpus: caches
+# written then are found now.
+NAMES_BEFORE_SPEC = {
+    ("assets/corpus", 30, 64, "float32"): {
+        "model.layers.1.mlp.down_proj": "model.layers.1.mlp.down_proj_corpus-30x64-float32-df4525abcec7522b.pt",
+        "model.layers.3.mlp.down_proj": "model.layers.3.mlp.down_proj_corpus-30x64-float32-a33a681c521067b0.pt"},
+    ("assets/corpus", 10, None, "float64"): {
+        "model.layers.1.mlp.down_proj": "model.layers.1.mlp.down_proj_corpus-10x512-float64-0eed8cd09e19be78.pt",
+        "model.layers.3.mlp.down_proj": "model.layers.3.mlp.down_proj_corpus-10x512-float64-b94e3e143dc60d2e.pt"},
+}
+
+
+@pytest.mark.parametrize("settings", sorted(NAMES_BEFORE_SPEC, key=str))
+def test_cache_files_keep_their_names_from_before_the_spec(settings, tok, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from nse import NSEHyperParams
+
+    model = AutoModelForCausalLM.from_pretrained(STORIES)
+    corpus, n, length, dtype = settings
+    hp = NSEHyperParams.from_json(ROOT / "hparams/NSE/tinystories-260k.json")
+    spec = dataclasses.replace(hp, mom2_dataset=corpus, mom2_n_samples=n, mom2_max_length=length,
+                               mom2_dtype=dtype).stats_spec()
+    assert spec == StatsSpec(corpus, n, length, dtype)  # what hparams build is what callers pass
+    names = list(NAMES_BEFORE_SPEC[settings])
+    assert {k: p.name for k, p in stats_cache_paths(model, tok, names, spec, tmp_path).items()} == NAMES_BEFORE_SPEC[settings]

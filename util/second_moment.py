@@ -29,6 +29,7 @@ from util.atomic_files import save_torch_atomic, write_json_atomic
 from util.hooks import capture, forward_until
 from util.rewrite_weights import weight_d_by_f
 from util.stats_cache import CacheEntry, effective_max_length, partial_path, stats_cache_entries
+from util.stats_spec import StatsSpec
 from util.tokens import pad, pad_token_id
 
 log = logging.getLogger(__name__)
@@ -261,10 +262,7 @@ def stats_cache_paths(
     model: nn.Module,
     tok,
     module_names: Sequence[str],
-    corpus: str,
-    n_samples: int,
-    max_length: int | None,
-    dtype: torch.dtype,
+    spec: StatsSpec,
     cache_dir: str | Path | None,
 ) -> dict[str, Path | None]:
     """Where C0 of each module is cached (None without a cache folder). Derived statistics (e.g.
@@ -272,8 +270,7 @@ def stats_cache_paths(
     (see util/stats_cache.py), so methods editing different layer sets share it."""
     from util.corpus import resolve_corpus
 
-    ref = resolve_corpus(corpus, n_samples)
-    entries = stats_cache_entries(model, tok, module_names, ref, max_length, dtype, cache_dir)
+    entries = stats_cache_entries(model, tok, module_names, spec, resolve_corpus(spec.corpus, spec.n_samples), cache_dir)
     return {n: e.path if e is not None else None for n, e in entries.items()}
 
 
@@ -281,10 +278,7 @@ def cached_second_moments(
     model: nn.Module,
     tok,
     module_names: Sequence[str],
-    corpus: str,
-    n_samples: int,
-    max_length: int | None,
-    dtype: torch.dtype,
+    spec: StatsSpec,
     cache_dir: str | Path | None,
     progress: bool = True,
     *,
@@ -296,8 +290,8 @@ def cached_second_moments(
     and checked, before the model is run)."""
     from util.corpus import resolve_corpus
 
-    ref = resolve_corpus(corpus, n_samples)
-    entries = stats_cache_entries(model, tok, module_names, ref, max_length, dtype, cache_dir)
+    ref = resolve_corpus(spec.corpus, spec.n_samples)
+    entries = stats_cache_entries(model, tok, module_names, spec, ref, cache_dir)
     result: dict[str, torch.Tensor] = {}
     for name, entry in entries.items():
         loaded = _load_cached(entry, _key_dim(model, name)) if entry is not None else None
@@ -308,11 +302,11 @@ def cached_second_moments(
         return result
     paths = [entries[n] for n in missing if entries[n] is not None]
     checkpoint = partial_path(paths) if paths else None
-    log.info("collecting C0 for %s over %s (%d samples, max length %d, %s)%s", ", ".join(missing), corpus,
-             n_samples, effective_max_length(model, max_length), str(dtype).removeprefix("torch."),
+    log.info("collecting C0 for %s over %s (%d samples, max length %d, %s)%s", ", ".join(missing), spec.corpus,
+             spec.n_samples, effective_max_length(model, spec.max_length), spec.dtype,
              f"; cache {paths[0].path.parent}" if paths else "")
     start = time.perf_counter()
-    stats = collect_second_moments(model, tok, missing, ref.load(), max_length, dtype, progress,
+    stats = collect_second_moments(model, tok, missing, ref.load(), spec.max_length, spec.torch_dtype, progress,
                                    batch_tokens=batch_tokens, checkpoint=checkpoint, checkpoint_every=checkpoint_every)
     if rank_and_world()[0] == 0 and paths:
         for name in missing:

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from util.corpus import CorpusRef
+from util.stats_spec import StatsSpec
 
 log = logging.getLogger(__name__)
 
@@ -137,21 +138,21 @@ def stats_cache_entries(
     model: nn.Module,
     tok,
     module_names: Sequence[str],
+    spec: StatsSpec,
     corpus: CorpusRef,
-    max_length: int | None,
-    dtype: torch.dtype,
     cache_dir: str | Path | None,
 ) -> dict[str, CacheEntry | None]:
     """The cache entry of each module (None without a cache folder): an existing file with the
-    same key under any model label, else the path a new one gets."""
+    same key under any model label, else the path a new one gets. ``corpus``: ``spec``'s corpus as
+    resolved once by the caller (a local one is read to be keyed; the pass reads the same texts)."""
     if cache_dir is None:
         return {n: None for n in module_names}
     cache_dir = Path(cache_dir)
     tokenizer = tokenizer_digest(tok)
     after_all = set.intersection(*(set(_later_layers_prefixes(model, n)) for n in module_names))
     digests = tensor_digests(model, tuple(sorted(after_all)))  # each tensor hashed once for all modules
-    length = effective_max_length(model, max_length)
-    dtype_name = str(dtype).removeprefix("torch.")
+    length = effective_max_length(model, spec.max_length)
+    dtype_name = spec.dtype
     entries = {}
     for name in module_names:
         key = {"format": FORMAT, "module": name, "weights_sha256": weights_digest(model, name, digests),

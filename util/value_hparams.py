@@ -11,10 +11,8 @@ from util.discovery import post_mlp_norm_of
 from util.hparams import HyperParamsError
 from util.module_hparams import ModuleHyperParams
 from util.tokens import FACT_TOKEN_STRATEGIES
+from util.stats_spec import MOM2_DTYPES, StatsSpec
 from util.values import PROMPT_BUILDS, ValueSpec
-
-# Sums of k k^T over millions of tokens overflow or lose precision in 16-bit floats.
-MOM2_DTYPES = ("float32", "float64")
 
 
 @dataclass(kw_only=True)
@@ -67,6 +65,10 @@ class ValueHyperParams(ModuleHyperParams):
                 f"'v_loss_layer'={self.v_loss_layer} must be between the last edited layer "
                 f"({max(self.layers)}) and the model's last layer ({n - 1})"
             )
+
+    def stats_spec(self) -> StatsSpec:
+        """What C0 is computed from (the mom2_* keys), for every caller of util.second_moment."""
+        return StatsSpec(self.mom2_dataset, self.mom2_n_samples, self.mom2_max_length, self.mom2_dtype)
 
     def value_spec(self, model: nn.Module) -> ValueSpec:
         """Where and how z is optimised (call on hparams resolved for ``model``)."""

@@ -74,8 +74,7 @@ def main() -> None:
 
     templates = ROMEEditor.make_context_templates(model, tok, rome_hp, seed=args.seed)
     c0_name = rome_hp.rewrite_module(rome_hp.layers[0])
-    c0 = cached_second_moments(model, tok, [c0_name], rome_hp.mom2_dataset, rome_hp.mom2_n_samples,
-                               rome_hp.mom2_max_length, getattr(torch, rome_hp.mom2_dtype), ROOT / "data/stats",
+    c0 = cached_second_moments(model, tok, [c0_name], rome_hp.stats_spec(), ROOT / "data/stats",
                                progress=False)[c0_name].float().cpu()
     c0_path = inputs_dir / "C0_layer5.pt"
     torch.save(c0, c0_path)
