@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from experiments.algorithms import get_algorithm
+from experiments.anchor_pool import editor_inputs
 from experiments.ds_kinds import kind_named, load_edit_dataset
 from experiments.hparams_files import load_hparams
 from experiments.metrics.summary import summarize_cases
@@ -445,7 +446,7 @@ def edit_and_score(model: nn.Module, tok, alg_name: str, hp: Any, records: list[
     started = time.time()
     # No progress bars: the sweep logs one line per window.
     editor = get_algorithm(alg_name).make_editor(model, tok, hp, stats_dir=stats_dir, context_templates=templates,
-                                                 seed=seed, progress=False)
+                                                 seed=seed, progress=False, **editor_inputs(hp))
     try:
         editor.edit([request_of(r, tok) for r in records])
         row = scores(model, tok, records)

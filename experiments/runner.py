@@ -21,6 +21,7 @@ import transformers
 from tqdm.auto import tqdm
 
 from experiments.algorithms import Algorithm, get_algorithm
+from experiments.anchor_pool import editor_inputs
 from experiments.context_fit import check_records_fit
 from experiments.downstream.tasks import check_glue_dir
 from experiments.hparams_files import load_hparams, resolve_hparams_path
@@ -230,7 +231,7 @@ def _report_entry(report) -> dict:
 def _make_editor(cfg: RunConfig, paths: RunPaths, alg: Algorithm, hparams, model, tok, templates) -> Editor:
     editor = alg.make_editor(model, tok, hparams, stats_dir=paths.stats, context_templates=templates,
                              seed=cfg.seed, originals_on_cpu=cfg.conserve_memory,
-                             values_batch_size=cfg.values_batch_size)
+                             values_batch_size=cfg.values_batch_size, **editor_inputs(hparams))
     if cfg.use_cache and not editor.has_values:
         log.warning("--use_cache ignored: %s optimises no target values", cfg.alg_name)
     elif cfg.use_cache:

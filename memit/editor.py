@@ -10,7 +10,6 @@ import contextlib
 import logging
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
 import torch
@@ -29,21 +28,9 @@ from util.rewrite_weights import add_to_columns, weight_d_by_f
 from util.second_moment import cached_second_moments
 from util.tokens import fact_token_index
 from util.value_cache import weights_tag
-from util.norm_anchor import anchor_norm, anchor_outcome, plain_outputs
-from util.requests import normalize_request
-from util.values import compute_values
+from util.values import Anchoring, compute_values
 
 log = logging.getLogger(__name__)
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def anchor_pool(spec: str) -> list[dict]:
-    """The requests of a CounterFact file (a relative path: from here, else from the repository)."""
-    from dsets import CounterFactDataset  # the data layer, read only when anchoring is on
-
-    path = Path(spec).expanduser()
-    path = path if path.exists() else REPO_ROOT / path
-    return [normalize_request({"case_id": r["case_id"], **r["requested_rewrite"]}) for r in CounterFactDataset(path)]
 
 
 @dataclass
@@ -75,8 +62,11 @@ class MEMITEditor(Editor):
     rewinds_values: ClassVar[bool] = False  # NSE: z from the original weights
     accumulates_keys: ClassVar[bool] = False  # MEMIT_seq, NSE, AlphaEdit: Cp += K K^T after each batch
 
-    def __init__(self, model, tok, hparams, **options) -> None:
+    def __init__(self, model, tok, hparams, *, anchor_pool: Sequence[dict] | None = None, **options) -> None:
+        """``anchor_pool``: the requests norm anchoring measures its anchor on, read by the experiment
+        (experiments.anchor_pool); needed only when the value spec anchors and no anchor was saved."""
         super().__init__(model, tok, hparams, **options)
+        self.anchor_pool = anchor_pool
         self.value_spec = self.hparams.value_spec(model)
         # Per layer, on its weight's device in mom2_dtype, the one matrix its solve is regularised
         # by: lambda * C0, plus Cp (every edited batch's K K^T) when keys accumulate. One matrix
@@ -93,7 +83,7 @@ class MEMITEditor(Editor):
         template = post_mlp_norm_of(self.model, hp.layer_module_tmp, hp.rewrite_module_tmp)
         if template is None:
             return {}
-        if getattr(hp, "norm_anchor", False):  # NAS's v* = v0 + delta assumes the MLP output is added as it is
+        if self.value_spec.anchoring is not None:  # NAS's v* = v0 + delta assumes the MLP output is added as it is
             raise HyperParamsError(f"norm_anchor cannot be used on this {self.model.config.model_type} model: its MLP "
                                    f"output passes through {template!r} before the residual stream")
         width = self.weights[hp.layers[0]].shape[0]
@@ -149,8 +139,8 @@ class MEMITEditor(Editor):
         self._after_batch(requests)
 
     def _values(self, requests: list[dict], report: MEMITReport) -> tuple[torch.Tensor, list[float]]:
-        """z per request (from the value cache where present) and the losses of fresh ones; anchored
-        when norm_anchor is on (the report counts what anchoring did)."""
+        """z per request (from the value cache where present) and the losses of fresh ones, as the value
+        spec's anchoring leaves them (the report counts what it did)."""
         tag = "" if self.rewinds_values else weights_tag(self.weights.values())
         cached = [self.value_cache.get(r, tag) if self.value_cache else None for r in requests]
         todo = [i for i, z in enumerate(cached) if z is None]
@@ -164,30 +154,32 @@ class MEMITEditor(Editor):
                     self.value_cache.put(requests[i], z, tag)
         device = model_device(self.model)
         z = torch.stack([z.to(device) for z in cached])
-        return (self._anchored(requests, z, report) if self.hparams.norm_anchor else z), losses
+        return self._anchored(requests, z, report), losses
 
     def _anchored(self, requests: list[dict], z: torch.Tensor, report: MEMITReport) -> torch.Tensor:
-        """NAS norm anchoring of ``z``; the anchor is measured once, on the model before any edit
-        (the first batch's values come before its update) and kept in the editor state."""
-        hp = self.hparams
-        z_layer, mlp = hp.layer_module(hp.layers[-1]), hp.mlp_module_tmp.format(hp.layers[-1])
+        """``z`` after the value spec's anchoring (none: as it is, and the report's counts stay None).
+        The anchor is measured once, on the model before any edit (the first batch's values come
+        before its update), and kept in the editor state."""
+        anchoring = self.value_spec.anchoring
+        if anchoring is None:
+            return z
         with self.rewound() if self.rewinds_values else contextlib.nullcontext():
             if self.anchor is None:
-                if self.num_batches:
-                    raise RuntimeError("norm_anchor: no anchor in an editor that has already edited; "
-                                       "load the state it was saved with")
-                pool = anchor_pool(hp.norm_anchor_pool)
-                log.info("norm anchor: optimising the values of %d requests of %s on the unedited model",
-                         min(hp.norm_anchor_samples, len(pool)), hp.norm_anchor_pool)
-                self.anchor = anchor_norm(self.model, self.tok, pool, hp.norm_anchor_samples, self.value_spec, mlp)
-                log.info("norm anchor of %s: %.3f (%d requests of %s)", mlp, self.anchor,
-                         min(hp.norm_anchor_samples, len(pool)), hp.norm_anchor_pool)
-            h0, v0 = plain_outputs(self.model, self.tok, requests, [z_layer, mlp], hp.fact_token)
-        anchored, dropped = anchor_outcome(z.float(), h0.to(z.device), v0.to(z.device), self.anchor)
+                self.anchor = self._measure_anchor(anchoring)
+            anchored, dropped = anchoring.apply(self.model, self.tok, requests, z, self.anchor, self.hparams.fact_token)
         report.anchor_dropped = int(dropped.sum())
         report.anchor_rescaled = len(requests) - report.anchor_dropped
         report.anchor_dropped_case_ids = [r.get("case_id") for r, d in zip(requests, dropped.tolist()) if d]
-        return anchored.to(z.dtype)
+        return anchored
+
+    def _measure_anchor(self, anchoring: Anchoring) -> float:
+        if self.num_batches:
+            raise RuntimeError("norm_anchor: no anchor in an editor that has already edited; "
+                               "load the state it was saved with")
+        if self.anchor_pool is None:
+            raise RuntimeError("norm_anchor: the editor was given no anchor_pool to measure the anchor on "
+                               "(experiments.anchor_pool.editor_inputs(hparams) reads it for an experiment)")
+        return anchoring.measure(self.model, self.tok, self.anchor_pool, self.value_spec)
 
     def _compute_values(self, requests: list[dict]):
         run = lambda: compute_values(self.model, self.tok, requests, self.value_spec,  # noqa: E731

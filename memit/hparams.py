@@ -1,12 +1,16 @@
 """MEMIT's hyperparameters: the value settings plus the covariance weight lambda."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
+
+from torch import nn
 
 from util.context_templates import TEMPLATE_LENGTHS
 from util.hparams import HyperParamsError
+from util.norm_anchor import NormAnchoring
 from util.value_hparams import ValueHyperParams
+from util.values import ValueSpec
 
 PRUNE_TIMINGS = ("final", "every_batch")
 PRUNE_ONTO = ("theta0", "edited_weight")
@@ -42,6 +46,15 @@ class MEMITHyperParams(ValueHyperParams):
         if self.context_template_length not in TEMPLATE_LENGTHS:
             raise HyperParamsError(f"'context_template_length' must be one of {TEMPLATE_LENGTHS}, "
                                    f"got {self.context_template_length!r}")
+
+    def value_spec(self, model: nn.Module) -> ValueSpec:
+        """The value settings, with NAS norm anchoring on them when ``norm_anchor`` is on."""
+        spec = super().value_spec(model)
+        if not self.norm_anchor:
+            return spec
+        last = self.layers[-1]
+        return replace(spec, anchoring=NormAnchoring(self.norm_anchor_samples, self.norm_anchor_pool,
+                                                     self.layer_module(last), self.mlp_module_tmp.format(last)))
 
     def _check_lambda(self) -> None:
         if not self.mom2_adjustment or self.mom2_update_weight <= 0:

@@ -9,7 +9,7 @@ import torch
 from helpers import CORPUS, COUNTERFACT, REQUESTS, tiny_model
 
 from memit import MEMITEditor, MEMITHyperParams
-from memit.editor import anchor_pool
+from experiments.anchor_pool import editor_inputs, read_anchor_pool
 from util.norm_anchor import anchor_outcome, anchor_values, plain_outputs, trimmed_mean, value_norms
 
 
@@ -41,9 +41,8 @@ def _hparams(**extra):
 
 def test_an_anchored_editor_writes_values_of_the_anchors_norm(tiny_llama, tmp_path, monkeypatch):
     _, tok = tiny_llama
-    editor = MEMITEditor(tiny_model("llama"), tok, _hparams(norm_anchor=True, norm_anchor_samples=4,
-                                                            norm_anchor_pool=str(COUNTERFACT)),
-                         stats_dir=tmp_path, progress=False)
+    hp = _hparams(norm_anchor=True, norm_anchor_samples=4, norm_anchor_pool=str(COUNTERFACT))
+    editor = MEMITEditor(tiny_model("llama"), tok, hp, stats_dir=tmp_path, progress=False, **editor_inputs(hp))
     seen = {}
     real_update = editor._update
 
@@ -55,7 +54,7 @@ def test_an_anchored_editor_writes_values_of_the_anchors_norm(tiny_llama, tmp_pa
     h0, v0 = plain_outputs(editor.model, tok, REQUESTS[:2], ["model.layers.1", "model.layers.1.mlp"], "subject_last")
     editor.edit(REQUESTS[:2])
     # The anchor: the trimmed mean over the 4 requests NAS's seeded sample picks, optimised on the plain prompt.
-    pool = anchor_pool(str(COUNTERFACT))
+    pool = read_anchor_pool(str(COUNTERFACT))
     chosen = random.Random(0).sample(pool, 4)
     expected = trimmed_mean(value_norms(tiny_model("llama"), tok, chosen, editor.value_spec, "model.layers.1.mlp"))
     assert editor.anchor == pytest.approx(expected, rel=1e-4)
@@ -72,7 +71,7 @@ def test_an_anchored_editor_writes_values_of_the_anchors_norm(tiny_llama, tmp_pa
 def test_anchoring_is_off_by_default(tiny_llama, tmp_path, monkeypatch):
     _, tok = tiny_llama
     editor = MEMITEditor(tiny_model("llama"), tok, _hparams(), stats_dir=tmp_path, progress=False)
-    monkeypatch.setattr("memit.editor.anchor_outcome", lambda *a: pytest.fail("anchored although off"))
+    monkeypatch.setattr("util.norm_anchor.anchor_outcome", lambda *a: pytest.fail("anchored although off"))
     report = editor.edit(REQUESTS[:2])
     assert editor.anchor is None
     assert report.anchor_dropped is None and report.anchor_rescaled is None  # null, not 0: nothing was anchored
@@ -110,7 +109,7 @@ def test_every_value_solving_method_takes_the_switch(method, tiny_llama, tmp_pat
     hp = alg.hparams_class.from_dict(dict(copy.deepcopy(TINY_HPARAMS[method]), norm_anchor=True, norm_anchor_samples=3,
                                           norm_anchor_pool=str(COUNTERFACT)))
     editor = alg.make_editor(tiny_model("llama"), tok, hp, stats_dir=tmp_path, context_templates=TEMPLATES,
-                             progress=False)
+                             progress=False, **editor_inputs(hp))
     report = editor.edit(REQUESTS[:2])
     assert editor.anchor is not None and editor.anchor > 0
     assert report.anchor_dropped + report.anchor_rescaled == 2  # every method's report counts what anchoring did
@@ -131,3 +130,31 @@ def test_the_nas_files_are_their_base_files_with_anchoring_on():
         base = json.loads(path.with_name(path.name.replace("_NAS", "")).read_text())
         assert json.loads(path.read_text()) == {**base, "norm_anchor": True}, path
         assert ALGORITHMS[path.parent.name].hparams_class.from_json(path).norm_anchor
+
+
+def test_anchoring_is_data_on_the_value_spec_and_not_in_the_value_cache_key(tiny_llama, tmp_path):
+    """norm_anchor puts a NormAnchoring on the value spec (as ENCORE puts its stopping rule there);
+    the value cache keeps z before anchoring, so its folder is the same with and without it."""
+    from util.norm_anchor import NormAnchoring
+    from util.value_cache import ValueCache
+
+    _, tok = tiny_llama
+    model = tiny_model("llama")
+    plain = _hparams().resolved_for(model).value_spec(model)
+    anchored = _hparams(norm_anchor=True, norm_anchor_samples=7).resolved_for(model).value_spec(model)
+    assert plain.anchoring is None
+    assert anchored.anchoring == NormAnchoring(7, _hparams().norm_anchor_pool, "model.layers.1", "model.layers.1.mlp")
+    folders = {ValueCache(tmp_path, "m", "mcf", spec, [["{}"]]).folder for spec in (plain, anchored)}
+    assert len(folders) == 1
+
+
+def test_an_anchoring_editor_without_a_pool_says_what_it_lacks(tiny_llama, tmp_path):
+    """The pool is the experiment's to give (methods do not read datasets): without it, and with no
+    saved anchor, the first batch stops before any weight changes, naming what is missing."""
+    _, tok = tiny_llama
+    editor = MEMITEditor(tiny_model("llama"), tok, _hparams(norm_anchor=True), stats_dir=tmp_path, progress=False)
+    before = {k: w.clone() for k, w in editor.weights.items()}
+    with pytest.raises(RuntimeError, match="no anchor_pool"):
+        editor.edit(REQUESTS[:2])
+    assert all(torch.equal(before[k], w) for k, w in editor.weights.items())
+    assert editor_inputs(_hparams()) == {}  # no anchoring: nothing read

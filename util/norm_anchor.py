@@ -10,9 +10,11 @@ requests on the unedited model, the largest 5 % left out.
 """
 from __future__ import annotations
 
+import logging
 import math
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -23,6 +25,33 @@ from util.values import ValueSpec, build_batch, compute_values
 SKIP_FACTOR = 2.0      # |v*| above this many anchors: the edit is dropped
 TRIM_TOP = 0.05        # share of the largest sample norms left out of the anchor
 SAMPLE_SEED = 0        # NAS samples its requests with random.Random(0)
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class NormAnchoring:
+    """NAS norm anchoring as a setting of the value phase (``ValueSpec.anchoring``, set by the MEMIT
+    family's hparams when ``norm_anchor`` is on): the anchor is measured once, on the unedited model,
+    from the requests of a pool the experiment reads (``pool_file``) and gives the editor."""
+
+    samples: int     # requests of the pool the anchor is measured on
+    pool_file: str   # the CounterFact file the pool comes from (hparams norm_anchor_pool; named in logs)
+    z_layer: str     # the layer output z targets: h0 is read there
+    mlp: str         # the MLP whose output is the value vector: v0 is read there
+
+    def measure(self, model: nn.Module, tok, pool: Sequence[dict], spec: ValueSpec) -> float:
+        n = min(self.samples, len(pool))
+        log.info("norm anchor: optimising the values of %d requests of %s on the unedited model", n, self.pool_file)
+        anchor = anchor_norm(model, tok, pool, self.samples, spec, self.mlp)
+        log.info("norm anchor of %s: %.3f (%d requests of %s)", self.mlp, anchor, n, self.pool_file)
+        return anchor
+
+    def apply(self, model: nn.Module, tok, requests: Sequence[dict], z: torch.Tensor, anchor: float,
+              fact_token: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """:func:`anchor_outcome` of ``z`` against the model's own h0 and v0 at the plain prompts."""
+        h0, v0 = plain_outputs(model, tok, requests, [self.z_layer, self.mlp], fact_token)
+        anchored, dropped = anchor_outcome(z.float(), h0.to(z.device), v0.to(z.device), anchor)
+        return anchored.to(z.dtype), dropped
 
 
 def anchor_outcome(z: torch.Tensor, h0: torch.Tensor, v0: torch.Tensor,

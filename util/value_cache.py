@@ -25,7 +25,8 @@ class ValueCache:
         """``model_id`` should identify the weights and dtype (name + fingerprint), not just a name;
         ``spec`` says where and how z is optimised (it names the site, so ROME's values at the MLP
         output never mix with the MEMIT family's at the block output)."""
-        settings = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec) if f.name != "stop"}
+        # z is kept before anchoring (applied after the cache), so the anchoring is no part of the key.
+        settings = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec) if f.name not in ("stop", "anchoring")}
         if spec.stop != DEFAULT_STOP:  # the default rule is left out: caches written before it was a field stay valid
             settings["stop"] = repr(spec.stop)
         digest = hashlib.sha1(json.dumps([settings, templates], sort_keys=True).encode()).hexdigest()[:10]

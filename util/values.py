@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -71,6 +71,18 @@ StopRule = Callable[[StepState], torch.Tensor]
 DEFAULT_STOP = LossBelow()
 
 
+class Anchoring(Protocol):
+    """What becomes of the optimised values before an update, against a number measured once on the
+    unedited model (NAS norm anchoring: util.norm_anchor.NormAnchoring). A value spec holds one or none."""
+
+    def measure(self, model: nn.Module, tok, pool: Sequence[dict], spec: ValueSpec) -> float:
+        """The anchor, from value optimisations of ``pool``'s requests on ``model`` as it is."""
+
+    def apply(self, model: nn.Module, tok, requests: Sequence[dict], z: torch.Tensor, anchor: float,
+              fact_token: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The anchored targets (n, d), and which rows asked for no change at all (bool, (n,))."""
+
+
 @dataclass(frozen=True)
 class ValueSpec:
     """Where z is optimised and with which settings (module paths resolved for one model)."""
@@ -94,6 +106,9 @@ class ValueSpec:
     # The block passes the MLP output through a norm before the residual stream (Gemma 2/3, OLMo 2):
     # an offset at an MLP output is then not one at the layer output, so such a site runs the whole model.
     post_mlp_norm: bool = False
+    # Applied to z after its optimisation, by the editor (not by compute_values: the value cache keeps z
+    # before it); None: z as optimised. A method's hparams put it here, as a stopping rule goes in ``stop``.
+    anchoring: Anchoring | None = None
 
 
 @dataclass
