@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from experiments.ds_kinds import kind_of
-from experiments.metrics.counterfact import generation_metrics_many
 from experiments.metrics.fluency import MetricOptions
 from experiments.metrics.generation_eval import generation_eval_many
 
@@ -66,13 +65,14 @@ class CaseScorer:
 
     def has_generation(self, index: int, record: dict) -> bool:
         """Whether the case at ``index`` (its position in the run's records) gets generation metrics."""
-        return (kind_of(self.ds_name).generation and self.generation_every > 0 and index % self.generation_every == 0
+        return (kind_of(self.ds_name).generation is not None and self.generation_every > 0 and index % self.generation_every == 0
                 and bool(record.get("generation_prompts")))
 
     def generation(self, records: Sequence[dict]) -> list[dict[str, Any]]:
         snips, vec = self.extras
         seeds = [self.seed + int(r["case_id"]) for r in records]
-        return generation_metrics_many(self.model, self.tok, records, snips, vec, seeds, options=self.options)
+        score = kind_of(self.ds_name).generation  # has_generation: only a kind with generation tests gets here
+        return score(self.model, self.tok, records, snips, vec, seeds, options=self.options)
 
     def score(self, indexed: Sequence[tuple[int, dict]], timer: Timer = no_timer,
               known: Callable[[dict], dict | None] | None = None) -> Iterator[tuple[int, dict, dict]]:

@@ -1,8 +1,8 @@
 """Dataset kinds as data: what the harness knows about each kind of edit dataset, in one entry.
 
-A kind says how its records load (per ``--ds_name``), how a case is scored teacher-forced, whether
-it has generation tests, how a case's scores reduce to per-case numbers, which of those form the
-paper's table and the curve panels, and how the table reads. Nothing else branches on dataset
+A kind says how its records load (per ``--ds_name``), how a case is scored teacher-forced and by
+its generation tests (if it has them), how a case's scores reduce to per-case numbers, which of
+those form the paper's table and the curve panels, and how the table reads. Nothing else branches on dataset
 names: a new kind (multi-hop, long-form...) is a loader in ``dsets/``, its metrics in
 ``experiments/metrics/`` (with its :class:`~experiments.metrics.case_kinds.CaseKind` in that
 package's ``CASE_KINDS``, so summaries find it by name below this module) and one :class:`DsKind`
@@ -20,7 +20,7 @@ from dsets.counterfact import CounterFactDataset
 from dsets.records import RecordList
 from dsets.zsre import ZsreDataset
 from experiments.metrics.case_kinds import COUNTERFACT_CASES, ZSRE_CASES, CaseKind
-from experiments.metrics.counterfact import probability_metrics_many
+from experiments.metrics.counterfact import generation_metrics_many, probability_metrics_many
 from experiments.metrics.per_case import PostList, Row
 from experiments.metrics.zsre import compute_rewrite_quality_zsre_many
 from util.requests import fill_prompt
@@ -30,6 +30,9 @@ GENERATION_EVAL_COLUMNS = {"rewrite_gen_em": "Efficacy EM", "paraphrase_gen_em":
                            "paraphrase_gen_f1": "Generalization F1", "neighborhood_gen_f1": "Specificity F1"}
 Loader = Callable[[str | Path, Any, int | None], RecordList]  # (data dir or file, tokenizer, size)
 Scorer = Callable[[Any, Any, Sequence[dict]], list[dict[str, Any]]]  # (model, tok, records) -> posts
+# (model, tok, records, attribute snippets, TF-IDF vectorizer, seeds, options=MetricOptions) -> each case's
+# generation scores (Fluency, Consistency), its texts sampled from its own seed
+GenerationScorer = Callable[..., list[dict[str, Any]]]
 
 
 @dataclass(frozen=True)
@@ -41,7 +44,7 @@ class DsKind:
     columns: Mapping[str, str]             # the paper's table: per-case metric key -> column name
     curve_metrics: tuple[tuple[str, str], ...]  # curve panels (teacher-forced metrics only)
     scale: str                             # how the table's numbers read
-    generation: bool = False               # generation tests (Fluency, Consistency) on some cases
+    generation: GenerationScorer | None = None  # generation tests on some cases (None: the kind has none)
     one_edit_per_batch: Mapping[str, str] | None = None  # --ds_name -> why batches are refused
     # --generation_eval: a record's (prompt, expected answer) pairs per group, and their table columns
     generation_eval_items: Callable[[dict[str, Any]], dict[str, list[tuple[str, str]]]] | None = None
@@ -115,7 +118,7 @@ COUNTERFACT = DsKind(
     curve_metrics=(("rewrite_success", "Efficacy"), ("paraphrase_success", "Generalization"),
                    ("neighborhood_success", "Specificity"), ("score", "Score")),
     scale="×100; Score = harmonic mean of Efficacy, Generalization, Specificity",
-    generation=True,
+    generation=generation_metrics_many,
     one_edit_per_batch={"cf": "CounterFact repeats subjects across records; use --ds_name=mcf "
                               "(MultiCounterFact, no subject twice) for batches of edits"},
     generation_eval_items=_counterfact_answers,

@@ -45,7 +45,7 @@ LITE = dataclasses.replace(
     ds_kinds.COUNTERFACT, cases=LITE_CASES, title="CounterFact-lite",
     loaders={"cflite": ds_kinds.COUNTERFACT.loaders["mcf"]},
     columns={"rewrite_success": "Efficacy", "neighborhood_success": "Specificity"},
-    curve_metrics=(("rewrite_success", "Efficacy"),), generation=False, one_edit_per_batch=None)
+    curve_metrics=(("rewrite_success", "Efficacy"),), generation=None, one_edit_per_batch=None)
 
 
 def test_every_kind_s_cases_are_found_by_its_name_below_the_kinds():
@@ -68,7 +68,7 @@ def test_a_kind_added_as_one_entry_runs_end_to_end(tmp_path, monkeypatch, capsys
     assert evaluate([f"--{k}={v}" for k, v in args.items()]) == 0
     run = tmp_path / "results" / "NSE" / "run_000"
     cases = [json.loads(p.read_text()) for p in run.glob("*_edits-case_*.json")]
-    assert len(cases) == 2 and not any("ngram_entropy" in c["post"] for c in cases)  # generation=False
+    assert len(cases) == 2 and not any("ngram_entropy" in c["post"] for c in cases)  # generation=None
     point = json.loads(sorted((run / "curves").iterdir())[-1].read_text())
     assert point["ds_kind"] == "cf_lite" and point["n_cases"] == 2
     capsys.readouterr()
@@ -88,3 +88,26 @@ def test_a_kind_added_as_one_entry_runs_end_to_end(tmp_path, monkeypatch, capsys
     assert [(r["ds_kind"], r["source"]) for r in rows] == [("cf_lite", "curve"), ("cf_lite", "final")]
     assert float(rows[-1]["Efficacy"]) == pytest.approx(efficacy) and rows[-1]["Generalization"] == ""
     assert (tmp_path / "summary_figures" / "metrics_vs_edits.png").is_file()
+
+
+def test_case_scoring_runs_the_kind_s_own_generation_tests(monkeypatch):
+    """Generation tests are the kind's (DsKind.generation): the scorer runs whatever the kind holds,
+    on every generation_every-th case, each from seed + case id."""
+    from experiments.case_scoring import CaseScorer
+
+    calls = []
+
+    def generation_tests(model, tok, records, snips, vec, seeds, options):
+        calls.append(list(seeds))
+        return [{"ngram_entropy": 1.0} for _ in records]
+
+    kind = dataclasses.replace(LITE, teacher_forced=lambda model, tok, records: [{"tf": 1} for _ in records],
+                               generation=generation_tests)
+    monkeypatch.setattr(ds_kinds, "KINDS", (*ds_kinds.KINDS, kind))
+    records = [{"case_id": i, "generation_prompts": ["p"]} for i in range(4)]
+    posts = {i: post for i, _, post in CaseScorer(None, None, "cflite", generation_every=2, seed=10)
+             .score(list(enumerate(records)))}
+    assert calls == [[10, 12]]
+    assert posts == {0: {"tf": 1, "ngram_entropy": 1.0}, 1: {"tf": 1}, 2: {"tf": 1, "ngram_entropy": 1.0}, 3: {"tf": 1}}
+    monkeypatch.setattr(ds_kinds, "KINDS", (ds_kinds.COUNTERFACT, ds_kinds.ZSRE, dataclasses.replace(kind, generation=None)))
+    assert not CaseScorer(None, None, "cflite", generation_every=1).has_generation(0, records[0])  # a kind without
