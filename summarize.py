@@ -31,16 +31,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from dsets import resolve_global_dir
-from experiments.curve_stats import Baseline, read_baseline
-from experiments.summarize_runs import (
-    RunSummary,
-    SummaryError,
-    default_out_prefix,
-    describe_outputs,
-    format_report,
-    summarize_runs,
-    write_outputs,
-)
+from reporting.curve_stats import Baseline, read_baseline
+from reporting.descriptions import describe_outputs
+from reporting.errors import SummaryError
+from reporting.outputs import default_out_prefix, write_outputs
+from reporting.summary import RunSummary, summarize_runs
+from reporting.tables import format_report
 
 
 def _names(text: str) -> list[str]:
@@ -178,8 +174,8 @@ def _baseline(path: str | None) -> Baseline | None:
 
 def _figures_and_report(args: argparse.Namespace, summaries: list[RunSummary], skipped: list[str], prefix: Path,
                         figures_dir: Path, argv: list[str] | None, baseline: Baseline | None) -> list[Path]:
-    from experiments.plots import write_figures  # matplotlib only when asked for
-    from experiments.report import write_report
+    from reporting.plots import write_figures  # matplotlib only when asked for
+    from reporting.report import write_report
 
     figures = write_figures(summaries, figures_dir, args.downstream_metric, baseline)
     if not args.report:

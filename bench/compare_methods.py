@@ -17,15 +17,15 @@ from pathlib import Path
 from statistics import mean, median
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
-from experiments.run_files import COMPLETE_MARKER, EDIT_REPORTS, RUN_PATTERN  # noqa: E402
-from experiments.summarize_runs import summarize_run  # noqa: E402
+from experiments.run_folder import RUN_NAME, RunFolder  # noqa: E402
+from reporting.summary import summarize_run  # noqa: E402
 from provenance import Provenance  # noqa: E402
 
 COLUMNS = ("Efficacy", "Generalization", "Specificity")
 
 
 def newest_complete_run(alg_dir: Path) -> Path | None:
-    runs = sorted((p for p in alg_dir.glob("run_*") if RUN_PATTERN.match(p.name) and (p / COMPLETE_MARKER).is_file()),
+    runs = sorted((p for p in alg_dir.glob("run_*") if RUN_NAME.match(p.name) and (p / RunFolder.COMPLETE).is_file()),
                   key=lambda p: int(p.name.split("_")[1]))
     return runs[-1] if runs else None
 
@@ -68,7 +68,7 @@ def main() -> int:
             entropies["pre-edited"] = case_entropies(run, "pre")
             rows.insert(0, ("pre-edited", [pre[c]["mean"] for c in COLUMNS], None))
         post = summary.paper(summary.post)
-        seconds = median(r["seconds"] for r in json.loads((run / EDIT_REPORTS).read_text()))
+        seconds = median(r["seconds"] for r in json.loads((run / RunFolder.EDIT_REPORTS).read_text()))
         rows.append((method, [post[c]["mean"] for c in COLUMNS], seconds))
     shared = set.intersection(*(set(e) for e in entropies.values())) if entropies else set()
     print(f"| | {' | '.join(COLUMNS)} | Fluency | Score | s / batch |\n|---|---|---|---|---|---|---|")

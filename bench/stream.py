@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
-from experiments.timings import TIMINGS_FILE  # noqa: E402
+from experiments.run_folder import RunFolder  # noqa: E402
 from provenance import Provenance  # noqa: E402
 
 
@@ -31,7 +31,7 @@ def _slope(values: list[float]) -> float | None:
 
 
 def summarize(run_dir: Path) -> dict:
-    data = json.loads((run_dir / TIMINGS_FILE).read_text())
+    data = json.loads((run_dir / RunFolder.TIMINGS).read_text())
     config = json.loads((run_dir / "config.json").read_text())["args"]
     batches = data["batches"]
     phases: dict[str, float] = {}
@@ -79,9 +79,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="write the summaries as JSON here too")
     args = ap.parse_args()
     stamp = Provenance.start(__file__)
-    missing = [str(r) for r in args.runs if not (r / TIMINGS_FILE).is_file()]
+    missing = [str(r) for r in args.runs if not (r / RunFolder.TIMINGS).is_file()]
     if missing:
-        sys.exit(f"no {TIMINGS_FILE} in: {', '.join(missing)} (runs started before timings were written have none)")
+        sys.exit(f"no {RunFolder.TIMINGS} in: {', '.join(missing)} (runs started before timings were written have none)")
     rows = [summarize(r) for r in args.runs]
     for row in rows:
         print(f"\n{row['alg']} ({row['run']}): {row['edits']} edits in {row['batches']} batches, "

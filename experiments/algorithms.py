@@ -4,7 +4,9 @@ Every editor subclasses :class:`util.editor.Editor`; the runner talks to that ba
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from alphaedit import AlphaEditEditor
 from baselines.ft import FTEditor
@@ -57,3 +59,21 @@ def get_algorithm(name: str) -> Algorithm:
     if name not in ALGORITHMS:
         raise ValueError(f"unknown --alg_name={name!r}; available: {', '.join(sorted(ALGORITHMS))}")
     return ALGORITHMS[name]
+
+
+# Hyperparameter switches that make a run a variant of its method, with the label a report shows
+# for it ("NSE/run_001 +NAS"): NAS is norm anchoring (util/norm_anchor), on for any value-solving method.
+VARIANTS: tuple[tuple[str, str], ...] = (("norm_anchor", "+NAS"),)
+
+
+def variant_label(params: Mapping[str, Any]) -> str:
+    """What sets a run apart from its method's plain form, from its hyperparameters (``hparams.to_dict()``,
+    or a run folder's ``params.json``): "+NAS" with norm anchoring, "" for the plain form. The runner
+    writes it into config.json; the reporter asks here for folders written before that."""
+    return " ".join(label for key, label in VARIANTS if params.get(key) is True)
+
+
+def anchors_norms(params: Mapping[str, Any]) -> bool:
+    """Whether the run's hyperparameters turn norm anchoring on: its batch reports then count the
+    edits anchoring dropped and rescaled."""
+    return params.get("norm_anchor") is True

@@ -21,7 +21,6 @@ import hashlib
 import json
 import logging
 import math
-import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,21 +31,14 @@ from tqdm.auto import tqdm
 from experiments.case_scoring import CHUNK_CASES
 from experiments.ds_kinds import all_kinds, kind_of
 from experiments.metrics.summary import summarize_cases
+from experiments.run_folder import RunFolder
 from util.atomic_files import write_json_atomic
 from util.total_edits import TOTAL_EDITS, total_edits_of, with_total_edits
 
 log = logging.getLogger("experiments")
 
-CURVES_DIR = "curves"
-CURVE_FILE = re.compile(r"^edits_(\d+)\.json$")
-
-
 class CurveFileError(ValueError):
     """A curve file that cannot be read; the message names it."""
-
-
-def curve_file(run_dir: Path, total_edits: int) -> Path:
-    return Path(run_dir) / CURVES_DIR / f"edits_{total_edits:06d}.json"
 
 
 def is_curve_point(every: int, batch_index: int) -> bool:
@@ -67,7 +59,7 @@ def weights_digest(tensors) -> str:
     return h.hexdigest()
 
 
-def maybe_write_curve_point(run_dir: Path, every: int, batch_index: int, total_edits: int, ds_name: str,
+def maybe_write_curve_point(folder: RunFolder, every: int, batch_index: int, total_edits: int, ds_name: str,
                             edited: Sequence[dict], score_many: Callable[[Sequence[dict]], list[dict[str, Any]]],
                             weights_digest: Callable[[], str] | None = None, chunk: int = CHUNK_CASES) -> Path | None:
     """Score ``edited`` (the records edited so far) with ``score_many(records) -> posts``, ``chunk``
@@ -75,7 +67,7 @@ def maybe_write_curve_point(run_dir: Path, every: int, batch_index: int, total_e
     not exist yet. ``weights_digest`` (optional) is recorded, so the final scoring can reuse it."""
     if not is_curve_point(every, batch_index) or not edited:
         return None
-    path = curve_file(run_dir, total_edits)
+    path = folder.curve_file(total_edits)
     if path.is_file():
         return None
     ds_kind = kind_of(ds_name).name
@@ -100,11 +92,11 @@ def maybe_write_curve_point(run_dir: Path, every: int, batch_index: int, total_e
     return path
 
 
-def read_curve_point(run_dir: str | Path, total_edits: int) -> dict[str, Any] | None:
+def read_curve_point(folder: RunFolder, total_edits: int) -> dict[str, Any] | None:
     """The run's curve point after ``total_edits`` edits; None when there is none (or it is unreadable:
     it is only ever a shortcut)."""
     try:
-        point = json.loads(curve_file(Path(run_dir), total_edits).read_text(encoding="utf-8"))
+        point = json.loads(folder.curve_file(total_edits).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return with_total_edits(point) if isinstance(point, dict) and isinstance(point.get("cases"), dict) else None
@@ -132,12 +124,3 @@ def read_curve_file(path: Path) -> dict[str, Any]:
                              f"{', '.join(kind.name for kind in all_kinds())} and cases an "
                              "object {case_id: metrics}")
     return point
-
-
-def curve_paths(run_dir: str | Path) -> list[Path]:
-    """The run's curve files (``curves/edits_NNNNNN.json``), by name."""
-    folder = Path(run_dir) / CURVES_DIR
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.iterdir() if CURVE_FILE.match(p.name) and p.is_file())
-

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from experiments.metrics.per_case import counterfact_row
-from experiments.run_files import read_json
+from experiments.run_folder import RunFolder, read_json
 from experiments.runner import run_experiment
 from experiments.settings import RunConfig
 from util.bundled_models import BundledModelMissing, smollm2_gguf
@@ -43,7 +43,7 @@ def _answer(scores: dict) -> str:
 
 def report(run_dir: Path, cfg: RunConfig) -> str:
     """Before/after answers per case and the metrics, from the run's case files."""
-    cases = [read_json(path) for path in run_dir.glob(f"{cfg.num_edits}_edits-case_*.json")]
+    cases = [read_json(f.path) for f in RunFolder(run_dir).case_files(cfg.num_edits)]
     cases.sort(key=lambda c: int(c["case_id"]))
     lines = [f"{'prompt':44} {'before':24} {'after':24} asked"]
     for case in cases:
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     minutes = (time.perf_counter() - start) / 60
     print(f"\nNSE edited {args.n} facts into {Path(model).name} in batches of {args.batch} ({minutes:.1f} min).\n")
     print(report(run_dir, cfg))
-    print(f"\nRun folder: {run_dir} (a case file per fact, run.log, config.json). Tables and figures:\n"
+    print(f"\nRun folder: {run_dir} (a case file per fact, {RunFolder.LOG}, {RunFolder.CONFIG}). Tables and figures:\n"
           f"  python summarize.py --results_dir={args.results_dir} --dir_name=NSE")
     return 0
 

@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from experiments.metrics.fluency import MetricOptions, metric_settings
-from experiments.run_files import RUN_PATTERN, check_run_files, read_json
+from experiments.run_files import check_run_files
+from experiments.run_folder import RUN_NAME, RunFolder, read_json
 from experiments.saved_model import editor_state_path
 from experiments.settings import RunConfig, RunError, resumable_settings, settings_before
-from experiments.timings import TIMINGS_FILE
-from util.atomic_files import write_json_atomic
 from util.editor import read_state
 from util.total_edits import TOTAL_EDITS, total_edits_of
 
@@ -37,21 +36,22 @@ def _same_setting(saved: Any, now: Any) -> bool:
     return False
 
 
-def resume_dir(cfg: RunConfig, results: Path, hparams) -> Path | None:
+def resume_dir(cfg: RunConfig, results: Path, hparams) -> RunFolder | None:
     """The run folder to continue; refused when a setting that changes the results differs from the run's."""
     if not cfg.continue_from_run:
         return None
-    if not RUN_PATTERN.match(cfg.continue_from_run):  # a path would resume a run of another method or folder
+    if not RUN_NAME.match(cfg.continue_from_run):  # a path would resume a run of another method or folder
         raise ResumeError(f"--continue_from_run={cfg.continue_from_run!r} is not a run folder name; pass the name of "
                           f"a folder in {results / cfg.alg_name} (run_NNN), and --results_dir for another results "
                           "folder")
-    run_dir = results / cfg.alg_name / cfg.continue_from_run
-    if not (run_dir / "config.json").is_file():
-        raise ResumeError(f"--continue_from_run={cfg.continue_from_run}: {run_dir} holds no config.json to resume")
-    check_run_files(run_dir)
-    _check_same_settings(cfg, read_json(run_dir / "config.json")["args"])
-    _check_same_hparams(run_dir, hparams.to_dict(), getattr(type(hparams), "VALUES_BEFORE", {}))
-    return run_dir
+    folder = RunFolder(results / cfg.alg_name / cfg.continue_from_run)
+    if not folder.config_file.is_file():
+        raise ResumeError(f"--continue_from_run={cfg.continue_from_run}: {folder.path} holds no {RunFolder.CONFIG} "
+                          "to resume")
+    check_run_files(folder)
+    _check_same_settings(cfg, folder.read_config()["args"])
+    _check_same_hparams(folder, hparams.to_dict(), getattr(type(hparams), "VALUES_BEFORE", {}))
+    return folder
 
 
 def _check_same_settings(cfg: RunConfig, saved: dict[str, Any]) -> None:
@@ -61,18 +61,18 @@ def _check_same_settings(cfg: RunConfig, saved: dict[str, Any]) -> None:
               if key not in free and not _same_setting(saved.get(key, defaults.get(key)), value)]
     if differ:
         raise ResumeError(f"--continue_from_run={cfg.continue_from_run}: {'; '.join(differ)}. These change what is "
-                          "computed or scored: resume with the run's flags (config.json) or start a new run")
+                          f"computed or scored: resume with the run's flags ({RunFolder.CONFIG}) or start a new run")
 
 
 # Keys of a hyperparameter file that change nothing computed: a copy with other notes resumes the run.
 DOCUMENTATION_KEYS = ("notes",)
 
 
-def _check_same_hparams(run_dir: Path, now: dict[str, Any], before: dict[str, Any]) -> None:
+def _check_same_hparams(folder: RunFolder, now: dict[str, Any], before: dict[str, Any]) -> None:
     """A key the run's params.json lacks (added since) means its former behaviour: ``before`` where the
     default changed what is computed, else the value it has now."""
-    path = run_dir / "params.json"
-    saved = read_json(path) if path.is_file() else None
+    path = folder.params_file
+    saved = folder.read_params()
     now = {k: v for k, v in now.items() if k not in DOCUMENTATION_KEYS}
     if saved is not None:
         saved = {k: v for k, v in saved.items() if k not in DOCUMENTATION_KEYS}
@@ -84,7 +84,7 @@ def _check_same_hparams(run_dir: Path, now: dict[str, Any], before: dict[str, An
                           "resume with the run's hyperparameters or start a new run")
 
 
-def record_resume(cfg: RunConfig, run_dir: Path, config: dict) -> None:
+def record_resume(cfg: RunConfig, folder: RunFolder, config: dict) -> None:
     """config.json keeps, per resume, the settings it changed (resumable ones only: the others are refused)."""
     args = config["args"]
     changed = {k: v for k, v in dataclasses.asdict(cfg).items()
@@ -92,7 +92,7 @@ def record_resume(cfg: RunConfig, run_dir: Path, config: dict) -> None:
     entry: dict[str, Any] = {"time": time.ctime(), "changed": changed}
     _record_metric_settings(cfg, config, entry)
     config.setdefault("resumed", []).append(entry)
-    write_json_atomic(run_dir / "config.json", config)
+    folder.write_config(config)
 
 
 def _record_metric_settings(cfg: RunConfig, config: dict, entry: dict) -> None:
@@ -104,9 +104,10 @@ def _record_metric_settings(cfg: RunConfig, config: dict, entry: dict) -> None:
     if not isinstance(before, dict) or before.get("word_tokenizer") == now["word_tokenizer"]:
         return
     log.warning("this process splits words for Fluency with %s, the run's earlier processes with %s "
-                "(NLTK's punkt_tab data is %s here); Fluency computed from now on uses %s, and config.json "
+                "(NLTK's punkt_tab data is %s here); Fluency computed from now on uses %s, and %s "
                 "records it", now["word_tokenizer"], before.get("word_tokenizer"),
-                "installed" if now["word_tokenizer"] == "nltk.word_tokenize" else "not installed", now["word_tokenizer"])
+                "installed" if now["word_tokenizer"] == "nltk.word_tokenize" else "not installed",
+                now["word_tokenizer"], RunFolder.CONFIG)
     entry["metrics_before"] = before
     config["metrics"] = {**before, **now}
 
@@ -124,9 +125,9 @@ def continued_from(cfg: RunConfig) -> tuple[dict | None, list | None]:
     return info, templates if isinstance(templates, list) else None
 
 
-def earlier_timings(run_dir: Path) -> dict | None:
+def earlier_timings(folder: RunFolder) -> dict | None:
     """The timings of the run's earlier processes; a damaged file (diagnostics only) starts afresh."""
-    path = run_dir / TIMINGS_FILE
+    path = folder.timings_file
     if not path.is_file():
         return None
     try:

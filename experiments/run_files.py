@@ -1,4 +1,5 @@
-"""Run folders: their names, the files in them, and the lock a working process holds on one."""
+"""Working in a run folder: making a new one, checking a resumed one's files, the lock a working
+process holds on it, and the temporaries a killed save left. Its layout is ``experiments.run_folder``."""
 from __future__ import annotations
 
 import json
@@ -10,13 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from util.atomic_files import write_json_atomic
+from experiments.run_folder import RUN_NAME, RunFolder, read_json, run_name
 
-RUN_PATTERN = re.compile(r"^run_(\d{3,})$")
-COMPLETE_MARKER = "run_complete.json"
-STATE_FILE = "editor_state.pt"
-EDIT_REPORTS = "edit_reports.json"
-LOCK_FILE = "run.lock"
 TEMP_PATTERN = re.compile(r"^\..+\.tmp$")  # util.atomic_files' and saved_model's temporaries
 
 
@@ -24,21 +20,16 @@ class RunFolderError(ValueError):
     """A run folder that cannot be used now (another process works in it); the message says why."""
 
 
-def read_json(path: str | Path) -> Any:
-    with open(path, encoding="utf-8-sig") as f:  # a byte-order mark (some editors write one) is not JSON
-        return json.load(f)
-
-
 # A resumed run's own files and the JSON type each holds: read before any work, so a damaged one
 # stops the resume at once instead of after the next batch (whose work would be lost).
-RUN_FILES = {"config.json": dict, "params.json": dict, EDIT_REPORTS: list}
+RUN_FILES = {RunFolder.CONFIG: dict, RunFolder.PARAMS: dict, RunFolder.EDIT_REPORTS: list}
 
 
-def check_run_files(run_dir: Path) -> None:
-    """Every file of RUN_FILES that exists in ``run_dir`` parses and holds its type (edit reports:
+def check_run_files(folder: RunFolder) -> None:
+    """Every file of RUN_FILES that exists in the folder parses and holds its type (edit reports:
     objects with a ``batch_index``); else a :class:`RunFolderError` naming the file and the fix."""
     for name, kind in RUN_FILES.items():
-        path = run_dir / name
+        path = folder.file(name)
         if not path.is_file():
             continue
         try:
@@ -46,31 +37,33 @@ def check_run_files(run_dir: Path) -> None:
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise RunFolderError(f"{path} is damaged ({type(err).__name__}: {err}); restore it from a copy, or start "
                                  "a new run (this run's case files and editor state stay where they are)") from None
-        ok = isinstance(data, kind) and (name != EDIT_REPORTS or all(
-            isinstance(r, dict) and isinstance(r.get("batch_index"), int) for r in data)) \
-            and (name != "config.json" or isinstance(data.get("args"), dict))
-        if not ok:
+        if not _holds_what_is_written(name, data, kind):
+            reports = name == RunFolder.EDIT_REPORTS
             raise RunFolderError(f"{path} does not hold what this harness writes there (a JSON {kind.__name__}"
-                                 f"{' of batch reports' if name == EDIT_REPORTS else ''}); restore it from a copy, "
+                                 f"{' of batch reports' if reports else ''}); restore it from a copy, "
                                  "or start a new run")
 
 
-def new_run_dir(alg_dir: Path) -> Path:
+def _holds_what_is_written(name: str, data: Any, kind: type) -> bool:
+    if not isinstance(data, kind):
+        return False
+    if name == RunFolder.EDIT_REPORTS:
+        return all(isinstance(r, dict) and isinstance(r.get("batch_index"), int) for r in data)
+    return name != RunFolder.CONFIG or isinstance(data.get("args"), dict)
+
+
+def new_run_folder(alg_dir: Path) -> RunFolder:
     """The next free ``run_NNN`` under ``alg_dir``, created atomically (safe for parallel runs)."""
     alg_dir.mkdir(parents=True, exist_ok=True)
-    taken = [int(m.group(1)) for p in alg_dir.iterdir() if (m := RUN_PATTERN.match(p.name))]
+    taken = [int(m.group(1)) for p in alg_dir.iterdir() if (m := RUN_NAME.match(p.name))]
     number = max(taken, default=-1) + 1
     while True:
-        candidate = alg_dir / f"run_{number:03d}"
+        candidate = alg_dir / run_name(number)
         try:
             candidate.mkdir()
-            return candidate
+            return RunFolder(candidate)
         except FileExistsError:
             number += 1
-
-
-def case_file(run_dir: Path, num_edits: int, case_id) -> Path:
-    return run_dir / f"{num_edits}_edits-case_{case_id}.json"
 
 
 def _holder_alive(holder: dict[str, Any]) -> bool:
@@ -96,10 +89,10 @@ def _read_holder(lock: Path) -> dict[str, Any] | None:
     return holder if isinstance(holder, dict) and "pid" in holder else None
 
 
-def take_run_lock(run_dir: Path) -> str | None:
-    """Lock ``run_dir`` for this process (``run.lock``: pid, host, time). Another live process's lock is
-    a :class:`RunFolderError`; a dead one's is taken over. Returns a note on a lock taken over, or None."""
-    lock = run_dir / LOCK_FILE
+def take_run_lock(folder: RunFolder) -> str | None:
+    """Lock the folder for this process (its lock file: pid, host, time). Another live process's lock
+    is a :class:`RunFolderError`; a dead one's is taken over. Returns a note on a lock taken over, or None."""
+    run_dir, lock = folder.path, folder.lock_file
     me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.ctime()}
     note = None
     for _ in range(3):  # a lock released or taken over by another process meanwhile: look again
@@ -122,9 +115,9 @@ def take_run_lock(run_dir: Path) -> str | None:
     raise RunFolderError(f"could not lock {run_dir}: other processes keep taking it; is the run started twice?")
 
 
-def release_run_lock(run_dir: Path) -> None:
-    """Remove ``run.lock`` if this process holds it."""
-    lock = run_dir / LOCK_FILE
+def release_run_lock(folder: RunFolder) -> None:
+    """Remove the folder's lock file if this process holds it."""
+    lock = folder.lock_file
     holder = _read_holder(lock) if lock.exists() else None
     if holder and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
         lock.unlink(missing_ok=True)
@@ -138,17 +131,3 @@ def remove_stale_temporaries(folder: Path, prefix: str = "", below: bool = True)
     for path in sorted(stale, reverse=True):  # deepest first
         shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
     return stale
-
-
-def holds_no_results(run_dir: Path) -> bool:
-    """Only the files written at start (config, params, log, lock): scores or state are kept."""
-    return {p.name for p in run_dir.iterdir()} <= {"config.json", "params.json", "run.log", LOCK_FILE}
-
-
-def append_report(run_dir: Path, report: dict[str, Any]) -> None:
-    """``edit_reports.json``: one entry per batch (time, value loss, residuals per round...); a re-done
-    batch replaces its entry."""
-    path = run_dir / EDIT_REPORTS
-    reports = read_json(path) if path.is_file() else []
-    reports = [r for r in reports if r["batch_index"] < report["batch_index"]]
-    write_json_atomic(path, reports + [report])

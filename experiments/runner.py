@@ -20,7 +20,7 @@ import torch
 import transformers
 from tqdm.auto import tqdm
 
-from experiments.algorithms import Algorithm, get_algorithm
+from experiments.algorithms import Algorithm, get_algorithm, variant_label
 from experiments.anchor_pool import editor_inputs
 from experiments.context_fit import check_records_fit
 from experiments.downstream.tasks import check_glue_dir
@@ -28,17 +28,8 @@ from experiments.hparams_files import load_hparams, resolve_hparams_path
 from experiments.metrics.fluency import MetricOptions, metric_settings
 from experiments.records import load_records, request_of
 from experiments.resume import continued_from, earlier_timings, record_resume, resume_dir
-from experiments.run_files import (
-    COMPLETE_MARKER,
-    STATE_FILE,
-    append_report,
-    holds_no_results,
-    new_run_dir,
-    read_json,
-    release_run_lock,
-    remove_stale_temporaries,
-    take_run_lock,
-)
+from experiments.run_files import new_run_folder, release_run_lock, remove_stale_temporaries, take_run_lock
+from experiments.run_folder import RunFolder
 from experiments.run_log import run_log
 from experiments.run_paths import RunPaths
 from experiments.saved_model import save_model_of_run, stage_editor_state
@@ -46,12 +37,10 @@ from experiments.scoring_passes import CaseScoring, CurvePass, DownstreamPass, S
 from experiments.setting_checks import check_settings
 from experiments.settings import RunConfig, RunError
 from experiments.timings import RunTimings
-from util.atomic_files import write_json_atomic
 from util.editor import Editor
 from util.hparams import HyperParamsError
 from util.model_loading import load_model_and_tokenizer
 from util.second_moment import model_fingerprint
-from util.total_edits import TOTAL_EDITS
 from util.value_cache import ValueCache
 
 __all__ = ["RunConfig", "RunError", "RunPaths", "run_experiment"]
@@ -75,10 +64,10 @@ def run_experiment(cfg: RunConfig, paths: RunPaths | None = None) -> Path:
         check_glue_dir(paths.glue)
     with ExitStack() as held:
         resumed = resume_dir(cfg, paths.results, hparams)
-        if resumed and (resumed / COMPLETE_MARKER).is_file():
+        if resumed and resumed.is_complete:
             log.warning("%s is complete (%s): nothing to resume, nothing changed; start a new run to edit more",
-                        resumed, COMPLETE_MARKER)
-            return resumed
+                        resumed.path, RunFolder.COMPLETE)
+            return resumed.path
         notes = _lock(resumed, held, cfg) if resumed else []  # before the model: a second process stops now
         log.info("loading %s (%s)", cfg.model_name, cfg.dtype)
         model, tok = load_model_and_tokenizer(cfg.model_name, cfg.device, cfg.dtype, cfg.device_map)
@@ -88,29 +77,29 @@ def run_experiment(cfg: RunConfig, paths: RunPaths | None = None) -> Path:
             raise RunError(f"{hparams_path}: {err}") from None
         records = load_records(cfg, paths, tok)
         requests = [request_of(r, tok) for r in records]  # validates every record before any edit
-        run_dir = resumed or new_run_dir(paths.results / cfg.alg_name)
-        notes += [] if resumed else _lock(run_dir, held, cfg)
+        folder = resumed or new_run_folder(paths.results / cfg.alg_name)
+        notes += [] if resumed else _lock(folder, held, cfg)
         try:
-            with run_log(run_dir):
+            with run_log(folder.path):
                 log.info("%s run folder %s: %d records in batches of %d", "resuming" if resumed else "new",
-                         run_dir, len(records), cfg.num_edits)
+                         folder.path, len(records), cfg.num_edits)
                 for note in notes:
                     log.warning(note)
-                editor, first_batch = _start(cfg, paths, alg, hparams, model, tok, records, run_dir)
-                return _run(cfg, paths, editor, records, requests, run_dir, first_batch)
+                editor, first_batch = _start(cfg, paths, alg, hparams, model, tok, records, folder)
+                return _run(cfg, paths, editor, records, requests, folder, first_batch)
         except BaseException:
-            if resumed is None and holds_no_results(run_dir):
-                shutil.rmtree(run_dir, ignore_errors=True)  # nothing worth resuming: leave no husk
+            if resumed is None and folder.holds_no_results():
+                shutil.rmtree(folder.path, ignore_errors=True)  # nothing worth resuming: leave no husk
                 with contextlib.suppress(OSError):
-                    run_dir.parent.rmdir()  # the method's folder, when this run was its only one
+                    folder.path.parent.rmdir()  # the method's folder, when this run was its only one
             raise
 
 
-def _lock(run_dir: Path, held: ExitStack, cfg: RunConfig) -> list[str]:
-    """Lock ``run_dir`` until ``held`` closes and clean what a killed process left; notes for run.log."""
-    taken_over = take_run_lock(run_dir)
-    held.callback(release_run_lock, run_dir)
-    stale = remove_stale_temporaries(run_dir)
+def _lock(folder: RunFolder, held: ExitStack, cfg: RunConfig) -> list[str]:
+    """Lock the folder until ``held`` closes and clean what a killed process left; notes for the run's log."""
+    taken_over = take_run_lock(folder)
+    held.callback(release_run_lock, folder)
+    stale = remove_stale_temporaries(folder.path)
     if cfg.save_model:  # a killed --save_model leaves its half-written folder beside the target
         target = Path(cfg.save_model).expanduser()
         stale += remove_stale_temporaries(target.parent, prefix=target.name, below=False)
@@ -121,11 +110,10 @@ def _lock(run_dir: Path, held: ExitStack, cfg: RunConfig) -> list[str]:
 
 
 def _start(cfg: RunConfig, paths: RunPaths, alg: Algorithm, hparams, model, tok, records: list[dict],
-           run_dir: Path) -> tuple[Editor, int]:
+           folder: RunFolder) -> tuple[Editor, int]:
     """The editor as the run left it (or as a saved state left it, or fresh), with config.json written
     or its resume recorded; also the editor batches before this run's first."""
-    config_path = run_dir / "config.json"
-    config = read_json(config_path) if config_path.is_file() else None  # None: a new run
+    config = folder.read_config()  # None: a new run
     if config:
         continued, templates = config.get("continued_from"), config["context_templates"]
     else:
@@ -133,19 +121,21 @@ def _start(cfg: RunConfig, paths: RunPaths, alg: Algorithm, hparams, model, tok,
         templates = templates or alg.editor_class.make_context_templates(model, tok, hparams, cfg.seed)
     check_records_fit(model, tok, records, templates, generation_every(cfg))  # before any edit
     if config:
-        record_resume(cfg, run_dir, config)
+        record_resume(cfg, folder, config)
     else:
-        write_json_atomic(run_dir / "params.json", hparams.to_dict())
+        folder.write_params(hparams.to_dict())
         metrics = metric_settings(MetricOptions.from_names(cfg.metric_departures))  # tokenizer used, departures
-        write_json_atomic(config_path, {"args": dataclasses.asdict(cfg), "versions": _versions(),
-                                        "context_templates": templates, "started": time.ctime(),
-                                        "metrics": metrics, "continued_from": continued})
+        # The variant label: the reporter tells the run from its method's plain form without knowing the method.
+        folder.write_config({"args": dataclasses.asdict(cfg), "versions": _versions(),
+                             "context_templates": templates, "started": time.ctime(),
+                             "metrics": metrics, "continued_from": continued,
+                             "variant": variant_label(hparams.to_dict())})
     editor = _make_editor(cfg, paths, alg, hparams, model, tok, templates)
     # The state before prepare(): C0 is collected on the original weights, which a saved edited model
     # (--model_name=<--save_model folder>) gets back only from its state.
-    if (run_dir / STATE_FILE).is_file():
-        editor.load(run_dir / STATE_FILE)
-        log.info("resuming %s after batch %d (%d edits)", run_dir, editor.num_batches, editor.total_edits)
+    if folder.state_file.is_file():
+        editor.load(folder.state_file)
+        log.info("resuming %s after batch %d (%d edits)", folder.path, editor.num_batches, editor.total_edits)
     elif continued:
         editor.load(continued["editor_state"])
         if getattr(editor, "finished", False):
@@ -157,17 +147,17 @@ def _start(cfg: RunConfig, paths: RunPaths, alg: Algorithm, hparams, model, tok,
 
 
 def _run(cfg: RunConfig, paths: RunPaths, editor: Editor, records: list[dict], requests: list[dict],
-         run_dir: Path, first_batch: int) -> Path:
+         folder: RunFolder, first_batch: int) -> Path:
     """The batch loop: edit, save the state, then the passes due after this batch (downstream, curve)."""
-    timings = RunTimings(run_dir, earlier_timings(run_dir))
+    timings = RunTimings(folder.timings_file, earlier_timings(folder))
     with timings.phase("prepare_seconds", where="before_edits"):
         editor.prepare()  # C0 now: a missing corpus fails before pre-edit scoring and downstream runs
     scorers = Scorers(cfg, paths, editor.model, editor.tok)
     if cfg.eval_pre_edit and editor.num_batches == first_batch:
         with timings.phase("pre_edit_seconds", where="before_edits"):
-            CaseScoring(cfg, scorers(), records, run_dir / "pre_edit", "pre-edit scoring").run()
-    passes = [DownstreamPass(cfg, paths, editor.model, editor.tok, run_dir),
-              CurvePass(cfg, scorers, records, run_dir, first_batch)]
+            CaseScoring(cfg, scorers(), records, folder, "pre-edit scoring").run()
+    passes = [DownstreamPass(cfg, paths, editor.model, editor.tok, folder),
+              CurvePass(cfg, scorers, records, folder, first_batch)]
     for scoring in passes:  # the unedited model's tasks; a curve point a kill interrupted
         with timings.phase(scoring.phase, where="before_edits"):
             scoring.run(editor)
@@ -176,47 +166,46 @@ def _run(cfg: RunConfig, paths: RunPaths, editor: Editor, records: list[dict], r
     done = editor.num_batches - first_batch  # this run's batches already applied
     for index in tqdm(range(done, len(batches)), desc="editing", unit="batch", initial=done, total=len(batches)):
         if cfg.stop_after_batches is not None and index >= cfg.stop_after_batches:
-            log.info("stopping after %d batches as asked; continue with --continue_from_run=%s", index, run_dir.name)
-            return run_dir
+            log.info("stopping after %d batches as asked; continue with --continue_from_run=%s", index, folder.name)
+            return folder.path
         timings.start_batch(editor.num_batches + 1)
         report = editor.edit(batches[index])  # the editor logs its one-line report
-        append_report(run_dir, _report_entry(report))
+        folder.append_report(_report_entry(report))
         with timings.phase("save_seconds"):
-            editor.save(run_dir / STATE_FILE)
+            editor.save(folder.state_file)
         for scoring in passes:
             with timings.phase(scoring.phase):
                 scoring.run(editor)
-        timings.end_batch(report, run_dir / STATE_FILE)
-    return _finish(cfg, editor, scorers, passes[1], records, run_dir, first_batch, timings)
+        timings.end_batch(report, folder.state_file)
+    return _finish(cfg, editor, scorers, passes[1], records, folder, first_batch, timings)
 
 
-def _finish(cfg: RunConfig, editor: Editor, scorers: Scorers, curves: CurvePass, records: list[dict], run_dir: Path,
-            first_batch: int, timings: RunTimings) -> Path:
+def _finish(cfg: RunConfig, editor: Editor, scorers: Scorers, curves: CurvePass, records: list[dict],
+            folder: RunFolder, first_batch: int, timings: RunTimings) -> Path:
     """After the last batch: the editor's finish(), --save_model, the final scoring, the completion marker."""
-    staged = stage_editor_state(cfg.save_model, editor, run_dir) if cfg.save_model else None  # continuable
+    staged = stage_editor_state(cfg.save_model, editor, folder.path) if cfg.save_model else None  # continuable
     if not editor.finished:
         with timings.phase("finish_seconds", where="final"):
             editor.finish()  # e.g. PRUNE's restraint at the original's timing; idempotent once saved
-            editor.save(run_dir / STATE_FILE)
+            editor.save(folder.state_file)
     if cfg.save_model:
         with timings.phase("save_model_seconds", where="final"):
-            if save_model_of_run(cfg, editor.model, editor.tok, editor, run_dir, staged):
+            if save_model_of_run(cfg, editor.model, editor.tok, editor, folder.path, staged):
                 log.info("edited model, tokenizer and editor state saved to %s", cfg.save_model)
     final = scorers()
     n_generation = sum(final.has_generation(i, r) for i, r in enumerate(records))
     known = curves.posts_of_these_weights(editor)
     log.info("final scoring: %d cases (%d with generation)%s", len(records), n_generation,
              "; teacher-forced metrics from the last curve point (the same weights)" if known else "")
-    CaseScoring(cfg, final, records, run_dir, "scoring edited model", batch_size=cfg.num_edits, first_batch=first_batch,
+    CaseScoring(cfg, final, records, folder, "scoring edited model", batch_size=cfg.num_edits, first_batch=first_batch,
                 timer=lambda name: timings.phase(name, where="final"), known=known).run(editor)
     timings.note("final", n_cases=len(records), n_generation_cases=n_generation)
     timings.write()
-    write_json_atomic(run_dir / COMPLETE_MARKER, {"finished": time.ctime(), "num_batches": editor.num_batches,
-                                                 TOTAL_EDITS: editor.total_edits})
+    folder.write_complete(editor.num_batches, editor.total_edits)
     log.info("run complete: %d edits in %d batches, %d cases scored; summarize with python summarize.py "
              "--dir_name=%s --runs=%s", editor.total_edits, editor.num_batches, len(records), cfg.alg_name,
-             run_dir.name)
-    return run_dir
+             folder.name)
+    return folder.path
 
 
 def _versions() -> dict[str, str]:

@@ -16,10 +16,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from experiments.run_files import STATE_FILE, read_json
+from experiments.run_folder import RunFolder, read_json
 from util.editor import move_state, read_state
 from util.total_edits import TOTAL_EDITS, total_edits_of
 
+STATE_FILE = RunFolder.STATE  # a saved model's editor state has the name it has in a run folder
 EDIT_INFO = "editing.json"
 NO_STATE = "none"  # --load_editor_state=none: start from DIR's weights as a fresh model
 
@@ -90,7 +91,6 @@ def editor_state_path(model_name: str, load_editor_state: str | None) -> Path | 
         return path
     candidate = Path(model_name).expanduser() / STATE_FILE
     return candidate if candidate.is_file() else None
-
 
 
 def _saved_by(save_dir: str, run_dir: Path, total_edits: int) -> bool:

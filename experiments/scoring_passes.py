@@ -22,7 +22,7 @@ from experiments.curves import maybe_write_curve_point, read_curve_point, weight
 from experiments.downstream import run_downstream_eval, write_downstream_result
 from experiments.ds_kinds import kind_of
 from experiments.metrics.fluency import MetricOptions
-from experiments.run_files import EDIT_REPORTS, case_file, read_json
+from experiments.run_folder import RunFolder, read_json
 from experiments.run_paths import RunPaths
 from experiments.settings import RunConfig
 from util.atomic_files import write_json_atomic
@@ -82,14 +82,14 @@ class DownstreamPass:
     paths: RunPaths
     model: Any
     tok: Any
-    run_dir: Path
+    folder: RunFolder
     phase: str = "downstream_seconds"
 
     def run(self, editor) -> None:
         steps = self.cfg.downstream_eval_steps
         if not steps or editor.num_batches % steps:
             return
-        path = self.run_dir / "downstream" / f"edits_{editor.total_edits:06d}.json"
+        path = self.folder.downstream_file(editor.total_edits)
         if path.is_file():
             return
         log.info("downstream after %d edits: starting", editor.total_edits)
@@ -107,7 +107,7 @@ class CurvePass:
     cfg: RunConfig
     scorers: Scorers
     records: list[dict]
-    run_dir: Path
+    folder: RunFolder
     first_batch: int  # editor batches before this run's first (a run continued from a saved state)
     phase: str = "curve_seconds"
 
@@ -115,7 +115,7 @@ class CurvePass:
         if not self.cfg.curve_every:
             return
         edited = self.records[: (editor.num_batches - self.first_batch) * self.cfg.num_edits]
-        maybe_write_curve_point(self.run_dir, self.cfg.curve_every, editor.num_batches, editor.total_edits,
+        maybe_write_curve_point(self.folder, self.cfg.curve_every, editor.num_batches, editor.total_edits,
                                 self.cfg.ds_name, edited, self.scorers(False).curve_metrics,
                                 weights_digest=lambda: weights_digest(editor.weights.values()))
 
@@ -124,7 +124,7 @@ class CurvePass:
         these weights (same digest: finish() changed nothing); else None."""
         if not self.cfg.curve_every:
             return None
-        point = read_curve_point(self.run_dir, editor.total_edits)
+        point = read_curve_point(self.folder, editor.total_edits)
         if point is None or point.get("weights_digest") != weights_digest(editor.weights.values()):
             return None
         return lambda record: point["cases"].get(str(record["case_id"]))
@@ -132,13 +132,13 @@ class CurvePass:
 
 @dataclass
 class CaseScoring:
-    """One JSON per case. ``batch_size`` None: the pre-edit scores (``pre_edit/case_<id>.json``);
-    else the run's results (``<batch_size>_edits-case_<id>.json``, with the pre-edit scores if any)."""
+    """One JSON per case. ``batch_size`` None: the pre-edit scores (RunFolder.pre_edit_file);
+    else the run's results (RunFolder.case_file, with the pre-edit scores if any)."""
 
     cfg: RunConfig
     scorer: CaseScorer
     records: list[dict]
-    out_dir: Path
+    folder: RunFolder
     desc: str
     batch_size: int | None = None
     first_batch: int = 0
@@ -148,14 +148,13 @@ class CaseScoring:
 
     def path_of(self, record: dict) -> Path:
         if self.batch_size is None:
-            return self.out_dir / f"case_{record['case_id']}.json"
-        return case_file(self.out_dir, self.batch_size, record["case_id"])
+            return self.folder.pre_edit_file(record["case_id"])
+        return self.folder.case_file(self.batch_size, record["case_id"])
 
     def run(self, editor=None) -> None:
         todo = [(i, r) for i, r in enumerate(self.records) if not self.path_of(r).is_file()]
-        reports = self.out_dir / EDIT_REPORTS
-        seconds = {r["batch_index"]: r["seconds"] for r in (read_json(reports) if self.batch_size and reports.is_file()
-                                                            else [])}
+        reports = self.folder.edit_reports() if self.batch_size else []
+        seconds = {r["batch_index"]: r["seconds"] for r in reports}
         with tqdm(total=len(self.records), initial=len(self.records) - len(todo), desc=self.desc, unit="case") as bar:
             for i, record, metrics in self.scorer.score(todo, timer=self.timer, known=self.known):
                 bar.update()
@@ -170,7 +169,7 @@ class CaseScoring:
                   "grouped_case_ids": [r["case_id"] for r in self.records[group : group + size]],
                   "num_edits": size, "requested_rewrite": record["requested_rewrite"],
                   "time": seconds.get(self.first_batch + index // size), "post": metrics}  # its batch's
-        pre = self.out_dir / "pre_edit" / f"case_{record['case_id']}.json"
+        pre = self.folder.pre_edit_file(record["case_id"])
         if pre.is_file():
             result["pre"] = read_json(pre)
         return result

@@ -21,8 +21,6 @@ import torch
 
 from util.atomic_files import write_json_atomic
 
-TIMINGS_FILE = "timings.json"
-
 
 def _rss_mib() -> float | None:
     """Resident memory now (Linux /proc); None where that is not available."""
@@ -53,10 +51,10 @@ def machine() -> dict[str, Any]:
 
 
 class RunTimings:
-    """Collects and writes one run's ``timings.json``; every write is atomic."""
+    """Collects and writes one run's ``timings.json`` (``path``: RunFolder.timings_file); every write is atomic."""
 
-    def __init__(self, run_dir: Path, existing: dict[str, Any] | None = None) -> None:
-        self.path = Path(run_dir) / TIMINGS_FILE
+    def __init__(self, path: Path, existing: dict[str, Any] | None = None) -> None:
+        self.path = Path(path)
         self.data = existing or {"machine": machine(), "segments": [], "before_edits": {}, "batches": [],
                                  "final": {}}
         self._segment = {"started": time.ctime(), "machine": machine(), "wall_seconds": 0.0,

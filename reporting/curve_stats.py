@@ -23,7 +23,7 @@ import numpy as np
 
 from experiments.ds_kinds import kind_named
 from experiments.metrics.summary import UNSCALED, harmonic_mean, post_problem, summarize_cases
-from experiments.summarize_runs import SummaryError
+from reporting.errors import SummaryError
 
 Post = Mapping[str, Any]
 BASELINE_SHAPE = "the JSON bench/pre_edit_curve.py writes ({\"cases\": {case_id: metrics}, ...})"

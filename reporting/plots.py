@@ -9,7 +9,7 @@ complete run, its final result from the case files (all cases, after all edits; 
 the per-case metrics, ×100. A damaged curve file is left out (named in the run's warnings); a run
 without curve points gets a note saying how to get them. Panels wrap at four a row, each with a
 y-axis fitted to its lines. Each point has a band of ± 1 standard error over its cases
-(:mod:`experiments.curve_stats`; Score's by the delta method). A dashed line is the unedited model
+(:mod:`reporting.curve_stats`; Score's by the delta method). A dashed line is the unedited model
 on each point's own cases: ``--baseline``'s per-case scores (``bench/pre_edit_curve.py``), else
 the run's pre-edit scores (``--eval_pre_edit``); where it would stretch a panel's axis more than
 threefold it is left off that axis and the panel's title gives its value.
@@ -31,12 +31,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from experiments.curve_stats import Baseline, baseline_point, standard_errors
-from experiments.curves import CurveFileError, curve_paths, read_curve_file
+from experiments.curves import CurveFileError, read_curve_file
 from experiments.ds_kinds import all_kinds, kind_named
 from experiments.metrics.summary import post_problem, summarize_cases
-from experiments.run_files import COMPLETE_MARKER
-from experiments.summarize_runs import DOWNSTREAM_METRICS, RunSummary, SummaryError
+from experiments.run_folder import RunFolder
+from reporting.curve_stats import Baseline, baseline_point, standard_errors
+from reporting.errors import SummaryError
+from reporting.reading import DOWNSTREAM_METRICS
+from reporting.summary import RunSummary
 from util.atomic_files import atomic_path, write_text_atomic
 from util.total_edits import TOTAL_EDITS
 
@@ -51,7 +53,7 @@ def panels() -> list[str]:
     figure draws those its runs have."""
     names = [name for kind in all_kinds() for _, name in kind.curve_metrics] + [n for _, n in GENERATION_PANELS]
     return list(dict.fromkeys(names))
-CURVE_FIX = "delete it or move it out of curves/"
+CURVE_FIX = f"delete it or move it out of {RunFolder.CURVES_DIR}/"
 SE = " SE"  # the CSV column of a panel's standard error: "<panel> SE"
 UNEDITED, UNEDITED_SOURCE = "unedited model", "unedited"
 NO_BASELINE_HINT = ("the run has no pre-edit scores: run experiments.evaluate with --eval_pre_edit, or pass "
@@ -99,7 +101,7 @@ def _curve_points(s: RunSummary) -> list[dict[str, Any]]:
     """The run's readable curve points; a damaged file is left out and named in ``s.warnings`` (a
     figure is worth drawing without one of its points)."""
     points = []
-    for path in curve_paths(s.path):
+    for path in RunFolder(s.path).curve_files():
         try:
             point = read_curve_file(path)
         except CurveFileError as err:
@@ -416,9 +418,11 @@ def _note_missing_curves(summaries: Sequence[RunSummary], header: list[str], row
         if s.kind is None or not s.n_cases or any(r[header.index("source")] == "curve" for r in mine):
             continue
         if mine:
-            s.notes.append(f"{METRICS_FIGURE}: only the final point (the run has no curves/ points); {CURVE_HINT}")
+            s.notes.append(f"{METRICS_FIGURE}: only the final point (the run has no {RunFolder.CURVES_DIR}/ points); "
+                           f"{CURVE_HINT}")
             continue
-        why = "the run is incomplete" if not s.complete else f"{COMPLETE_MARKER} does not say how many edits were made"
+        why = ("the run is incomplete" if not s.complete
+               else f"{RunFolder.COMPLETE} does not say how many edits were made")
         s.notes.append(f"not in {METRICS_FIGURE}: no curve points and no final point ({why}); {CURVE_HINT}")
 
 

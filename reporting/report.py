@@ -6,7 +6,6 @@ relative to the report, so the folder can be moved or published as it is).
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -15,7 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from experiments.ds_kinds import all_kinds
-from experiments.summarize_runs import DOWNSTREAM_METRICS, RunSummary, anchor_cell
+from experiments.run_folder import RunFolder
+from reporting.reading import DOWNSTREAM_METRICS
+from reporting.summary import RunSummary
+from reporting.tables import anchor_cell
 from util.atomic_files import write_text_atomic
 from util.total_edits import TOTAL_EDITS, total_edits_of
 
@@ -52,9 +54,8 @@ def _mean_std(pair: tuple[float, float] | None) -> str:
 def _config_file(s: RunSummary) -> dict[str, Any]:
     """The whole config.json (versions, continuation); {} when unreadable: summarize_run has already
     refused a damaged one, and the report must not fail on a file changed since."""
-    path = s.path / "config.json"
     try:
-        raw = json.loads(path.read_text(encoding="utf-8-sig")) if path.is_file() else {}
+        raw = RunFolder(s.path).read_config() or {}
     except (OSError, ValueError):  # ValueError: invalid JSON or not UTF-8
         return {}
     return raw if isinstance(raw, dict) else {}
@@ -79,9 +80,9 @@ def _settings(s: RunSummary) -> str:
     for name, version in (versions if isinstance(versions, dict) else {}).items():
         rows.append([f"{name} version", f"`{version}`"])
     text = f"### {s.label} ({s.status})\n\nFolder: `{s.path}`\n\n" + md_table(["setting", "value"], rows)
-    params = s.path / "params.json"
+    params = RunFolder(s.path).params_file
     if params.is_file():
-        text += ("\n\n<details><summary>Hyperparameters (params.json)</summary>\n\n```json\n"
+        text += (f"\n\n<details><summary>Hyperparameters ({RunFolder.PARAMS})</summary>\n\n```json\n"
                  + _params_text(params) + "\n```\n\n</details>")
     return text
 

@@ -54,7 +54,7 @@ def record(summary) -> dict[str, Any]:
 
 
 def _summaries(results: Path) -> dict[str, dict[str, Any]]:
-    from experiments.summarize_runs import summarize_run
+    from reporting.summary import summarize_run
 
     return {name_of(p): record(summarize_run(stage(p, results))) for p in committed_runs()}
 

@@ -276,11 +276,12 @@ def test_the_final_scoring_scores_anew_when_finish_changed_the_weights(runs, mon
 
     import torch
 
+    from experiments.run_folder import RunFolder
     from experiments.scoring_passes import CurvePass
 
     _, curved, _ = runs
     point = _points(curved)[6]
-    curves = CurvePass(SimpleNamespace(curve_every=1), None, [], curved, 0)
+    curves = CurvePass(SimpleNamespace(curve_every=1), None, [], RunFolder(curved), 0)
     state = torch.load(curved / "editor_state.pt", weights_only=True)
     weights = {k: v.clone() for k, v in state["current"].items()}
     editor = SimpleNamespace(total_edits=6, weights=weights)

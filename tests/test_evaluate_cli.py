@@ -8,7 +8,7 @@ import pytest
 from helpers import COUNTERFACT, TINY_LLAMA, ZSRE
 
 from experiments.evaluate import main as evaluate
-from experiments.summarize_runs import summarize_run
+from reporting.summary import summarize_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,6 +53,7 @@ def test_run_writes_every_file(unbroken):
     assert len(config["context_templates"][1]) == 5 and config["args"]["num_edits"] == 5
     assert config["metrics"]["word_tokenizer"] in ("nltk.word_tokenize", "nltk-untrained-punkt")
     assert config["metrics"]["departures"] == [] and config["metrics"]["generation"]["max_length_with_prompt"] == 100
+    assert config["variant"] == ""  # the plain method: no label beside its name in reports
     assert (unbroken / "params.json").is_file() and (unbroken / "run_complete.json").is_file()
     log = (unbroken / "run.log").read_text()
     assert log.count("edits (") == 4 and "residual" in log  # one line per batch

@@ -14,9 +14,9 @@ from helpers import cf_post
 from test_summarize import CF_POSTS, CF_PRE, LOSE, WIN, make_run
 
 import summarize
-from experiments.curve_stats import standard_errors
+from reporting.curve_stats import standard_errors
 from experiments.metrics.summary import harmonic_mean, summarize_cases
-from experiments.plots import SE, _y_range, metrics_figure, panels
+from reporting.plots import SE, _y_range, metrics_figure, panels
 
 # Unedited: case 2 already prefers the new object, so the point after 1 edit (case 0 alone) and the
 # final point (cases 0-2) have different unedited scores: Efficacy 0 there, 33.3 ± 33.3 here.

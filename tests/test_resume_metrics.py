@@ -5,6 +5,7 @@ import json
 import logging
 
 import experiments.resume as resume
+from experiments.run_folder import RunFolder
 from experiments.settings import RunConfig
 
 CFG = RunConfig(alg_name="NSE", model_name="m", hparams_fname="h.json", ds_name="mcf")
@@ -19,7 +20,7 @@ def test_a_resume_on_a_machine_without_nltk_data_records_the_fallback_and_warns(
                                                                      "departures": []})
     config = _config("nltk.word_tokenize")
     with caplog.at_level(logging.WARNING, logger="experiments"):
-        resume.record_resume(CFG, tmp_path, config)
+        resume.record_resume(CFG, RunFolder(tmp_path), config)
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["metrics"]["word_tokenizer"] == "nltk-untrained-punkt"
     assert saved["metrics"]["generation"] == {"top_k": 5}  # what did not change stays
@@ -31,7 +32,7 @@ def test_a_resume_with_the_same_tokenizer_records_nothing_more(tmp_path, monkeyp
     monkeypatch.setattr(resume, "metric_settings", lambda options: {"word_tokenizer": "nltk.word_tokenize",
                                                                      "departures": []})
     with caplog.at_level(logging.WARNING, logger="experiments"):
-        resume.record_resume(CFG, tmp_path, _config("nltk.word_tokenize"))
+        resume.record_resume(CFG, RunFolder(tmp_path), _config("nltk.word_tokenize"))
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["metrics"]["word_tokenizer"] == "nltk.word_tokenize"
     assert "metrics_before" not in saved["resumed"][-1] and not caplog.text

@@ -13,8 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from experiments.algorithms import get_algorithm
 from experiments.evaluate import main as evaluate
-from experiments.run_files import STATE_FILE
-from experiments.saved_model import EDIT_INFO, save_dir_problem, save_edited_model
+from experiments.saved_model import EDIT_INFO, STATE_FILE, save_dir_problem, save_edited_model
 from util.editor import originals_path
 from util.model_loading import load_model_and_tokenizer
 

@@ -92,6 +92,7 @@ def test_resuming_a_run_from_before_a_new_hyperparameter(tmp_path):
     import json
 
     from experiments.resume import ResumeError, _check_same_hparams
+    from experiments.run_folder import RunFolder
     from memit.hparams import MEMITRectHyperParams
 
     base = dict(layers=[0], fact_token="subject_last", v_num_grad_steps=1, v_lr=0.1, v_loss_layer=1,
@@ -103,9 +104,9 @@ def test_resuming_a_run_from_before_a_new_hyperparameter(tmp_path):
     (tmp_path / "params.json").write_text(json.dumps(old))
     before = MEMITRectHyperParams.VALUES_BEFORE
     with pytest.raises(ResumeError, match="rect_timing: run 'per_layer', now 'after_layers'"):
-        _check_same_hparams(tmp_path, now, before)
+        _check_same_hparams(RunFolder(tmp_path), now, before)
     asked = MEMITRectHyperParams(**base, rect_timing="per_layer", rect_rule="exact_share").to_dict()
-    assert _check_same_hparams(tmp_path, asked, before) is None  # the rest of the new keys: their defaults
+    assert _check_same_hparams(RunFolder(tmp_path), asked, before) is None  # the rest of the new keys: their defaults
 
 
 def test_a_hyperparameter_file_with_other_notes_resumes_the_run(tmp_path):
@@ -115,6 +116,7 @@ def test_a_hyperparameter_file_with_other_notes_resumes_the_run(tmp_path):
 
     from alphaedit.hparams import AlphaEditHyperParams
     from experiments.resume import ResumeError, _check_same_hparams
+    from experiments.run_folder import RunFolder
 
     root = Path(__file__).resolve().parents[1]
     shipped = AlphaEditHyperParams.from_json(root / "hparams/AlphaEdit/SmolLM2-135M.json").to_dict()
@@ -123,7 +125,7 @@ def test_a_hyperparameter_file_with_other_notes_resumes_the_run(tmp_path):
     copy = AlphaEditHyperParams.from_json(root / "bench/configs/AlphaEdit_SmolLM2-135M_float64.json").to_dict()
     assert copy["notes"] != run["notes"]
     before = AlphaEditHyperParams.VALUES_BEFORE
-    assert _check_same_hparams(tmp_path, copy, before) is None
+    assert _check_same_hparams(RunFolder(tmp_path), copy, before) is None
     with pytest.raises(ResumeError, match="projection_dtype: run 'float64', now 'float32'") as err:
-        _check_same_hparams(tmp_path, shipped, before)
+        _check_same_hparams(RunFolder(tmp_path), shipped, before)
     assert "notes" not in str(err.value)

@@ -11,15 +11,11 @@ from pathlib import Path
 import pytest
 from helpers import ZSRE_POSTS, cf_post
 
-from experiments.summarize_runs import (
-    SummaryError,
-    default_out_prefix,
-    find_runs,
-    format_report,
-    summarize_run,
-    summarize_runs,
-    write_outputs,
-)
+from reporting.errors import SummaryError
+from reporting.finding import find_runs
+from reporting.outputs import default_out_prefix, write_outputs
+from reporting.summary import summarize_run, summarize_runs
+from reporting.tables import format_report
 
 ROOT = Path(__file__).resolve().parents[1]
 LN2 = math.log(2)  # NLL ln 2 <-> P = 1/2; NLL 2 ln 2 <-> P = 1/4
@@ -277,7 +273,7 @@ def test_run_complete_gives_the_final_counts(tmp_path, count_key):
 
 @pytest.mark.parametrize("count_key", ["total_edits", "num_edits"])  # num_edits: runs continued before the rename
 def test_report_names_the_edits_a_run_continued_from(tmp_path, count_key):
-    from experiments.report import write_report
+    from reporting.report import write_report
 
     run_dir = make_run(tmp_path, "NSE", "run_000", CF_POSTS)
     config = json.loads((run_dir / "config.json").read_text())
@@ -288,8 +284,6 @@ def test_report_names_the_edits_a_run_continued_from(tmp_path, count_key):
 
 
 def test_a_norm_anchored_run_is_labelled_as_such(tmp_path):
-    from experiments.summarize_runs import summarize_runs
-
     plain = make_run(tmp_path, "AlphaEdit", "run_000", CF_POSTS)
     anchored = make_run(tmp_path, "AlphaEdit", "run_001", CF_POSTS)
     (anchored / "params.json").write_text(json.dumps({"norm_anchor": True}))
@@ -298,6 +292,22 @@ def test_a_norm_anchored_run_is_labelled_as_such(tmp_path):
     (broken / "params.json").write_text("{not json")
     summaries, _ = summarize_runs(tmp_path, ["AlphaEdit"])
     assert [s.label for s in summaries] == ["AlphaEdit/run_000", "AlphaEdit/run_001 +NAS", "AlphaEdit/run_002"]
+
+
+def test_a_run_labels_itself_and_older_runs_are_labelled_from_their_hyperparameters(tmp_path):
+    """The reporter knows no method: config.json's "variant" (the runner writes it) is the label; a run
+    from before it gets the one experiments.algorithms reads from its params.json."""
+    from experiments.algorithms import variant_label
+
+    assert variant_label({"norm_anchor": True}) == "+NAS" and variant_label({"norm_anchor": False}) == ""
+    labelled = make_run(tmp_path, "NSE", "run_000", CF_POSTS)
+    config = json.loads((labelled / "config.json").read_text())
+    (labelled / "config.json").write_text(json.dumps({**config, "variant": "+X"}))
+    (labelled / "params.json").write_text(json.dumps({"norm_anchor": True}))  # the run's own label wins
+    older = make_run(tmp_path, "NSE", "run_001", CF_POSTS)
+    (older / "params.json").write_text(json.dumps({"norm_anchor": True}))
+    summaries, _ = summarize_runs(tmp_path, ["NSE"])
+    assert [s.label for s in summaries] == ["NSE/run_000 +X", "NSE/run_001 +NAS"]
 
 
 def _anchored_run(results: Path, run: str, reports: list[dict] | None) -> Path:
@@ -318,7 +328,7 @@ def _batch(i: int, dropped: list[int] | None, n: int = 1) -> dict:
 
 
 def test_the_edits_norm_anchoring_dropped_are_summed_and_shown(tmp_path):
-    from experiments.report import write_report
+    from reporting.report import write_report
 
     _anchored_run(tmp_path, "run_001", [_batch(0, [1]), _batch(1, [])])
     plain = make_run(tmp_path, "AlphaEdit", "run_000", CF_POSTS)

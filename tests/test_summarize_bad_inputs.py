@@ -218,14 +218,14 @@ def test_an_unwritable_out_is_refused_before_any_output(tmp_path, capsys, monkey
 
 def test_a_failed_write_is_one_line(tmp_path, capsys, monkeypatch):
     """What no check foresees (a disk filling, permissions changed meanwhile) still names the file."""
-    import experiments.summarize_runs as summarize_runs
+    import reporting.outputs as outputs
 
     three_case_run(tmp_path)
 
     def refuse(path, text):
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(summarize_runs, "write_text_atomic", refuse)
+    monkeypatch.setattr(outputs, "write_text_atomic", refuse)
     code, out, err = run_cli(capsys, "--dir_name=NSE", f"--results_dir={tmp_path}")
     assert code == 2 and err == f"error: cannot write {tmp_path / 'NSE' / 'summary.json'} (Permission denied); " \
                                 "pass --out=<a writable folder>/<prefix> (and --plot=<a writable folder>)\n"
@@ -250,7 +250,7 @@ def test_careless_run_lists_and_results_folders(tmp_path, capsys):
 
 
 def test_a_figure_without_curve_points_says_how_to_get_them(tmp_path, capsys):
-    from experiments.plots import _metrics_title
+    from reporting.plots import _metrics_title
 
     three_case_run(tmp_path)
     code, out, err = run_cli(capsys, "--dir_name=NSE", f"--results_dir={tmp_path}", f"--plot={tmp_path / 'f'}",
