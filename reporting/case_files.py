@@ -86,7 +86,7 @@ def usable_cases(cases: list[CaseFile], ds_kind: str, warnings: list[str]) -> li
         problem = post_problem(case.data["post"], ds_kind)
         if problem:
             skip(warnings, FileProblem(case.path, f"a case file whose 'post' has the wrong shape: {problem}"),
-                  "the summary counts the other case files", CASE_FIX)
+                 "the summary counts the other case files", CASE_FIX)
         else:
             usable.append(case)
     return usable
@@ -100,7 +100,7 @@ def _carried_pre(cases: Sequence[CaseFile], ds_kind: str, warnings: list[str]) -
         problem = None if pre is None else post_problem(pre, ds_kind)
         if problem:
             skip(warnings, FileProblem(case.path, f"a case file whose 'pre' has the wrong shape: {problem}"),
-                  "its pre-edit scores are left out of the pre-edited row", CASE_FIX)
+                 "its pre-edit scores are left out of the pre-edited row", CASE_FIX)
         elif pre is not None:
             carried[case.case_id] = pre
     return carried
@@ -138,7 +138,7 @@ def _read_pre_edit(path: Path, ds_kind: str | None, warnings: list[str]) -> dict
             raise FileProblem(path, f"not pre-edit scores of the right shape: {problem}")
     except FileProblem as err:
         skip(warnings, err, "the pre-edited row counts the other cases",
-              f"restore it, or move it out of {RunFolder.PRE_EDIT_DIR}/")
+             f"restore it, or move it out of {RunFolder.PRE_EDIT_DIR}/")
         return None
     return post
 
