@@ -149,7 +149,7 @@ def test_half_precision_weights_edit(method, dtype, tok, stats_dir):
 @pytest.mark.parametrize("arch", ["gpt2", "gptj", "gpt_neox", "llama", "mistral", "qwen2", "qwen3"])
 def test_every_method_finds_its_modules_on_every_architecture(arch, tok):
     """Module paths come from util/architectures.py for every method (editing itself: the table above
-    on GPT-2 and Llama, NSE on all of these in tests/test_editor.py)."""
+    on GPT-2 and Llama, NSE on all of these in tests/test_nse_editor.py)."""
     for method in METHODS:
         editor = _editor(method, arch, tok, None)
         assert any(w.dim() == 2 for w in editor.weights.values()), method  # FT also trains a bias
