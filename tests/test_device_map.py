@@ -24,6 +24,7 @@ def _split_over_gpu_and_cpu(model):
     return dispatch_model(model, device_map=device_map, main_device="cpu")
 
 
+@pytest.mark.gpu
 @needs_gpu
 def test_nse_on_a_model_split_over_gpu_and_cpu_equals_one_device(tiny_llama, tiny_llama_path, tmp_path):
     _, tok = tiny_llama
