@@ -5,7 +5,8 @@ A module may import its own layer and the layers below. Besides: a method does n
 (``dsets``: the experiment gives an editor what it needs, e.g. the norm-anchor pool); the metrics
 and the dataset kinds import each other in one direction only; and no module imports another's
 private name (a leading underscore). ``tests/`` and ``bench/`` read internals on purpose and are
-left out of that last rule.
+left out of that last rule. The tests are no layer, but they test the product only: no test imports
+``bench/`` (reading its files as data, e.g. ``bench/configs``, is no import).
 """
 from __future__ import annotations
 
@@ -125,6 +126,43 @@ def test_no_import_climbs_a_layer_or_goes_round():
     sources = product_sources()
     assert "util.values" in sources and "experiments.ds_kinds" in sources and "summarize" in sources
     assert not problems(sources), "\n".join(problems(sources))
+
+
+# -- the tests test the product, not bench/ ------------------------------------------------------------
+BENCH_SCRIPTS = frozenset(p.stem for p in (ROOT / "bench").glob("*.py")) - {"__init__"}
+
+
+def _is_sys_path_change(node: ast.AST) -> bool:
+    return (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+            and node.func.attr in ("insert", "append", "extend") and ast.unparse(node.func.value) == "sys.path")
+
+
+def bench_reaches(module: str, source: str) -> list[str]:
+    """Where ``source`` reaches into bench/: an import of ``bench`` or of a bench script by its bare
+    name (as the scripts import each other once bench/ is on sys.path), or a sys.path entry naming
+    bench."""
+    found = [f"{module}:{line} imports {imported}{'.' + name if name else ''}"
+             for imported, name, line in imports_of(module, source)
+             if imported.split(".")[0] == "bench" or imported.split(".")[0] in BENCH_SCRIPTS]
+    found += [f"{module}:{node.lineno} puts bench/ on sys.path" for node in ast.walk(ast.parse(source))
+              if _is_sys_path_change(node) and any("bench" in ast.unparse(arg) for arg in node.args)]
+    return found
+
+
+def test_no_test_imports_bench():
+    tests = {module_name(p): p.read_text() for p in sorted((ROOT / "tests").rglob("*.py"))}
+    assert "tests.test_real_model" in tests and "smollm2" in BENCH_SCRIPTS
+    found = [problem for module, source in tests.items() for problem in bench_reaches(module, source)]
+    assert not found, "\n".join(found)
+
+
+def test_a_test_reaching_into_bench_is_found():
+    assert bench_reaches("tests.t", "def f():\n    from bench.smollm2 import load_smollm2\n") == [
+        "tests.t:2 imports bench.smollm2.load_smollm2"]
+    assert bench_reaches("tests.t", "import sys\nsys.path.insert(0, str(ROOT / 'bench'))\nfrom smollm2 import x\n") == [
+        "tests.t:3 imports smollm2.x", "tests.t:2 puts bench/ on sys.path"]
+    assert not bench_reaches("tests.t", "import sys\nsys.path.insert(0, str(ROOT))\nfrom util.bundled_models import x\n"
+                                        "CONFIG = ROOT / 'bench/configs/a.json'\n")
 
 
 # -- the checks find what they are for -----------------------------------------------------------------

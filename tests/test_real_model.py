@@ -21,7 +21,7 @@ MORE_CASE_IDS = (13, 18)  # Ferrari F40 -> Microsoft, Porsche 911 -> Honda (asse
 
 @pytest.fixture(scope="module")
 def smollm2():
-    from bench.smollm2 import load_smollm2
+    from util.bundled_models import load_smollm2
 
     torch.manual_seed(0)
     return load_smollm2(torch.float32)
@@ -40,6 +40,7 @@ def _requests() -> list[dict]:
     return [DARRIEUX] + [{"case_id": c, **records[c]["requested_rewrite"]} for c in MORE_CASE_IDS]
 
 
+@pytest.mark.slow  # ~70 s on 2 cores (load ~17 s, edit and checks ~50 s)
 def test_smollm2_learns_new_facts_and_keeps_a_neighbour(smollm2, tmp_path):
     model, tok = smollm2
     requests = _requests()

