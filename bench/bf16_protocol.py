@@ -2,13 +2,15 @@
 paired on the same cases, at every curve point both have and (once the bf16 run is complete) on the
 final case files, with the wall time of each.
 
-    python bench/bf16_protocol.py [--bf16 streams/NSE/run_002] [--out bench/results/stream/bf16_protocol.json]
+    python bench/bf16_protocol.py [--bf16 bench/results/stream/NSE_bf16_run_002] [--out bench/results/stream/bf16_protocol.json]
 
 The fp32 run is the archived ``bench/results/stream/NSE_run_000`` (case files read from its archive
 in memory). Per metric: the mean of bf16 − fp32 over the shared cases and its standard error
 (paired), and whether it is within two standard errors. Fluency is recomputed from both runs' stored
 texts with one tokenizer (the untrained Punkt fallback both runs could use), so that the tokenizer
-cannot make a difference. Nothing is asserted.
+cannot make a difference. The general-capability tasks (100 examples each, likelihood) are put side by
+side per point (accuracy; no per-example answers are stored, so not paired). The bf16 run is the archived
+copy of ``streams/NSE/run_002`` (``bench/archive_run.sh``). Nothing is asserted.
 """
 from __future__ import annotations
 
@@ -63,6 +65,19 @@ def compare(bf16: dict[str, dict], fp32: dict[str, dict]) -> dict:
             for m, g in gaps.items()}
 
 
+def downstream(bf16_dir: Path, fp32_dir: Path) -> dict:
+    """Per general-capability point both runs have: each task's accuracy in bf16 and fp32."""
+    out = {}
+    for path in sorted((bf16_dir / "downstream").glob("edits_*.json")):
+        other = fp32_dir / "downstream" / path.name
+        if other.is_file():
+            tasks = [json.loads(f.read_text())["tasks"] for f in (path, other)]
+            out[str(int(path.stem.split("_")[1]))] = {
+                name: {"bf16": tasks[0][name]["accuracy"], "fp32": tasks[1][name]["accuracy"],
+                       "n": tasks[0][name].get("n")} for name in tasks[0] if name in tasks[1]}
+    return out
+
+
 def wall(run_dir: Path) -> dict:
     timings = json.loads((run_dir / "timings.json").read_text())
     segments = timings.get("segments", [])
@@ -75,7 +90,7 @@ def wall(run_dir: Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--bf16", type=Path, default=ROOT / "streams" / "NSE" / "run_002")
+    ap.add_argument("--bf16", type=Path, default=ROOT / "bench" / "results" / "stream" / "NSE_bf16_run_002")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "stream" / "bf16_protocol.json")
     args = ap.parse_args()
     stamp = Provenance.start(__file__)
@@ -93,6 +108,7 @@ def main() -> None:
                               for name, rows in (("bf16", _rows(final_posts(args.bf16), tokenize)),
                                                  ("fp32", _rows(final_posts(FP32), tokenize)))}
     out["bf16_complete"] = complete
+    out["downstream_accuracy"] = downstream(args.bf16, FP32)
     out["time"] = {"bf16": wall(args.bf16), "fp32": wall(FP32)}
     args.out.write_text(json.dumps({"provenance": stamp.finish(), **out}, indent=1) + "\n")
     print(f"wrote {args.out}")

@@ -2,7 +2,7 @@
 numbers they did before the run folder got an owner and the reporter its own package.
 
 ``tests/data/committed_run_summaries.json`` holds what ``summarize_run`` gave for each of these
-folders at commit 72677c7 (written by this file's ``main``, run once on that commit): counts,
+folders at commit 72677c7 (written by this file's ``main``, run once on that commit; the complete bf16 run, archived after, at 8e8ce35): counts,
 every metric's mean and std (post and pre), the run's label, norm-anchoring counts, downstream
 points and the final counts of ``run_complete.json``. These folders are the old layout (written
 before the folder's owner existed, case files archived in ``case_files.tar.gz``), so the test also
