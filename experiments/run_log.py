@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Iterator
 
 from experiments.algorithms import ALGORITHMS
+from experiments.run_folder import RunFolder
 
 
 def project_packages() -> tuple[str, ...]:
@@ -20,7 +21,7 @@ def project_packages() -> tuple[str, ...]:
 def run_log(run_dir: Path) -> Iterator[None]:
     """Every package's log lines also go to run_dir/run.log for the duration of the run (and no
     longer): the handler sits on the root logger, and the project's own packages log at INFO."""
-    handler = logging.FileHandler(run_dir / "run.log")
+    handler = logging.FileHandler(RunFolder(run_dir).file(RunFolder.LOG))
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     handler.setLevel(logging.INFO)
     root = logging.getLogger()
