@@ -21,11 +21,12 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+from bf16_protocol import case_fluency  # noqa: E402
 from provenance import Provenance  # noqa: E402
 from readings import mean_se, paired  # noqa: E402
 from smollm2 import load_smollm2  # noqa: E402
 
-from experiments.metrics.fluency import generate_texts_many, punkt_word_tokenizer, tokens_ngram_entropy  # noqa: E402
+from experiments.metrics.fluency import generate_texts_many, punkt_word_tokenizer  # noqa: E402
 
 DATA = ROOT / "assets" / "counterfact_test2191_first2000.json"
 EVERY, CHUNK = 10, 8
@@ -39,8 +40,7 @@ def fluency(dtype: torch.dtype, records: list[dict], tokenize) -> tuple[dict[str
         part = records[begin : begin + CHUNK]
         texts = generate_texts_many(model, tok, [r["generation_prompts"] for r in part], [int(r["case_id"]) for r in part])
         for record, case_texts in zip(part, texts):
-            score = sum(tokens_ngram_entropy(tokenize(t)) for t in case_texts) / len(case_texts)
-            rows[str(record["case_id"])] = {"ngram_entropy": 100 * score}
+            rows[str(record["case_id"])] = {"ngram_entropy": case_fluency(case_texts, tokenize)}
     return rows, time.perf_counter() - start
 
 

@@ -31,14 +31,18 @@ from experiments.metrics.per_case import counterfact_row  # noqa: E402
 FP32 = ROOT / "bench" / "results" / "stream" / "NSE_run_000"
 
 
+def case_fluency(texts: list[str], tokenize) -> float:
+    """One case's Fluency ×100: the mean n-gram entropy of its generated texts, words split by ``tokenize``."""
+    return 100 * sum(tokens_ngram_entropy(tokenize(t)) for t in texts) / len(texts)
+
+
 def _rows(posts: dict[str, dict], tokenize) -> dict[str, dict[str, float]]:
     """Per case, every metric ×100 as summarize.py reduces it; Fluency recomputed with ``tokenize``."""
     out = {}
     for case_id, post in posts.items():
         row = {k: 100 * v for k, v in counterfact_row(post).items() if k in METRICS and v is not None}
         if "text" in post:
-            texts = post["text"]
-            row["ngram_entropy"] = 100 * sum(tokens_ngram_entropy(tokenize(t)) for t in texts) / len(texts)
+            row["ngram_entropy"] = case_fluency(post["text"], tokenize)
         out[case_id] = row
     return out
 
